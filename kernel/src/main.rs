@@ -1,0 +1,8 @@
+//! astrid.img's entry point (and the hosted-mode binary): `astrid [capsule.wasm…]`.
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    println!("astrid: astrid.img {} ({})", env!("CARGO_PKG_VERSION"), std::env::consts::OS);
+    let status = astrid_kernel::launch::main(&args, |k| std::env::var(k).ok());
+    astrid_kernel::platform::exit(status)
+}

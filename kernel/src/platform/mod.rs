@@ -1,0 +1,21 @@
+//! The one seam between the application and what it runs on. Everything that differs
+//! between the Hermit image and hosted mode (a Linux process) is chosen here, once.
+
+#[cfg(target_os = "hermit")]
+mod hermit;
+#[cfg(target_os = "hermit")]
+pub use hermit::*;
+
+#[cfg(not(target_os = "hermit"))]
+mod hosted;
+#[cfg(not(target_os = "hermit"))]
+pub use hosted::*;
+
+/// Ends the process with `status`, after making sure everything printed has left.
+pub fn exit(status: crate::exit::Status) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    report_exit(status.code());
+    std::process::exit(i32::from(status.code()))
+}

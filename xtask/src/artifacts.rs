@@ -1,0 +1,46 @@
+//! Everything a run, a test or a benchmark boots, built once and reused: cargo keeps
+//! each step incremental, so a rebuild with nothing changed takes seconds.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use crate::hermit_app::{self, App, Flavor};
+use crate::kernel::{self, Variant};
+use crate::paths::Paths;
+use crate::{capsule, loader, setup};
+
+#[derive(Clone, Debug)]
+pub struct Artifacts {
+    pub paths: Paths,
+    pub astrid_img: PathBuf,
+    pub hello_img: PathBuf,
+    pub loader: PathBuf,
+    pub example_capsule: PathBuf,
+}
+
+/// Builds astrid.img, the hello baseline, the loader and the example capsule.
+pub fn ensure(paths: &Paths) -> Result<Artifacts> {
+    setup::ensure_base()?;
+    let lib = kernel::build(paths, Variant::Standard)?;
+    hermit_app::build(paths, App::Astrid, Flavor::Standard, &lib, &paths.astrid_img())?;
+    hermit_app::build(paths, App::Hello, Flavor::Standard, &lib, &paths.hello_img())?;
+    let loader = loader::build(paths)?;
+    let example_capsule = capsule::build(paths, &paths.root.join("capsules/hello"))?;
+    Ok(Artifacts {
+        paths: paths.clone(),
+        astrid_img: paths.astrid_img(),
+        hello_img: paths.hello_img(),
+        loader,
+        example_capsule,
+    })
+}
+
+/// Builds the soft-float astrid.img on the PVM kernel, for uhyve on PVM hosts.
+pub fn ensure_softfloat(paths: &Paths) -> Result<PathBuf> {
+    setup::ensure_base()?;
+    let lib = kernel::build(paths, Variant::Pvm)?;
+    let img = paths.astrid_softfloat_img();
+    hermit_app::build(paths, App::Astrid, Flavor::SoftFloat, &lib, &img)?;
+    Ok(img)
+}

@@ -1,0 +1,20 @@
+//! xtask: everything that builds, runs, tests and measures astrid.img, in Rust rather
+//! than shell. `scripts/` holds the thin entry points that call into it.
+
+pub mod artifacts;
+pub mod bench;
+pub mod capsule;
+pub mod hermit_app;
+pub mod kernel;
+pub mod loader;
+pub mod paths;
+pub mod process;
+pub mod qemu;
+pub mod setup;
+pub mod toolchain;
+pub mod uhyve;
+
+/// One progress line for a long step, so a user always sees what is happening.
+pub fn step(what: impl std::fmt::Display) {
+    eprintln!("==> {what}");
+}

@@ -1,0 +1,66 @@
+//! Running child processes: a clean cargo for a pinned toolchain, and commands whose
+//! failure names the command.
+
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+/// Variables that cargo and rustup set for the process running xtask and that would
+/// leak into (and break) a nested build with another toolchain or target.
+const LEAKY_VARS: &[&str] = &[
+    "RUSTUP_TOOLCHAIN",
+    "RUSTC",
+    "RUSTDOC",
+    "RUSTC_WRAPPER",
+    "RUSTC_WORKSPACE_WRAPPER",
+    "RUSTFLAGS",
+    "CARGO_ENCODED_RUSTFLAGS",
+    "CARGO_BUILD_RUSTFLAGS",
+    "CARGO_TARGET_DIR",
+    "CARGO_BUILD_TARGET",
+    "CARGO_MAKEFLAGS",
+    "MAKEFLAGS",
+    "MFLAGS",
+];
+
+/// `cargo +<toolchain>` with the environment of the outer cargo removed.
+pub fn cargo(toolchain: &str) -> Command {
+    let mut cmd = Command::new("cargo");
+    cmd.arg(format!("+{toolchain}"));
+    for var in LEAKY_VARS {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// Runs `cmd` to completion, failing with the command line if it fails.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("cannot start {}", show(cmd)))?;
+    if !status.success() {
+        bail!("{} failed ({status})", show(cmd));
+    }
+    Ok(())
+}
+
+/// Runs `cmd` and returns its stdout, failing with its stderr if it fails.
+pub fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("cannot start {}", show(cmd)))?;
+    if !out.status.success() {
+        bail!(
+            "{} failed ({}):\n{}",
+            show(cmd),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+pub fn show(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for arg in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&arg.to_string_lossy());
+    }
+    s
+}

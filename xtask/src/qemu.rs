@@ -1,0 +1,208 @@
+//! Boots astrid.img under QEMU (TCG by default): our multiboot loader as `-kernel`, the
+//! application ELF and each capsule as modules, the console on serial, and the
+//! application's exit status carried out through the isa-debug-exit device.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use astrid_kernel::exit::{GuestExit, decode_qemu_status};
+use wait_timeout::ChildExt;
+
+pub const DEBUG_EXIT_PORT: &str = "0xf4";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Firmware {
+    /// qboot: fastest start; fine while no PCI device needs BARs assigned.
+    Qboot,
+    /// SeaBIOS: needed once a NIC or virtio-fs device is attached.
+    SeaBios,
+}
+
+#[derive(Clone, Debug)]
+pub struct Boot {
+    pub loader: PathBuf,
+    pub app: PathBuf,
+    pub capsules: Vec<PathBuf>,
+    /// Kernel arguments (before `--`), e.g. `env=K=V`.
+    pub kernel_args: Vec<String>,
+    /// Application arguments (after `--`).
+    pub app_args: Vec<String>,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    pub firmware: Firmware,
+    pub timeout: Duration,
+    /// Copy the guest console to our stdout while it runs.
+    pub echo: bool,
+    /// Extra words for the loader's own command line.
+    pub loader_args: Vec<String>,
+}
+
+impl Boot {
+    pub fn new(loader: PathBuf, app: PathBuf) -> Boot {
+        Boot {
+            loader,
+            app,
+            capsules: Vec::new(),
+            kernel_args: Vec::new(),
+            app_args: Vec::new(),
+            memory_mib: 512,
+            cpus: 1,
+            firmware: Firmware::Qboot,
+            timeout: Duration::from_secs(60),
+            echo: false,
+            loader_args: Vec::new(),
+        }
+    }
+}
+
+/// What a boot produced.
+#[derive(Debug)]
+pub struct Outcome {
+    pub exit: GuestExit,
+    /// QEMU's own exit status (None when killed at the timeout).
+    pub qemu_status: Option<i32>,
+    pub timed_out: bool,
+    pub console: String,
+    pub elapsed: Duration,
+}
+
+impl Outcome {
+    /// The application's status, if the application reported one.
+    pub fn app_status(&self) -> Option<u8> {
+        match self.exit {
+            GuestExit::App(s) if !self.timed_out => Some(s),
+            _ => None,
+        }
+    }
+
+    /// One line that says how the run ended, for humans.
+    pub fn describe(&self) -> String {
+        if self.timed_out {
+            return format!("the guest did not finish within the timeout ({:.1?})", self.elapsed);
+        }
+        match self.exit {
+            GuestExit::App(s) => format!("capsule run ended with status {s}"),
+            GuestExit::Loader(code) => {
+                format!("the boot loader failed (code {code}, see its message above and boot/README.md)")
+            }
+            GuestExit::Kernel { success: false } => {
+                "the Hermit kernel stopped the guest (panic or failed start; see the console)".into()
+            }
+            GuestExit::Kernel { success: true } => {
+                "the kernel shut down without a status from the application".into()
+            }
+            GuestExit::NoReport(rc) => {
+                format!("QEMU exited with {rc} without a status from the guest (reset or triple fault?)")
+            }
+        }
+    }
+}
+
+pub fn qemu_binary() -> Result<PathBuf> {
+    let candidates = ["/usr/bin/qemu-system-x86_64", "/usr/local/bin/qemu-system-x86_64"];
+    candidates
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .context("qemu-system-x86_64 is not installed: run `scripts/setup` (apt-get install qemu-system-x86)")
+}
+
+/// The module list QEMU's `-initrd` takes: `app args,capsule,capsule…`.
+pub fn initrd_arg(app: &Path, kernel_args: &[String], app_args: &[String], capsules: &[PathBuf]) -> Result<String> {
+    let mut first = vec![app.display().to_string()];
+    first.extend(kernel_args.iter().cloned());
+    if !app_args.is_empty() {
+        first.push("--".into());
+        first.extend(app_args.iter().cloned());
+    }
+    let mut modules = vec![first.join(" ")];
+    for c in capsules {
+        let s = c.display().to_string();
+        ensure!(!s.contains(' '), "capsule path {s:?} contains a space, which QEMU's module list cannot carry: rename or move it");
+        modules.push(s);
+    }
+    for m in &modules {
+        ensure!(!m.contains(','), "{m:?} contains a comma, which QEMU's module list cannot carry: rename or move the file");
+    }
+    Ok(modules.join(","))
+}
+
+pub fn command(boot: &Boot) -> Result<Command> {
+    let mut kernel_args = vec![format!("env=ASTRID_DEBUG_EXIT={DEBUG_EXIT_PORT}")];
+    kernel_args.extend(boot.kernel_args.iter().cloned());
+    let mut loader_args = vec![format!("debug-exit={DEBUG_EXIT_PORT}")];
+    loader_args.extend(boot.loader_args.iter().cloned());
+    let mut cmd = Command::new(qemu_binary()?);
+    cmd.args(["-machine", "q35", "-accel", "tcg"])
+        .args(["-cpu", "qemu64,apic,fsgsbase,fxsr,rdrand,rdtscp,xsave,xsaveopt"])
+        .args(["-m", &format!("{}M", boot.memory_mib), "-smp", &boot.cpus.to_string()])
+        .args(["-nodefaults", "-display", "none", "-serial", "stdio", "-no-reboot"])
+        .args(["-device", &format!("isa-debug-exit,iobase={DEBUG_EXIT_PORT},iosize=0x04")])
+        .arg("-kernel")
+        .arg(&boot.loader)
+        .args(["-append", &loader_args.join(" ")])
+        .args(["-initrd", &initrd_arg(&boot.app, &kernel_args, &boot.app_args, &boot.capsules)?]);
+    if boot.firmware == Firmware::Qboot {
+        cmd.args(["-bios", "/usr/share/qemu/qboot.rom"]);
+    }
+    Ok(cmd)
+}
+
+/// Boots and waits (bounded by `boot.timeout`), returning the console and the exit.
+pub fn run(boot: &Boot) -> Result<Outcome> {
+    for f in [&boot.loader, &boot.app] {
+        ensure!(f.is_file(), "{} does not exist: build it with `cargo xtask build`", f.display());
+    }
+    let mut cmd = command(boot)?;
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let started = Instant::now();
+    let mut child = cmd.spawn().with_context(|| format!("starting {}", crate::process::show(&cmd)))?;
+    let echo = boot.echo;
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            if echo {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(&buf[..n]);
+                let _ = out.flush();
+            }
+            all.extend_from_slice(&buf[..n]);
+        }
+        all
+    });
+    let mut stderr = child.stderr.take().unwrap();
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let (status, timed_out) = match child.wait_timeout(boot.timeout)? {
+        Some(status) => (status.code(), false),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            (None, true)
+        }
+    };
+    let elapsed = started.elapsed();
+    let mut console = String::from_utf8_lossy(&reader.join().unwrap_or_default()).into_owned();
+    let qemu_err = err_reader.join().unwrap_or_default();
+    if !qemu_err.trim().is_empty() {
+        console.push_str("\n[qemu stderr] ");
+        console.push_str(qemu_err.trim());
+        console.push('\n');
+    }
+    if !timed_out && status.is_none() {
+        bail!("QEMU was killed by a signal; console so far:\n{console}");
+    }
+    let exit = decode_qemu_status(status.unwrap_or(0));
+    Ok(Outcome { exit, qemu_status: status, timed_out, console, elapsed })
+}

@@ -1,0 +1,55 @@
+//! Installs what the build and the tests need on a fresh machine: the pinned Rust
+//! toolchains, QEMU (Debian package) and, on demand, uhyve (registry crate).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::paths::Paths;
+use crate::{process, qemu, toolchain};
+
+pub const UHYVE_VERSION: &str = "0.10.0";
+
+pub fn ensure_base() -> Result<()> {
+    toolchain::ensure_all()?;
+    ensure_qemu()
+}
+
+pub fn ensure_qemu() -> Result<()> {
+    if qemu::qemu_binary().is_ok() && Path::new("/usr/share/qemu/qboot.rom").is_file() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("QEMU is missing; install it with `sudo apt-get install -y qemu-system-x86`");
+    }
+    crate::step("installing qemu-system-x86 (Debian package)");
+    process::run(Command::new("apt-get").args(["update", "-qq"]))?;
+    process::run(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-qq", "--no-install-recommends", "qemu-system-x86"]),
+    )?;
+    qemu::qemu_binary().map(|_| ())
+}
+
+fn is_root() -> bool {
+    process::output(Command::new("id").arg("-u")).map(|s| s.trim() == "0").unwrap_or(false)
+}
+
+/// uhyve 0.10.0, installed with cargo into the build-output directory (cached there).
+pub fn ensure_uhyve(paths: &Paths) -> Result<PathBuf> {
+    let root = paths.tools().join(format!("uhyve-{UHYVE_VERSION}"));
+    let bin = root.join("bin/uhyve");
+    if bin.is_file() {
+        return Ok(bin);
+    }
+    crate::step(format!("installing uhyve {UHYVE_VERSION} with cargo (takes ~6 minutes once)"));
+    process::run(
+        process::cargo(toolchain::STABLE)
+            .args(["install", "uhyve", "--version", UHYVE_VERSION, "--locked", "--root"])
+            .arg(&root),
+    )
+    .context("installing uhyve")?;
+    Ok(bin)
+}

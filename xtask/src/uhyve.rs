@@ -1,0 +1,112 @@
+//! Runs astrid.img under uhyve: the capsule file is mapped to `/root/<name>` and its
+//! guest path passed after uhyve's `-- --` convention, so users only name the file.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use wait_timeout::ChildExt;
+
+/// What `/dev/kvm` is on this host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kvm {
+    /// No KVM device at all: uhyve cannot run.
+    Absent,
+    /// Hardware virtualisation (vmx/svm): the normal image runs natively.
+    Hardware,
+    /// The `kvm_pvm` module: guests run through KVM's instruction emulator, which lacks
+    /// SSE and `xgetbv` — only the soft-float image with the PVM kernel runs.
+    PvmEmulator,
+}
+
+pub fn detect_kvm() -> Kvm {
+    if !Path::new("/dev/kvm").exists() {
+        return Kvm::Absent;
+    }
+    if Path::new("/sys/module/kvm_pvm").exists() {
+        return Kvm::PvmEmulator;
+    }
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let hw = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+    if hw { Kvm::Hardware } else { Kvm::PvmEmulator }
+}
+
+pub struct UhyveRun<'a> {
+    pub uhyve: &'a Path,
+    pub image: &'a Path,
+    pub config: &'a Path,
+    pub capsules: &'a [PathBuf],
+    pub extra_args: &'a [String],
+    pub env: &'a [(String, String)],
+    pub timeout: Duration,
+}
+
+pub struct UhyveOutcome {
+    pub status: Option<i32>,
+    pub timed_out: bool,
+    pub output: String,
+    pub elapsed: Duration,
+}
+
+/// The guest path a capsule is mapped to.
+pub fn guest_path(capsule: &Path) -> Result<String> {
+    let name = capsule
+        .file_name()
+        .and_then(|n| n.to_str())
+        .with_context(|| format!("{}: not a usable file name", capsule.display()))?;
+    Ok(format!("/root/{name}"))
+}
+
+pub fn command(run: &UhyveRun) -> Result<Command> {
+    let mut cmd = Command::new(run.uhyve);
+    cmd.arg("--config").arg(run.config);
+    let mut guest_args = Vec::new();
+    for c in run.capsules {
+        let host = c.canonicalize().with_context(|| format!("capsule {}: no such file", c.display()))?;
+        let guest = guest_path(c)?;
+        cmd.arg("--file-mapping").arg(format!("{}:{guest}", host.display()));
+        guest_args.push(guest);
+    }
+    for (k, v) in run.env {
+        cmd.arg("-e").arg(format!("{k}={v}"));
+    }
+    cmd.arg(run.image).args(["--", "--"]).args(guest_args).args(run.extra_args);
+    Ok(cmd)
+}
+
+pub fn run(run: &UhyveRun, echo: bool) -> Result<UhyveOutcome> {
+    ensure!(run.image.is_file(), "{} does not exist: build it first", run.image.display());
+    let mut cmd = command(run)?;
+    let started = Instant::now();
+    cmd.stdin(Stdio::null());
+    if !echo {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    }
+    let mut child = cmd.spawn().with_context(|| format!("starting {}", crate::process::show(&cmd)))?;
+    let collector = (!echo).then(|| {
+        let mut out = child.stdout.take().unwrap();
+        let mut err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut s = String::new();
+            let _ = out.read_to_string(&mut s);
+            let mut e = String::new();
+            let _ = err.read_to_string(&mut e);
+            s + &e
+        })
+    });
+    let (status, timed_out) = match child.wait_timeout(run.timeout)? {
+        Some(s) => (s.code(), false),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            (None, true)
+        }
+    };
+    let output = collector.map(|h| h.join().unwrap_or_default()).unwrap_or_default();
+    Ok(UhyveOutcome { status, timed_out, output, elapsed: started.elapsed() })
+}
