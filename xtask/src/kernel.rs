@@ -144,6 +144,11 @@ fn patched_source(paths: &Paths, pristine: &Path) -> Result<PathBuf> {
         text = text.replace(from, to);
     }
     fs::write(&file, text)?;
+    // The copy may sit inside our own workspace (target/astrid): make it a root.
+    let manifest = dst.join("Cargo.toml");
+    let mut toml = fs::read_to_string(&manifest)?;
+    toml.push_str("\n[workspace]\n");
+    fs::write(&manifest, toml)?;
     fs::write(&stamp, "xgetbv removed\n")?;
     Ok(dst)
 }

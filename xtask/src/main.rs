@@ -119,14 +119,14 @@ fn dispatch(cmd: Cmd) -> Result<u8> {
             Ok(0)
         }
         Cmd::Build { softfloat } => {
+            if softfloat {
+                println!("soft-float img:  {}", artifacts::ensure_softfloat(&paths)?.display());
+            }
             let art = artifacts::ensure(&paths)?;
             println!("astrid.img:      {}", art.astrid_img.display());
             println!("loader:          {}", art.loader.display());
             println!("hello baseline:  {}", art.hello_img.display());
             println!("example capsule: {}", art.example_capsule.display());
-            if softfloat {
-                println!("soft-float img:  {}", artifacts::ensure_softfloat(&paths)?.display());
-            }
             Ok(0)
         }
         Cmd::Run(args) => run(&paths, args),
