@@ -1,0 +1,195 @@
+//! Command lines: the kernel command line the loader builds from the app module's string and
+//! the capsule modules, and the loader's own options from its multiboot command line.
+//! Kernel 0.11 splits its command line with `shell_words::split`, so we quote the same way.
+
+use alloc::borrow::Cow;
+use alloc::format;
+use alloc::string::String;
+
+use crate::{BootError, FailureCode};
+
+/// A capsule module as announced to the app.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capsule<'a> {
+    /// Physical address of the module's first byte.
+    pub addr: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// Basename of the first word of the module's string.
+    pub name: &'a str,
+}
+
+/// Splits a module string `PATH [args…]` into the path and the (trimmed) rest.
+pub fn split_module_string(s: &str) -> (&str, &str) {
+    let s = s.trim_start();
+    match s.find(char::is_whitespace) {
+        Some(i) => (&s[..i], s[i..].trim()),
+        None => (s, ""),
+    }
+}
+
+/// The last `/`-separated component of `path`.
+pub fn basename(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// Builds the kernel command line: `env=ASTRID_BOOT=multiboot`, one
+/// `env=ASTRID_CAPSULE_<i>=0x<addr>,<len>,<name>` per capsule, `env=ASTRID_CAPSULES=<n>`, then
+/// everything after the first word of the app module's string (`[kernel args] [-- app args]`).
+pub fn kernel_command_line(
+    app_string: &str,
+    capsules: &[Capsule<'_>],
+) -> Result<String, BootError> {
+    let (_, rest) = split_module_string(app_string);
+    let mut line = String::from("env=ASTRID_BOOT=multiboot");
+    for (i, c) in capsules.iter().enumerate() {
+        let name: Cow<'_, str> = shell_words::quote(c.name);
+        line.push_str(&format!(
+            " env=ASTRID_CAPSULE_{i}={:#x},{},{name}",
+            c.addr, c.len
+        ));
+    }
+    line.push_str(&format!(" env=ASTRID_CAPSULES={}", capsules.len()));
+    if !rest.is_empty() {
+        line.push(' ');
+        line.push_str(rest);
+    }
+    // The kernel unwraps its split of the command line: reject what it would panic on, and NUL,
+    // which cannot travel in the device tree's bootargs string.
+    if line.contains('\0') || shell_words::split(&line).is_err() {
+        return Err(BootError::new(
+            FailureCode::Other,
+            format!("the app's command line has unbalanced quotes: {rest}"),
+            "fix the quoting in the app module's string (the -initrd argument)",
+        ));
+    }
+    Ok(line)
+}
+
+/// The capsules for the loader's success line: `0x<addr>+<len> <name>, …` or `none`.
+pub fn describe_capsules(capsules: &[Capsule<'_>]) -> String {
+    if capsules.is_empty() {
+        return String::from("none");
+    }
+    let parts: alloc::vec::Vec<String> = capsules
+        .iter()
+        .map(|c| format!("{:#x}+{} {}", c.addr, c.len, c.name))
+        .collect();
+    parts.join(", ")
+}
+
+/// The I/O port of a `debug-exit=0x<port>` token in the loader's own command line; QEMU's
+/// isa-debug-exit device is then expected there.
+pub fn debug_exit_port(loader_cmdline: &str) -> Option<u16> {
+    loader_cmdline.split_whitespace().find_map(|word| {
+        let hex = word.strip_prefix("debug-exit=")?;
+        let hex = hex.strip_prefix("0x").or_else(|| hex.strip_prefix("0X"))?;
+        u16::from_str_radix(hex, 16).ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_module_strings() {
+        assert_eq!(split_module_string("/a/app.elf"), ("/a/app.elf", ""));
+        assert_eq!(
+            split_module_string("  app.elf   -freq 2000 -- x y  "),
+            ("app.elf", "-freq 2000 -- x y")
+        );
+        assert_eq!(split_module_string(""), ("", ""));
+        assert_eq!(basename("/x/y/echo.wasm"), "echo.wasm");
+        assert_eq!(basename("echo.wasm"), "echo.wasm");
+        assert_eq!(basename("dir/"), "");
+    }
+
+    #[test]
+    fn builds_the_kernel_command_line() {
+        let caps = [
+            Capsule {
+                addr: 0x52_3000,
+                len: 4660,
+                name: "echo.wasm",
+            },
+            Capsule {
+                addr: 0x60_0000,
+                len: 1,
+                name: "b.wasm",
+            },
+        ];
+        let line = kernel_command_line("/img/hello.img -freq 2000 -- arg1 arg2", &caps).unwrap();
+        assert_eq!(
+            line,
+            "env=ASTRID_BOOT=multiboot env=ASTRID_CAPSULE_0=0x523000,4660,echo.wasm \
+             env=ASTRID_CAPSULE_1=0x600000,1,b.wasm env=ASTRID_CAPSULES=2 -freq 2000 -- arg1 arg2"
+        );
+        assert_eq!(
+            kernel_command_line("hello.img", &[]).unwrap(),
+            "env=ASTRID_BOOT=multiboot env=ASTRID_CAPSULES=0"
+        );
+    }
+
+    #[test]
+    fn describes_capsules() {
+        assert_eq!(describe_capsules(&[]), "none");
+        let caps = [
+            Capsule {
+                addr: 0x4af000,
+                len: 13,
+                name: "echo.wasm",
+            },
+            Capsule {
+                addr: 0x500000,
+                len: 2,
+                name: "b.wasm",
+            },
+        ];
+        assert_eq!(
+            describe_capsules(&caps),
+            "0x4af000+13 echo.wasm, 0x500000+2 b.wasm"
+        );
+    }
+
+    #[test]
+    fn kernel_splits_it_into_the_intended_words() {
+        let caps = [Capsule {
+            addr: 0x1000,
+            len: 2,
+            name: "it's #odd.wasm",
+        }];
+        let line = kernel_command_line("app -- 'a b' c", &caps).unwrap();
+        let words = shell_words::split(&line).unwrap();
+        assert_eq!(
+            words,
+            [
+                "env=ASTRID_BOOT=multiboot",
+                "env=ASTRID_CAPSULE_0=0x1000,2,it's #odd.wasm",
+                "env=ASTRID_CAPSULES=1",
+                "--",
+                "a b",
+                "c"
+            ]
+        );
+    }
+
+    #[test]
+    fn rejects_what_the_kernel_cannot_split() {
+        let err = kernel_command_line("app -- 'unterminated", &[]).unwrap_err();
+        assert_eq!(err.code, FailureCode::Other);
+    }
+
+    #[test]
+    fn finds_the_debug_exit_port() {
+        assert_eq!(
+            debug_exit_port("/boot/astrid-boot debug-exit=0xf4"),
+            Some(0xf4)
+        );
+        assert_eq!(debug_exit_port("debug-exit=0x501 quiet"), Some(0x501));
+        assert_eq!(debug_exit_port("/boot/astrid-boot"), None);
+        assert_eq!(debug_exit_port("xdebug-exit=0xf4"), None);
+        assert_eq!(debug_exit_port("debug-exit=f4"), None);
+        assert_eq!(debug_exit_port("debug-exit=0xzz"), None);
+    }
+}

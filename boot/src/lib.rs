@@ -1,0 +1,38 @@
+//! Pure logic of astrid-boot, the multiboot v1 loader for Hermit applications.
+//! Everything here works on plain data (byte slices, address ranges) so the host can
+//! unit-test it; `main.rs` only reads physical memory, talks to I/O ports and jumps.
+#![cfg_attr(not(test), no_std)]
+// Tests compare against lists of address ranges, which this lint mistakes for `Vec` misuse.
+#![cfg_attr(test, allow(clippy::single_range_in_vec_init))]
+
+extern crate alloc;
+
+pub mod cmdline;
+pub mod elf;
+pub mod error;
+pub mod fdt;
+pub mod memory;
+pub mod multiboot;
+pub mod paging;
+
+pub use error::{BootError, FailureCode};
+
+/// One mebibyte.
+pub const MIB: u64 = 1 << 20;
+/// Size of a large (2 MiB) page, the only page size the kernel accepts at entry.
+pub const LARGE_PAGE: u64 = 2 * MIB;
+/// Size of a base page, the granularity of the kernel's physical memory allocator.
+pub const BASE_PAGE: u64 = 4096;
+
+/// Rounds `value` up to a multiple of `align` (a power of two); `None` on overflow.
+pub const fn align_up(value: u64, align: u64) -> Option<u64> {
+    match value.checked_add(align - 1) {
+        Some(v) => Some(v & !(align - 1)),
+        None => None,
+    }
+}
+
+/// Rounds `value` down to a multiple of `align` (a power of two).
+pub const fn align_down(value: u64, align: u64) -> u64 {
+    value & !(align - 1)
+}
