@@ -74,7 +74,7 @@ fn uhyve_runs_a_mapped_capsule_and_propagates_statuses() {
     // and fails by name with the not-found status.
     let missing = boot(&s, &[s.example.clone()], &["/root/unmapped.wasm".into()]);
     assert_eq!(missing.status, Some(66), "output:\n{}", missing.output);
-    assert!(missing.output.contains("capsule /root/unmapped.wasm: no such file"), "{}", missing.output);
+    assert!(missing.output.contains("capsule /root/unmapped.wasm: cannot be opened"), "{}", missing.output);
 
     let empty = boot(&s, &[scratch_file("empty.wasm", b"")], &[]);
     assert_eq!(empty.status, Some(65), "output:\n{}", empty.output);

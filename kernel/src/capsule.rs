@@ -6,6 +6,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::io::Read;
 use std::path::PathBuf;
 
 use crate::platform;
@@ -96,6 +97,10 @@ fn parse_announcement(value: &str) -> Option<CapsuleSource> {
 #[derive(Debug)]
 pub enum LoadError {
     NotFound { name: String },
+    /// Opening failed for another reason. Hermit reports unmapped uhyve paths as
+    /// EINVAL and paths without any mounted file system as EBADF, so this is the
+    /// usual "not there" in the image.
+    CannotOpen { name: String, cause: std::io::Error },
     Unreadable { name: String, cause: std::io::Error },
     TooLarge { name: String, len: u64, max: u64 },
     NoBootModules { name: String },
@@ -110,12 +115,18 @@ impl fmt::Display for LoadError {
                  files exist (`--file-mapping HOST:/root/NAME`, which `scripts/run --uhyve` \
                  does for you)"
             ),
+            LoadError::CannotOpen { name, cause } => write!(
+                f,
+                "capsule {name}: cannot be opened ({cause}) — check the path; under uhyve \
+                 only mapped files exist (`scripts/run --uhyve` maps them for you), and \
+                 under QEMU capsules arrive as boot modules (`scripts/run capsule.wasm`)"
+            ),
             LoadError::Unreadable { name, cause } => {
                 write!(f, "capsule {name}: cannot be read: {cause}")
             }
             LoadError::TooLarge { name, len, max } => write!(
                 f,
-                "capsule {name}: {len} bytes is more than the {max}-byte limit \
+                "capsule {name}: {len} bytes or more is over the {max}-byte limit \
                  (ASTRID_MAX_CAPSULE_BYTES) — shrink the capsule or raise the limit"
             ),
             LoadError::NoBootModules { name } => write!(
@@ -144,17 +155,20 @@ pub fn load(source: &CapsuleSource, max: u64) -> Result<CapsuleBytes, LoadError>
             Ok(CapsuleBytes { name, bytes: Cow::Borrowed(bytes) })
         }
         CapsuleSource::File(path) => {
-            let meta = std::fs::metadata(path).map_err(|cause| match cause.kind() {
+            // No `metadata` first: uhyve's file system has no stat (ENOSYS), so the
+            // size limit is enforced while reading, one byte past the limit at most.
+            let file = std::fs::File::open(path).map_err(|cause| match cause.kind() {
                 std::io::ErrorKind::NotFound => LoadError::NotFound { name: name.clone() },
-                _ => LoadError::Unreadable { name: name.clone(), cause },
+                _ => LoadError::CannotOpen { name: name.clone(), cause },
             })?;
-            if meta.len() > max {
-                return Err(LoadError::TooLarge { name, len: meta.len(), max });
+            let mut bytes = Vec::new();
+            file.take(max.saturating_add(1))
+                .read_to_end(&mut bytes)
+                .map_err(|cause| LoadError::Unreadable { name: name.clone(), cause })?;
+            let len = bytes.len() as u64;
+            if len > max {
+                return Err(LoadError::TooLarge { name, len, max });
             }
-            let bytes = std::fs::read(path).map_err(|cause| match cause.kind() {
-                std::io::ErrorKind::NotFound => LoadError::NotFound { name: name.clone() },
-                _ => LoadError::Unreadable { name: name.clone(), cause },
-            })?;
             Ok(CapsuleBytes { name, bytes: Cow::Owned(bytes) })
         }
     }
@@ -215,7 +229,7 @@ mod tests {
         let path = dir.join("big.wasm");
         std::fs::write(&path, vec![0u8; 100]).unwrap();
         let src = CapsuleSource::File(path.clone());
-        assert!(matches!(load(&src, 99), Err(LoadError::TooLarge { len: 100, max: 99, .. })));
+        assert!(matches!(load(&src, 99), Err(LoadError::TooLarge { max: 99, .. })));
         assert_eq!(load(&src, 100).unwrap().bytes.len(), 100);
         let missing = CapsuleSource::File(dir.join("missing.wasm"));
         let err = load(&missing, 100).err().unwrap();

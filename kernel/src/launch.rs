@@ -35,7 +35,9 @@ pub fn main(args: &[String], var: impl Fn(&str) -> Option<String>) -> Status {
 fn check(source: &CapsuleSource, max: u64) -> Result<(), Status> {
     let loaded = capsule::load(source, max).map_err(|e| {
         let status = match e {
-            LoadError::NotFound { .. } | LoadError::Unreadable { .. } => Status::NoInput,
+            LoadError::NotFound { .. } | LoadError::CannotOpen { .. } | LoadError::Unreadable { .. } => {
+                Status::NoInput
+            }
             LoadError::TooLarge { .. } => Status::DataErr,
             LoadError::NoBootModules { .. } => Status::Software,
         };

@@ -52,6 +52,7 @@ pub fn build(paths: &Paths, variant: Variant) -> Result<PathBuf> {
     let mut cmd = process::cargo(toolchain::KERNEL);
     cmd.current_dir(&src)
         .env("CARGO_ENCODED_RUSTFLAGS", "-Zmutable-noalias=no")
+        .env("HERMIT_LOG_LEVEL_FILTER", log_level())
         .args(["build", "--locked", "--release", "--target", "x86_64-unknown-none"])
         .args(["-Zbuild-std=core,alloc", "-Zbuild-std-features=compiler-builtins-mem"])
         .args(["--no-default-features", "--features", &FEATURES.join(",")])
@@ -69,6 +70,13 @@ pub fn build(paths: &Paths, variant: Variant) -> Result<PathBuf> {
     fs::create_dir_all(&lib_dir)?;
     postprocess(&raw, &processed)?;
     Ok(lib_dir)
+}
+
+/// The kernel's log level is fixed at build time. `warn` keeps the serial console (and
+/// the boot time it costs: every byte is a port write) for what matters; set
+/// `ASTRID_KERNEL_LOG=info` (or debug, trace) to see the kernel's boot report.
+fn log_level() -> String {
+    std::env::var("ASTRID_KERNEL_LOG").unwrap_or_else(|_| "warn".to_string())
 }
 
 fn is_newer(a: &Path, b: &Path) -> Result<bool> {
