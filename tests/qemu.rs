@@ -93,8 +93,8 @@ fn a_capsule_over_the_image_limit_is_rejected_before_use() {
 }
 
 #[test]
-fn kernel_environment_and_arguments_reach_the_application() {
-    // The kernel line carries env= through the loader; app arguments follow `--`.
+fn app_arguments_after_the_separator_reach_the_application() {
+    // App arguments follow `--` on the module line; the first one is tried first.
     let mut boot = boot_astrid(vec![]);
     boot.app_args = vec!["/root/a.wasm".into(), "/root/b.wasm".into()];
     let out = run(&boot);
@@ -141,6 +141,15 @@ fn an_app_module_that_is_not_an_elf_is_refused() {
     let art = artifacts();
     let boot = Boot { timeout: Duration::from_secs(60), ..Boot::new(art.loader.clone(), art.example_capsule.clone()) };
     assert_loader_failure(&run(&boot), 9, "elf");
+}
+
+#[test]
+fn an_elf_that_is_not_a_hermit_application_is_refused() {
+    // A Linux executable is a well-formed ELF without the HERMIT note.
+    let art = artifacts();
+    let linux_elf = PathBuf::from(env!("CARGO_BIN_EXE_xtask"));
+    let boot = Boot { timeout: Duration::from_secs(60), ..Boot::new(art.loader.clone(), linux_elf) };
+    assert_loader_failure(&run(&boot), 10, "hermit");
 }
 
 #[test]

@@ -80,3 +80,19 @@ fn uhyve_runs_a_mapped_capsule_and_propagates_statuses() {
     assert_eq!(empty.status, Some(65), "output:\n{}", empty.output);
     assert!(empty.output.contains("the file is empty"), "{}", empty.output);
 }
+
+#[test]
+fn the_run_command_maps_the_capsule_for_the_user() {
+    if setup().is_none() {
+        return;
+    }
+    let example = common::artifacts().example_capsule.clone();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["run", "--uhyve", "--timeout", "300"])
+        .arg(&example)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("astrid: capsule /root/hello.wasm: wasm component"), "{text}");
+}
