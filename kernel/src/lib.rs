@@ -3,8 +3,10 @@
 //! ("hosted mode") for fast tests and side-by-side benchmarks; everything that differs
 //! between the two lives behind `platform`.
 
+pub mod audit;
 pub mod capsule;
 pub mod exit;
 pub mod launch;
 pub mod platform;
+pub mod wait;
 pub mod wasm;

@@ -2,6 +2,11 @@
 //! the loader's identity map still in place, so physical addresses of boot modules are
 //! directly readable, and it may write an I/O port itself.
 
+use std::sync::atomic::AtomicU32;
+use std::time::Duration;
+
+use super::FutexWait;
+
 /// A boot module left in memory by the loader. The loader placed it below the kernel
 /// image, where the kernel never allocates, and identity-mapped it.
 pub fn boot_module(addr: u64, len: u64) -> Option<&'static [u8]> {
@@ -28,4 +33,60 @@ pub fn report_exit(status: u8) {
     // SAFETY: Hermit applications run in ring 0; the port was named by the host that
     // attached the isa-debug-exit device, and writing it ends the virtual machine.
     unsafe { core::arch::asm!("out dx, eax", in("dx") port, in("eax") value) };
+}
+
+/// The kernel's `struct timespec` (hermit-kernel 0.11 `src/time.rs`).
+#[repr(C)]
+struct Timespec {
+    tv_sec: i64,
+    tv_nsec: i32,
+}
+
+/// `sys_futex_wait` flag: the timeout is relative to now (else an absolute tick count).
+const FUTEX_RELATIVE: u32 = 1;
+const EAGAIN: i32 = 11;
+const ETIMEDOUT: i32 = 110;
+
+unsafe extern "C" {
+    fn sys_futex_wait(addr: *mut u32, expected: u32, timeout: *const Timespec, flags: u32) -> i32;
+    fn sys_futex_wake(addr: *mut u32, count: i32) -> i32;
+}
+
+/// Longest single futex sleep; the kernel converts the timeout to microseconds in an
+/// i64 and rejects an overflow with EINVAL. A caller with a later deadline just loops.
+const MAX_FUTEX_SLEEP_SECS: u64 = 1 << 32;
+
+/// Sleeps while `word` holds `expected`, for at most `timeout` (`None`: until woken).
+pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) -> FutexWait {
+    // The kernel truncates the timeout to whole microseconds: round up so a waiter never
+    // wakes before its deadline and spins on a zero-length sleep.
+    let ts = timeout.map(|t| {
+        let t = t.min(Duration::from_secs(MAX_FUTEX_SLEEP_SECS));
+        let micros = t.as_nanos().div_ceil(1000);
+        Timespec {
+            tv_sec: (micros / 1_000_000) as i64,
+            tv_nsec: ((micros % 1_000_000) * 1000) as i32,
+        }
+    });
+    let ts_ptr = ts.as_ref().map_or(core::ptr::null(), |t| t as *const Timespec);
+    // SAFETY: `word` is a live, aligned u32 for the whole call; the kernel reads it
+    // atomically under its parking-lot lock and only reads the timespec.
+    let rc = unsafe { sys_futex_wait(word.as_ptr(), expected, ts_ptr, FUTEX_RELATIVE) };
+    match rc {
+        0 => FutexWait::Woken,
+        r if r == -ETIMEDOUT => FutexWait::TimedOut,
+        r if r == -EAGAIN => FutexWait::Mismatch,
+        // EINVAL is the only other answer (null address, bad timeout or flags): a bug
+        // here, and retrying would spin.
+        r => panic!("sys_futex_wait failed: {r}"),
+    }
+}
+
+/// Wakes up to `count` sleepers on `word` (`u32::MAX`: all); returns how many woke.
+pub fn futex_wake(word: &AtomicU32, count: u32) -> u32 {
+    // i32::MAX is the kernel's "wake everyone".
+    let count = count.min(i32::MAX as u32) as i32;
+    // SAFETY: the kernel uses the address only as a key.
+    let rc = unsafe { sys_futex_wake(word.as_ptr(), count) };
+    u32::try_from(rc).unwrap_or(0)
 }

@@ -1,5 +1,10 @@
 //! Hosted (Linux process) side of the platform seam.
 
+use std::sync::atomic::AtomicU32;
+use std::time::Duration;
+
+use super::FutexWait;
+
 /// A Linux process has no boot modules.
 pub fn boot_module(_addr: u64, _len: u64) -> Option<&'static [u8]> {
     None
@@ -7,3 +12,49 @@ pub fn boot_module(_addr: u64, _len: u64) -> Option<&'static [u8]> {
 
 /// The process exit status already carries everything.
 pub fn report_exit(_status: u8) {}
+
+/// Longest single futex sleep: far beyond any deadline a capsule can ask for, and small
+/// enough that the seconds never overflow `time_t`. A caller with a later deadline just
+/// loops.
+const MAX_FUTEX_SLEEP_SECS: u64 = 1 << 32;
+
+/// Sleeps while `word` holds `expected`, for at most `timeout` (`None`: until woken).
+pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) -> FutexWait {
+    let ts = timeout.map(|t| libc::timespec {
+        tv_sec: t.as_secs().min(MAX_FUTEX_SLEEP_SECS) as libc::time_t,
+        tv_nsec: t.subsec_nanos() as _,
+    });
+    let ts_ptr = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: `word` is a live, aligned u32 for the whole call; FUTEX_WAIT reads it
+    // atomically and takes a relative timeout (CLOCK_MONOTONIC) or null for none.
+    // PRIVATE: the word is never shared with another process.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            expected,
+            ts_ptr,
+        )
+    };
+    if rc == 0 {
+        return FutexWait::Woken;
+    }
+    match std::io::Error::last_os_error().raw_os_error() {
+        Some(libc::ETIMEDOUT) => FutexWait::TimedOut,
+        Some(libc::EAGAIN) => FutexWait::Mismatch,
+        Some(libc::EINTR) => FutexWait::Interrupted,
+        // EFAULT/EINVAL/ENOSYS mean a broken argument or kernel: retrying would spin.
+        other => panic!("futex wait failed: {other:?}"),
+    }
+}
+
+/// Wakes up to `count` sleepers on `word` (`u32::MAX`: all); returns how many woke.
+pub fn futex_wake(word: &AtomicU32, count: u32) -> u32 {
+    let count = count.min(i32::MAX as u32) as libc::c_int;
+    // SAFETY: FUTEX_WAKE uses the address only as a key; it never dereferences it.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, count)
+    };
+    u32::try_from(rc).unwrap_or(0)
+}

@@ -11,6 +11,20 @@ mod hosted;
 #[cfg(not(target_os = "hermit"))]
 pub use hosted::*;
 
+/// What one futex wait ended with. Every outcome other than `TimedOut` may be
+/// spurious from the caller's point of view: callers re-check the word they wait on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FutexWait {
+    /// A wake reached this waiter (or the kernel woke it for its own reasons).
+    Woken,
+    /// The timeout passed first.
+    TimedOut,
+    /// The word no longer held `expected` when the wait began: nothing to sleep for.
+    Mismatch,
+    /// A signal interrupted the wait (Linux only).
+    Interrupted,
+}
+
 /// Ends the process with `status`, after making sure everything printed has left.
 pub fn exit(status: crate::exit::Status) -> ! {
     use std::io::Write;

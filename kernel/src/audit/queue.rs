@@ -1,0 +1,451 @@
+//! The bounded, lossless queue between the io path and a sink. Records are sealed into
+//! the chain as they enter (so queue order is log order), and one drainer thread hands
+//! them to the sink in batches. A full queue blocks the recording thread: backpressure,
+//! never a dropped record. Uses Mutex+Condvar for now; the wait primitive can take over.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use super::chain::Chain;
+use super::record::IoEvent;
+use super::sink::Sink;
+
+/// Most lines handed to the sink in one call; bounds the drainer's own copy.
+const MAX_BATCH: usize = 256;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuditError {
+    /// The log was closed; nothing more can be recorded.
+    Closed,
+    /// The sink failed. The log fails closed: no later record is accepted, because
+    /// operations that cannot be audited must not go ahead.
+    SinkFailed(String),
+}
+
+impl std::fmt::Display for AuditError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AuditError::Closed => write!(f, "the audit log is closed"),
+            AuditError::SinkFailed(e) => write!(f, "the audit sink failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for AuditError {}
+
+/// Counters for tests and diagnostics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Records sealed into the chain (= the next sequence number).
+    pub sealed: u64,
+    /// Records the sink accepted and flushed.
+    pub written: u64,
+    /// Most records ever waiting in the queue at once (never above `capacity`).
+    pub high_water: usize,
+    pub capacity: usize,
+    /// Attempts to record that were refused (log closed or sink failed).
+    pub refused: u64,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    not_full: Condvar,
+    not_empty: Condvar,
+    /// Signalled when `written` moves or the sink fails.
+    progress: Condvar,
+}
+
+struct State {
+    chain: Chain,
+    queue: VecDeque<String>,
+    capacity: usize,
+    written: u64,
+    high_water: usize,
+    refused: u64,
+    failed: Option<String>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every critical section leaves the state consistent before anything can panic.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits for room, then appends the line `make` seals. Fails without sealing when
+    /// the log is closed or broken, so refused records never take a sequence number.
+    fn push<T>(
+        &self,
+        make: impl FnOnce(&mut Chain) -> (String, T),
+    ) -> Result<(MutexGuard<'_, State>, T), AuditError> {
+        let mut st = self.lock();
+        loop {
+            if let Some(e) = &st.failed {
+                let e = AuditError::SinkFailed(e.clone());
+                st.refused += 1;
+                return Err(e);
+            }
+            if st.chain.is_closed() {
+                st.refused += 1;
+                return Err(AuditError::Closed);
+            }
+            if st.queue.len() < st.capacity {
+                break;
+            }
+            st = self.not_full.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        let (line, out) = make(&mut st.chain);
+        st.queue.push_back(line);
+        st.high_water = st.high_water.max(st.queue.len());
+        self.not_empty.notify_one();
+        Ok((st, out))
+    }
+
+    /// Waits until the sink has written and flushed the first `target` records.
+    fn wait_written<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State>,
+        target: u64,
+    ) -> Result<(), AuditError> {
+        loop {
+            if st.written >= target {
+                return Ok(());
+            }
+            if let Some(e) = &st.failed {
+                return Err(AuditError::SinkFailed(e.clone()));
+            }
+            st = self.progress.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// The image's audit log: owns the drainer thread. Closing it (or dropping it) appends
+/// the close record and waits until the sink has everything.
+pub struct AuditLog {
+    shared: Arc<Shared>,
+    drainer: Option<JoinHandle<()>>,
+}
+
+/// What recording threads hold; cheap to clone.
+#[derive(Clone)]
+pub struct AuditHandle {
+    shared: Arc<Shared>,
+}
+
+impl AuditLog {
+    /// Starts a log writing to `sink`, holding at most `capacity` records in flight.
+    ///
+    /// # Panics
+    /// If `capacity` is zero, or the drainer thread cannot be started.
+    pub fn start(sink: impl Sink + 'static, capacity: usize) -> AuditLog {
+        Self::start_with(Chain::new(), sink, capacity)
+    }
+
+    /// As `start`, with a given (fresh) chain, e.g. one with a test clock.
+    pub fn start_with(chain: Chain, mut sink: impl Sink + 'static, capacity: usize) -> AuditLog {
+        assert!(capacity > 0, "an audit queue needs room for one record");
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                chain,
+                queue: VecDeque::with_capacity(capacity),
+                capacity,
+                written: 0,
+                high_water: 0,
+                refused: 0,
+                failed: None,
+            }),
+            not_full: Condvar::new(),
+            not_empty: Condvar::new(),
+            progress: Condvar::new(),
+        });
+        let drainer = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("astrid-audit".into())
+                .spawn(move || drain_loop(&shared, &mut sink))
+                .expect("cannot start the audit drainer thread")
+        };
+        AuditLog { shared, drainer: Some(drainer) }
+    }
+
+    pub fn handle(&self) -> AuditHandle {
+        AuditHandle { shared: Arc::clone(&self.shared) }
+    }
+
+    /// Appends the close record (its count: every record before it), waits until the
+    /// sink has written and flushed everything, and stops the drainer. Returns how many
+    /// records the log holds, the close record included.
+    pub fn close(mut self) -> Result<u64, AuditError> {
+        self.close_inner()
+    }
+
+    fn close_inner(&mut self) -> Result<u64, AuditError> {
+        let pushed = self.shared.push(|chain| {
+            let line = chain.close().expect("only the owner closes, once");
+            (line, chain.next_seq())
+        });
+        let result =
+            pushed.and_then(|(st, total)| self.shared.wait_written(st, total).map(|()| total));
+        if result.is_err() {
+            // Let the drainer see there is nothing more to come.
+            self.shared.not_empty.notify_all();
+        }
+        if let Some(drainer) = self.drainer.take() {
+            let _ = drainer.join();
+        }
+        result
+    }
+}
+
+impl Drop for AuditLog {
+    /// Image shutdown without an explicit close still drains and seals the log.
+    fn drop(&mut self) {
+        if self.drainer.is_some() {
+            let _ = self.close_inner();
+        }
+    }
+}
+
+impl AuditHandle {
+    /// Seals one io record into the log, waiting while the queue is full. Returns its
+    /// sequence number.
+    pub fn record(&self, event: IoEvent) -> Result<u64, AuditError> {
+        let (_st, seq) = self.shared.push(|chain| {
+            let seq = chain.next_seq();
+            (chain.append(event).expect("checked open under the same lock"), seq)
+        })?;
+        Ok(seq)
+    }
+
+    /// Appends the end record of `capsule` and waits until the sink has everything up
+    /// to it. Returns the number of io records the capsule produced.
+    pub fn capsule_end(&self, capsule: &str) -> Result<u64, AuditError> {
+        let (st, count) = self
+            .shared
+            .push(|chain| chain.capsule_end(capsule).expect("checked open under the same lock"))?;
+        let target = st.chain.next_seq();
+        self.shared.wait_written(st, target)?;
+        Ok(count)
+    }
+
+    /// Waits until every record sealed so far is written and flushed.
+    pub fn drain(&self) -> Result<(), AuditError> {
+        let st = self.shared.lock();
+        let target = st.chain.next_seq();
+        self.shared.wait_written(st, target)
+    }
+
+    pub fn stats(&self) -> QueueStats {
+        let st = self.shared.lock();
+        QueueStats {
+            sealed: st.chain.next_seq(),
+            written: st.written,
+            high_water: st.high_water,
+            capacity: st.capacity,
+            refused: st.refused,
+        }
+    }
+}
+
+fn drain_loop(shared: &Shared, sink: &mut dyn Sink) {
+    let mut batch: Vec<String> = Vec::with_capacity(MAX_BATCH);
+    loop {
+        {
+            let mut st = shared.lock();
+            while st.queue.is_empty() {
+                // Closed and emptied (the close record is always last), or given up on.
+                if st.chain.is_closed() || st.failed.is_some() {
+                    return;
+                }
+                st = shared.not_empty.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+            let n = st.queue.len().min(MAX_BATCH);
+            batch.extend(st.queue.drain(..n));
+            shared.not_full.notify_all();
+        }
+        let result = sink.write_batch(&batch).and_then(|()| sink.flush());
+        let mut st = shared.lock();
+        match result {
+            Ok(()) => st.written += batch.len() as u64,
+            Err(e) => {
+                st.failed = Some(e.to_string());
+                shared.not_full.notify_all();
+                shared.progress.notify_all();
+                return;
+            }
+        }
+        batch.clear();
+        shared.progress.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::thread;
+    use std::time::Duration;
+
+    use super::super::record::AuditRecord;
+    use super::super::sink::MemorySink;
+    use super::super::verify::verify;
+    use super::*;
+
+    /// A sink that takes its time over every batch.
+    struct SlowSink {
+        inner: MemorySink,
+        delay: Duration,
+    }
+
+    impl Sink for SlowSink {
+        fn write_batch(&mut self, lines: &[String]) -> io::Result<()> {
+            thread::sleep(self.delay);
+            self.inner.write_batch(lines)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A sink that breaks after `ok_batches` batches.
+    struct BreakingSink {
+        inner: MemorySink,
+        ok_batches: usize,
+    }
+
+    impl Sink for BreakingSink {
+        fn write_batch(&mut self, lines: &[String]) -> io::Result<()> {
+            if self.ok_batches == 0 {
+                return Err(io::Error::other("disk on fire"));
+            }
+            self.ok_batches -= 1;
+            self.inner.write_batch(lines)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn parse(line: &str) -> AuditRecord {
+        let (body, _) = super::super::record::unseal(line).unwrap();
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Four writers push 250 records each through an 8-record queue into a sink that
+    /// sleeps on every batch. Every record arrives, each writer's in its own order, the
+    /// queue filled (writers were held back) but never overflowed, the log verifies and
+    /// its close record counts them all.
+    #[test]
+    fn slow_sink_loses_nothing_and_keeps_each_writers_order() {
+        const WRITERS: u64 = 4;
+        const PER_WRITER: u64 = 250;
+        let memory = MemorySink::new();
+        let log =
+            AuditLog::start(SlowSink { inner: memory.clone(), delay: Duration::from_millis(1) }, 8);
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let handle = log.handle();
+                thread::spawn(move || {
+                    for i in 0..PER_WRITER {
+                        let mut e = IoEvent::ok(
+                            &format!("w{w}"),
+                            "p",
+                            "astrid:io/streams.output-stream.write",
+                            i,
+                        );
+                        e.bytes = Some(i);
+                        handle.record(e).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        let stats = log.handle().stats();
+        assert_eq!(stats.high_water, 8, "the queue never filled, so nothing was held back");
+        let total = log.close().unwrap();
+        assert_eq!(total, WRITERS * PER_WRITER + 1);
+
+        let lines = memory.lines().clone();
+        assert_eq!(lines.len() as u64, total);
+        let summary = verify(lines.iter().map(String::as_str)).unwrap();
+        assert_eq!(summary.io_records, WRITERS * PER_WRITER);
+        let last = parse(lines.last().unwrap());
+        assert_eq!(last.function, "astrid:audit/close");
+        assert_eq!(last.count, Some(WRITERS * PER_WRITER));
+        for w in 0..WRITERS {
+            let mine: Vec<u64> = lines
+                .iter()
+                .map(|l| parse(l))
+                .filter(|r| r.capsule == format!("w{w}"))
+                .map(|r| r.bytes.unwrap())
+                .collect();
+            assert_eq!(mine, (0..PER_WRITER).collect::<Vec<_>>(), "writer {w}");
+        }
+    }
+
+    #[test]
+    fn capsule_end_drains_and_counts() {
+        let memory = MemorySink::new();
+        let log =
+            AuditLog::start(SlowSink { inner: memory.clone(), delay: Duration::from_millis(2) }, 4);
+        let h = log.handle();
+        for capsule in ["a", "b", "a", "a", "b"] {
+            h.record(IoEvent::ok(capsule, "p", "astrid:io/poll.poll", 1)).unwrap();
+        }
+        assert_eq!(h.capsule_end("a"), Ok(3));
+        // Drained: the end record is already in the sink when capsule_end returns.
+        {
+            let lines = memory.lines();
+            assert_eq!(lines.len(), 6);
+            let end = parse(&lines[5]);
+            assert_eq!(
+                (end.function.as_str(), end.capsule.as_str(), end.count),
+                ("astrid:audit/capsule-end", "a", Some(3))
+            );
+        }
+        assert_eq!(h.capsule_end("b"), Ok(2));
+        assert_eq!(log.close(), Ok(8));
+        assert!(verify(memory.lines().iter().map(String::as_str)).is_ok());
+    }
+
+    #[test]
+    fn records_after_close_are_refused_and_counted() {
+        let memory = MemorySink::new();
+        let log = AuditLog::start(memory.clone(), 4);
+        let h = log.handle();
+        assert_eq!(h.record(IoEvent::ok("c", "p", "f", 1)), Ok(0));
+        assert_eq!(log.close(), Ok(2));
+        assert_eq!(h.record(IoEvent::ok("c", "p", "f", 1)), Err(AuditError::Closed));
+        assert_eq!(h.capsule_end("c"), Err(AuditError::Closed));
+        assert_eq!(h.stats().refused, 2);
+        assert_eq!(h.stats().sealed, 2, "refused records take no sequence number");
+        assert_eq!(memory.lines().len(), 2);
+    }
+
+    #[test]
+    fn dropping_the_log_still_closes_it() {
+        let memory = MemorySink::new();
+        {
+            let log = AuditLog::start(memory.clone(), 4);
+            log.handle().record(IoEvent::ok("c", "p", "f", 1)).unwrap();
+        }
+        let lines = memory.lines();
+        assert_eq!(verify(lines.iter().map(String::as_str)).unwrap().records, 2);
+    }
+
+    #[test]
+    fn a_failed_sink_fails_closed() {
+        let memory = MemorySink::new();
+        let log = AuditLog::start(BreakingSink { inner: memory.clone(), ok_batches: 1 }, 4);
+        let h = log.handle();
+        h.record(IoEvent::ok("c", "p", "f", 1)).unwrap();
+        h.drain().unwrap();
+        // Accepted into the queue, but the sink breaks on it.
+        h.record(IoEvent::ok("c", "p", "f", 2)).unwrap();
+        assert!(matches!(h.drain(), Err(AuditError::SinkFailed(_))));
+        assert!(matches!(h.record(IoEvent::ok("c", "p", "f", 3)), Err(AuditError::SinkFailed(_))));
+        assert!(matches!(log.close(), Err(AuditError::SinkFailed(_))));
+        assert_eq!(memory.lines().len(), 1);
+    }
+}

@@ -1,0 +1,183 @@
+//! One audit record and its line: the JSON field order of `AuditRecord` is the canonical
+//! form, and every line ends in the BLAKE3 hash of everything before that hash.
+
+use serde::{Deserialize, Serialize};
+
+/// `fn` of the record a chain ends with when a capsule ends; `count` is how many io
+/// records that capsule produced.
+pub const FN_CAPSULE_END: &str = "astrid:audit/capsule-end";
+/// `fn` of the last record of a log; `count` is how many records precede it.
+pub const FN_CLOSE: &str = "astrid:audit/close";
+/// `prev` of the first record.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Ok,
+    Error,
+}
+
+/// What the io layer reports about one operation, before the chain numbers and links it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IoEvent {
+    pub capsule: String,
+    pub principal: String,
+    /// The WIT function, e.g. `astrid:io/poll.poll`.
+    pub function: String,
+    pub outcome: Outcome,
+    pub elapsed_ns: u64,
+    pub bytes: Option<u64>,
+    pub pollable_count: Option<u32>,
+    pub ready_count: Option<u32>,
+    pub error: Option<String>,
+}
+
+impl IoEvent {
+    /// A successful operation with no counters; set the optional fields directly.
+    pub fn ok(capsule: &str, principal: &str, function: &str, elapsed_ns: u64) -> Self {
+        IoEvent {
+            capsule: capsule.to_owned(),
+            principal: principal.to_owned(),
+            function: function.to_owned(),
+            outcome: Outcome::Ok,
+            elapsed_ns,
+            bytes: None,
+            pollable_count: None,
+            ready_count: None,
+            error: None,
+        }
+    }
+}
+
+/// One line of the audit log, as written and as read back.
+///
+/// Optional fields are left out when absent, never written as `null`, so each record
+/// has exactly one serialized form; the verifier re-serializes and compares.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditRecord {
+    /// Position in the log, from 0, without gaps.
+    pub seq: u64,
+    /// Monotonic nanoseconds since the log started; never decreases along the log.
+    pub t_ns: u64,
+    pub capsule: String,
+    pub principal: String,
+    #[serde(rename = "fn")]
+    pub function: String,
+    pub outcome: Outcome,
+    pub elapsed_ns: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pollable_count: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ready_count: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Only on `FN_CAPSULE_END` and `FN_CLOSE` records.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// The `hash` of the previous line (lowercase hex), `GENESIS` for the first.
+    pub prev: String,
+}
+
+/// `,"hash":"` + 64 hex digits + `"}`: the fixed tail of every line.
+const HASH_TAIL_LEN: usize = 9 + 64 + 2;
+
+/// The exact line for `record`: its canonical JSON with a final `hash` field, the BLAKE3
+/// of the JSON before it (the line without that field). Returns the line and the hash.
+pub fn seal(record: &AuditRecord) -> (String, String) {
+    let body = serde_json::to_string(record).expect("an audit record always serializes");
+    let hash = blake3::hash(body.as_bytes()).to_hex().to_string();
+    // body ends with '}': reopen it for the hash field.
+    let mut line = String::with_capacity(body.len() + HASH_TAIL_LEN);
+    line.push_str(&body[..body.len() - 1]);
+    line.push_str(",\"hash\":\"");
+    line.push_str(&hash);
+    line.push_str("\"}");
+    (line, hash)
+}
+
+/// Splits a line into the JSON it hashes (its `hash` field taken out) and the hash it
+/// states. `None` when the line does not end in a well-formed hash field.
+pub fn unseal(line: &str) -> Option<(String, &str)> {
+    let bytes = line.as_bytes();
+    if bytes.len() < HASH_TAIL_LEN + 2 {
+        return None;
+    }
+    let start = bytes.len() - HASH_TAIL_LEN;
+    let tail = &bytes[start..];
+    let hex = &tail[9..9 + 64];
+    if &tail[..9] != b",\"hash\":\"" || &tail[73..] != b"\"}" {
+        return None;
+    }
+    if !hex.iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b)) {
+        return None;
+    }
+    // The tail is ASCII, so `start` is a char boundary.
+    let mut body = String::with_capacity(start + 1);
+    body.push_str(&line[..start]);
+    body.push('}');
+    Some((body, &line[start + 9..start + 9 + 64]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> AuditRecord {
+        AuditRecord {
+            seq: 7,
+            t_ns: 1234,
+            capsule: "hello".into(),
+            principal: "alice".into(),
+            function: "astrid:io/streams.input-stream.read".into(),
+            outcome: Outcome::Ok,
+            elapsed_ns: 99,
+            bytes: Some(512),
+            pollable_count: None,
+            ready_count: None,
+            error: None,
+            count: None,
+            prev: GENESIS.into(),
+        }
+    }
+
+    #[test]
+    fn line_is_canonical_json_with_a_final_hash() {
+        let (line, hash) = seal(&sample());
+        assert_eq!(
+            line,
+            format!(
+                "{{\"seq\":7,\"t_ns\":1234,\"capsule\":\"hello\",\"principal\":\"alice\",\
+                 \"fn\":\"astrid:io/streams.input-stream.read\",\"outcome\":\"ok\",\
+                 \"elapsed_ns\":99,\"bytes\":512,\"prev\":\"{GENESIS}\",\"hash\":\"{hash}\"}}"
+            )
+        );
+        let (body, stated) = unseal(&line).unwrap();
+        assert_eq!(stated, hash);
+        assert_eq!(blake3::hash(body.as_bytes()).to_hex().as_str(), hash);
+        let back: AuditRecord = serde_json::from_str(&body).unwrap();
+        assert_eq!(back, sample());
+    }
+
+    #[test]
+    fn strings_with_newlines_stay_on_one_line() {
+        let mut r = sample();
+        r.error = Some("two\nlines\r\n\u{0}".into());
+        r.outcome = Outcome::Error;
+        let (line, _) = seal(&r);
+        assert!(!line.contains('\n') && !line.contains('\r'));
+    }
+
+    #[test]
+    fn unseal_rejects_lines_without_a_proper_hash_tail() {
+        assert!(unseal("{}").is_none());
+        let (line, hash) = seal(&sample());
+        let upper = format!("{}{}\"}}", &line[..line.len() - 66], hash.to_uppercase());
+        assert_ne!(upper, line);
+        assert!(unseal(&upper).is_none(), "hex must be lowercase");
+        assert!(unseal(&line[..line.len() - 1]).is_none());
+    }
+}

@@ -1,0 +1,148 @@
+//! Where sealed lines go. One trait; each transport is one type (`LinesSink` for files
+//! and sockets, `ConsoleSink` in `console.rs` for the serial console, `MemorySink` for
+//! tests and in-process consumers).
+
+use std::io::{self, Write};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// A destination for audit lines. The queue calls it from one thread, in log order.
+pub trait Sink: Send {
+    /// Writes `lines` in order, each one record without its newline. Either all of them
+    /// are handed on, or the error says the sink is broken: the queue does not retry
+    /// (it cannot know how much got through) and fails closed.
+    fn write_batch(&mut self, lines: &[String]) -> io::Result<()>;
+
+    /// Pushes out whatever the sink still holds. The queue calls it after every batch,
+    /// so a record that `drain` reported written has left the image's buffers.
+    fn flush(&mut self) -> io::Result<()>;
+}
+
+/// Writes `prefix` + line + `\n` for each line, grouping whole lines into writes of at
+/// most `max_write` bytes (a longer line goes alone), so no write splits a line.
+pub(crate) fn write_lines(
+    out: &mut impl Write,
+    buf: &mut Vec<u8>,
+    lines: &[String],
+    prefix: &str,
+    max_write: usize,
+) -> io::Result<()> {
+    buf.clear();
+    for line in lines {
+        let len = prefix.len() + line.len() + 1;
+        if !buf.is_empty() && buf.len() + len > max_write {
+            out.write_all(buf)?;
+            buf.clear();
+        }
+        buf.extend_from_slice(prefix.as_bytes());
+        buf.extend_from_slice(line.as_bytes());
+        buf.push(b'\n');
+    }
+    if !buf.is_empty() {
+        out.write_all(buf)?;
+        buf.clear();
+    }
+    Ok(())
+}
+
+/// Plain JSON lines, for a file (virtio-fs, uhyve's file mapping) or a TCP collector.
+/// Writes up to 64 KiB at a time: the Hermit kernel caps one FUSE write there, and
+/// batches that size are what make virtio-fs fast.
+pub struct LinesSink<W> {
+    out: W,
+    buf: Vec<u8>,
+}
+
+impl<W: Write + Send> LinesSink<W> {
+    pub const MAX_WRITE: usize = 64 << 10;
+
+    pub fn new(out: W) -> Self {
+        LinesSink { out, buf: Vec::new() }
+    }
+
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+}
+
+impl<W: Write + Send> Sink for LinesSink<W> {
+    fn write_batch(&mut self, lines: &[String]) -> io::Result<()> {
+        write_lines(&mut self.out, &mut self.buf, lines, "", Self::MAX_WRITE)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// Keeps lines in memory; clones share them, so a test (or an in-process reader) keeps
+/// one clone and hands the other to the queue.
+#[derive(Clone, Default)]
+pub struct MemorySink {
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl MemorySink {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn lines(&self) -> MutexGuard<'_, Vec<String>> {
+        self.lines.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Sink for MemorySink {
+    fn write_batch(&mut self, lines: &[String]) -> io::Result<()> {
+        self.lines().extend_from_slice(lines);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records every write call, to check how lines are grouped.
+    #[derive(Default)]
+    struct Writes(Vec<Vec<u8>>);
+
+    impl Write for Writes {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.push(b.to_vec());
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn lines_are_grouped_without_splitting_any() {
+        let lines: Vec<String> = (0..10).map(|i| format!("{i}").repeat(30)).collect();
+        let mut out = Writes::default();
+        let mut buf = Vec::new();
+        write_lines(&mut out, &mut buf, &lines, "> ", 100).unwrap();
+        // 33 bytes per framed line: three fit in 100.
+        assert_eq!(out.0.iter().map(Vec::len).collect::<Vec<_>>(), vec![99, 99, 99, 33]);
+        let all: Vec<u8> = out.0.concat();
+        let expected: String = lines.iter().map(|l| format!("> {l}\n")).collect();
+        assert_eq!(String::from_utf8(all).unwrap(), expected);
+        // A line longer than the limit goes alone, whole.
+        let mut out = Writes::default();
+        let long = vec!["x".repeat(250), "y".into()];
+        write_lines(&mut out, &mut buf, &long, "", 100).unwrap();
+        assert_eq!(out.0.iter().map(Vec::len).collect::<Vec<_>>(), vec![251, 2]);
+    }
+
+    #[test]
+    fn lines_sink_writes_plain_lines() {
+        let mut sink = LinesSink::new(Vec::new());
+        sink.write_batch(&["{\"a\":1}".into(), "{\"b\":2}".into()]).unwrap();
+        sink.flush().unwrap();
+        assert_eq!(sink.into_inner(), b"{\"a\":1}\n{\"b\":2}\n");
+    }
+}
