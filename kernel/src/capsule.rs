@@ -23,10 +23,21 @@ pub enum CapsuleSource {
 }
 
 impl CapsuleSource {
+    /// How messages name the capsule: the module name, or the path as given.
     pub fn name(&self) -> String {
         match self {
             CapsuleSource::BootModule { name, .. } => name.clone(),
             CapsuleSource::File(path) => path.display().to_string(),
+        }
+    }
+
+    /// The capsule's identity in the audit log and on the console: its file name.
+    pub fn id(&self) -> String {
+        match self {
+            CapsuleSource::BootModule { name, .. } => name.clone(),
+            CapsuleSource::File(path) => {
+                path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| self.name())
+            }
         }
     }
 }
@@ -140,6 +151,8 @@ impl fmt::Display for LoadError {
 /// A capsule's bytes: borrowed from a boot module in place, or read from a file.
 pub struct CapsuleBytes {
     pub name: String,
+    /// See `CapsuleSource::id`.
+    pub id: String,
     pub bytes: Cow<'static, [u8]>,
 }
 
@@ -152,7 +165,7 @@ pub fn load(source: &CapsuleSource, max: u64) -> Result<CapsuleBytes, LoadError>
             }
             let bytes = platform::boot_module(*addr, *len)
                 .ok_or_else(|| LoadError::NoBootModules { name: name.clone() })?;
-            Ok(CapsuleBytes { name, bytes: Cow::Borrowed(bytes) })
+            Ok(CapsuleBytes { name, id: source.id(), bytes: Cow::Borrowed(bytes) })
         }
         CapsuleSource::File(path) => {
             // No `metadata` first: uhyve's file system has no stat (ENOSYS), so the
@@ -169,7 +182,7 @@ pub fn load(source: &CapsuleSource, max: u64) -> Result<CapsuleBytes, LoadError>
             if len > max {
                 return Err(LoadError::TooLarge { name, len, max });
             }
-            Ok(CapsuleBytes { name, bytes: Cow::Owned(bytes) })
+            Ok(CapsuleBytes { name, id: source.id(), bytes: Cow::Owned(bytes) })
         }
     }
 }

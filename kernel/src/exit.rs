@@ -14,6 +14,8 @@ pub enum Status {
     Ok = 0,
     /// The capsule failed (trap, error result) — the capsule's fault, not the image's.
     CapsuleFailed = 1,
+    /// The capsule was cancelled (its deadline passed, or the host cancelled it).
+    CapsuleCancelled = 2,
     /// The image was started wrongly (no capsule, bad arguments).
     Usage = 64,
     /// The capsule is not acceptable (empty, not wasm, unsupported version, too large).
@@ -76,7 +78,7 @@ mod tests {
 
     #[test]
     fn app_statuses_round_trip_through_qemu_encoding() {
-        for s in [0u8, 1, 64, 65, 66, 70, APP_MAX_STATUS as u8] {
+        for s in [0u8, 1, 2, 64, 65, 66, 70, APP_MAX_STATUS as u8] {
             let rc = (2 * debug_exit_value(s) + 1) as i32 & 0xff;
             assert_eq!(decode_qemu_status(rc), GuestExit::App(s), "status {s}");
         }

@@ -1,38 +1,151 @@
-//! The application's start: find the capsules, load and check each one, report what
-//! was loaded, and turn every failure into a clear message and an exit status.
+//! The application's start: find the capsules, load and check each one, run them in the
+//! engine with the audit log on the console, and turn every failure into a clear
+//! message and an exit status.
 
-use crate::capsule::{self, CapsuleSource, LoadError, SourceError};
+use crate::capsule::{self, CapsuleBytes, CapsuleSource, LoadError, SourceError};
 use crate::exit::Status;
 use crate::wasm::{self, HeaderError};
+
+/// Records the audit queue holds before writers wait for the sink.
+#[cfg(feature = "engine")]
+const AUDIT_QUEUE: usize = 4096;
 
 /// Runs the image's application and returns its exit status. `var` reads environment
 /// variables (injected for tests); messages go to stdout (the console).
 pub fn main(args: &[String], var: impl Fn(&str) -> Option<String>) -> Status {
-    let sources = match capsule::discover(args, &var) {
-        Ok(s) => s,
-        Err(e @ SourceError::NoCapsule) => return fail(Status::Usage, &e),
-        Err(e) => return fail(Status::Software, &e),
-    };
-    let max = match var("ASTRID_MAX_CAPSULE_BYTES") {
-        None => capsule::DEFAULT_MAX_CAPSULE_BYTES,
-        Some(v) => match v.parse::<u64>() {
-            Ok(n) => n,
-            Err(_) => {
-                let msg = format!("ASTRID_MAX_CAPSULE_BYTES={v:?} is not a byte count");
-                return fail(Status::Usage, &msg);
-            }
-        },
-    };
-    for source in &sources {
-        if let Err(status) = check(source, max) {
-            return status;
-        }
+    match run(args, &var) {
+        Ok(status) | Err(status) => status,
     }
-    println!("astrid: {} capsule(s) ready", sources.len());
-    Status::Ok
 }
 
-fn check(source: &CapsuleSource, max: u64) -> Result<(), Status> {
+fn run(args: &[String], var: &impl Fn(&str) -> Option<String>) -> Result<Status, Status> {
+    let sources = capsule::discover(args, var).map_err(|e| match e {
+        SourceError::NoCapsule => fail(Status::Usage, &e),
+        _ => fail(Status::Software, &e),
+    })?;
+    let max = setting(var, "ASTRID_MAX_CAPSULE_BYTES", capsule::DEFAULT_MAX_CAPSULE_BYTES)?;
+    let capsules = sources.iter().map(|s| check(s, max)).collect::<Result<Vec<_>, _>>()?;
+    println!("astrid: {} capsule(s) ready", capsules.len());
+    if var("ASTRID_CHECK_ONLY").is_some_and(|v| v == "1") {
+        println!("astrid: check only (ASTRID_CHECK_ONLY=1): capsules checked, not run");
+        return Ok(Status::Ok);
+    }
+    run_capsules(&capsules, var)
+}
+
+#[cfg(not(feature = "engine"))]
+fn run_capsules(_: &[CapsuleBytes], _: &impl Fn(&str) -> Option<String>) -> Result<Status, Status> {
+    println!("astrid: this image is built without the engine (the soft-float smoke image): capsules checked, not run");
+    Ok(Status::Ok)
+}
+
+#[cfg(feature = "engine")]
+fn run_capsules(capsules: &[CapsuleBytes], var: &impl Fn(&str) -> Option<String>) -> Result<Status, Status> {
+    use std::time::Duration;
+
+    use crate::audit::AuditLog;
+    use crate::engine::state::CapsuleLimits;
+    use crate::engine::{CapsuleEngine, RunOptions, RunOutcome};
+    use crate::wait::CancelToken;
+
+    let mut options = RunOptions::default();
+    options.limits = CapsuleLimits {
+        memory_bytes: setting(var, "ASTRID_MEMORY_MIB", 64u64)? as usize * (1 << 20),
+        handles: setting(var, "ASTRID_HANDLE_QUOTA", options.limits.handles as u64)? as usize,
+        ..options.limits
+    };
+    if let Some(ms) = var("ASTRID_DEADLINE_MS") {
+        let ms = ms.parse::<u64>().map_err(|_| fail(Status::Usage, &format!("ASTRID_DEADLINE_MS={ms:?} is not a number of milliseconds")))?;
+        options.deadline = Some(Duration::from_millis(ms));
+    }
+
+    // The guest's RAM (the run command passes it; unknown means a conservative 256 MiB)
+    // bounds what wasmtime may map: capsule memory is capped by that budget too.
+    let ram = setting(var, "ASTRID_RAM_MIB", 256)? << 20;
+    let budget = crate::platform::set_memory_budget(ram, crate::engine::config::RUNNER_STACK);
+    if budget < options.limits.memory_bytes {
+        options.limits.memory_bytes = budget;
+    }
+
+    let engine = CapsuleEngine::new().map_err(|e| fail(Status::Software, &format!("cannot start the engine: {e:#}")))?;
+    let log = match var("ASTRID_AUDIT").as_deref() {
+        Some("off") => None,
+        _ => Some(AuditLog::start(audit_sink(var)?, AUDIT_QUEUE)),
+    };
+    let audit = log.as_ref().map(AuditLog::handle);
+    let mut status = Status::Ok;
+    for capsule in capsules {
+        let report = match engine.load(&capsule.bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                status = worst(status, fail(Status::DataErr, &format!("capsule {}: cannot be loaded: {e:#}", capsule.name)));
+                continue;
+            }
+        };
+        println!("astrid: capsule {}: {} in {} ms", capsule.name, report.how, report.elapsed.as_millis());
+        let cancel = CancelToken::new();
+        let started = std::time::Instant::now();
+        let outcome = engine.run(&capsule.id, &report.loaded, &options, &cancel, audit.as_ref());
+        let ran = started.elapsed();
+        let this = match &outcome {
+            RunOutcome::Completed => {
+                let after = if cancel.is_cancelled() { " (shut down after its cancellation)" } else { "" };
+                println!("astrid: capsule {}: completed in {} us{after}", capsule.name, ran.as_micros());
+                Status::Ok
+            }
+            RunOutcome::Trapped(t) => fail(Status::CapsuleFailed, &format!("capsule {}: trapped: {t}", capsule.name)),
+            RunOutcome::Cancelled => fail(Status::CapsuleCancelled, &format!("capsule {}: cancelled", capsule.name)),
+            RunOutcome::InstantiateFailed(t) => fail(Status::DataErr, &format!("capsule {}: cannot be instantiated: {t}", capsule.name)),
+        };
+        status = worst(status, this);
+    }
+    match log.map(AuditLog::close) {
+        None => println!("astrid: audit off (ASTRID_AUDIT=off)"),
+        Some(Ok(n)) => println!("astrid: audit log closed: {n} records"),
+        Some(Err(e)) => status = worst(status, fail(Status::Software, &format!("audit log failed: {e}"))),
+    }
+    Ok(status)
+}
+
+/// The audit sinks: the serial console (unless `ASTRID_AUDIT_SERIAL=off`) and, when
+/// `ASTRID_AUDIT_FILE` names one, a file — on `/root`, that is virtio-fs under QEMU and
+/// uhyve's file mapping under uhyve.
+#[cfg(feature = "engine")]
+fn audit_sink(var: &impl Fn(&str) -> Option<String>) -> Result<Box<dyn crate::audit::Sink>, Status> {
+    use crate::audit::{ConsoleSink, LinesSink, Sink, TeeSink};
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    if var("ASTRID_AUDIT_SERIAL").as_deref() != Some("off") {
+        sinks.push(Box::new(ConsoleSink::stdout()));
+    }
+    if let Some(path) = var("ASTRID_AUDIT_FILE") {
+        let file = std::fs::File::create(&path).map_err(|e| {
+            fail(
+                Status::Software,
+                &format!("cannot create the audit file {path}: {e} — under QEMU share a directory as /root (scripts/run --audit-dir DIR), under uhyve map one"),
+            )
+        })?;
+        sinks.push(Box::new(LinesSink::new(file)));
+    }
+    if sinks.is_empty() {
+        return Err(fail(Status::Usage, &"ASTRID_AUDIT_SERIAL=off needs ASTRID_AUDIT_FILE: audit records need a sink (ASTRID_AUDIT=off turns auditing off)"));
+    }
+    Ok(Box::new(TeeSink::new(sinks)))
+}
+
+/// The first failure wins; success never hides one.
+#[cfg(feature = "engine")]
+fn worst(a: Status, b: Status) -> Status {
+    if a == Status::Ok { b } else { a }
+}
+
+fn setting(var: &impl Fn(&str) -> Option<String>, name: &str, default: u64) -> Result<u64, Status> {
+    match var(name) {
+        None => Ok(default),
+        Some(v) => v.parse::<u64>().map_err(|_| fail(Status::Usage, &format!("{name}={v:?} is not a number"))),
+    }
+}
+
+fn check(source: &CapsuleSource, max: u64) -> Result<CapsuleBytes, Status> {
     let loaded = capsule::load(source, max).map_err(|e| {
         let status = match e {
             LoadError::NotFound { .. } | LoadError::CannotOpen { .. } | LoadError::Unreadable { .. } => {
@@ -43,21 +156,35 @@ fn check(source: &CapsuleSource, max: u64) -> Result<(), Status> {
         };
         fail(status, &e)
     })?;
-    let header = wasm::inspect(&loaded.bytes).map_err(|e: HeaderError| {
-        fail(Status::DataErr, &format!("capsule {}: {e}", loaded.name))
-    })?;
     let origin = match source {
         CapsuleSource::BootModule { addr, .. } => format!("boot module at {addr:#x}"),
         CapsuleSource::File(_) => "file".to_string(),
     };
-    println!(
-        "astrid: capsule {}: wasm {} (binary version {:#x}), {} bytes, from {origin}",
-        loaded.name,
-        header.kind,
-        header.version,
-        loaded.bytes.len(),
-    );
-    Ok(())
+    let kind = match precompiled_kind(&loaded.bytes) {
+        Some(kind) => kind.to_string(),
+        None => {
+            let header = wasm::inspect(&loaded.bytes).map_err(|e: HeaderError| {
+                fail(Status::DataErr, &format!("capsule {}: {e}", loaded.name))
+            })?;
+            format!("wasm {} (binary version {:#x})", header.kind, header.version)
+        }
+    };
+    println!("astrid: capsule {}: {kind}, {} bytes, from {origin}", loaded.name, loaded.bytes.len());
+    Ok(loaded)
+}
+
+/// What a host-precompiled artifact holds, if `bytes` is one.
+#[cfg(feature = "engine")]
+fn precompiled_kind(bytes: &[u8]) -> Option<&'static str> {
+    match wasmtime::Engine::detect_precompiled(bytes)? {
+        wasmtime::Precompiled::Component => Some("precompiled component"),
+        wasmtime::Precompiled::Module => Some("precompiled module"),
+    }
+}
+
+#[cfg(not(feature = "engine"))]
+fn precompiled_kind(bytes: &[u8]) -> Option<&'static str> {
+    bytes.starts_with(b"\x7fELF").then_some("precompiled artifact")
 }
 
 fn fail(status: Status, what: &dyn std::fmt::Display) -> Status {
@@ -81,13 +208,16 @@ mod tests {
         path.display().to_string()
     }
 
+    /// The smallest component: no imports, no exports.
+    const EMPTY_COMPONENT: &[u8] = &[0, 0x61, 0x73, 0x6d, 0x0d, 0, 1, 0];
+
     #[test]
     fn statuses_follow_the_kind_of_mistake() {
         assert_eq!(main(&[], no_env), Status::Usage);
         assert_eq!(main(&["/nonexistent/x.wasm".into()], no_env), Status::NoInput);
         assert_eq!(main(&[temp_file("empty.wasm", b"")], no_env), Status::DataErr);
         assert_eq!(main(&[temp_file("elf.wasm", b"\x7fELF\x02\x01\x01\0")], no_env), Status::DataErr);
-        let component = temp_file("ok.wasm", &[0, 0x61, 0x73, 0x6d, 0x0d, 0, 1, 0]);
+        let component = temp_file("ok.wasm", EMPTY_COMPONENT);
         assert_eq!(main(&[component.clone()], no_env), Status::Ok);
         let tiny_limit = |k: &str| (k == "ASTRID_MAX_CAPSULE_BYTES").then(|| "4".to_string());
         assert_eq!(main(&[component.clone()], tiny_limit), Status::DataErr);

@@ -5,8 +5,17 @@
 
 pub mod audit;
 pub mod capsule;
+#[cfg(feature = "engine")]
+pub mod engine;
+#[cfg(feature = "engine")]
+pub mod io;
+pub mod sources;
 pub mod exit;
 pub mod launch;
 pub mod platform;
 pub mod wait;
 pub mod wasm;
+
+/// The engine's exact wasmtime, for host tools that must agree with the image.
+#[cfg(feature = "engine")]
+pub use wasmtime;

@@ -36,6 +36,15 @@ pub fn ensure(paths: &Paths) -> Result<Artifacts> {
     })
 }
 
+/// Builds astrid.img with the testing sources linked in (test and bench images).
+pub fn ensure_testing(paths: &Paths) -> Result<PathBuf> {
+    setup::ensure_base()?;
+    let lib = kernel::build(paths, Variant::Standard)?;
+    let img = paths.astrid_testing_img();
+    hermit_app::build(paths, App::AstridTesting, Flavor::Standard, &lib, &img)?;
+    Ok(img)
+}
+
 /// Builds the soft-float astrid.img on the PVM kernel, for uhyve on PVM hosts.
 pub fn ensure_softfloat(paths: &Paths) -> Result<PathBuf> {
     setup::ensure_base()?;
@@ -43,4 +52,25 @@ pub fn ensure_softfloat(paths: &Paths) -> Result<PathBuf> {
     let img = paths.astrid_softfloat_img();
     hermit_app::build(paths, App::Astrid, Flavor::SoftFloat, &lib, &img)?;
     Ok(img)
+}
+
+/// The application built as a Linux process (hosted mode), with or without the
+/// testing sources.
+pub fn ensure_hosted(paths: &Paths, testing: bool) -> Result<PathBuf> {
+    crate::toolchain::ensure_all()?;
+    let target_dir = paths.out.join("hosted");
+    crate::step(format!("building astrid (hosted mode{})", if testing { ", testing sources" } else { "" }));
+    let mut cmd = crate::process::cargo(crate::toolchain::APP);
+    cmd.current_dir(&paths.root)
+        .args(["build", "--release", "-p", "astrid-kernel", "--bin", "astrid", "--target-dir"])
+        .arg(&target_dir);
+    if testing {
+        cmd.args(["--features", "testing"]);
+    }
+    crate::process::run(&mut cmd)?;
+    // Keep each flavour under its own name: the next build overwrites cargo's output.
+    let built = target_dir.join("release/astrid");
+    let kept = target_dir.join(if testing { "astrid-testing" } else { "astrid-plain" });
+    std::fs::copy(&built, &kept)?;
+    Ok(kept)
 }

@@ -39,10 +39,7 @@ impl Variant {
 /// Builds (or reuses) the post-processed libhermit.a of `variant`; returns its directory.
 pub fn build(paths: &Paths, variant: Variant) -> Result<PathBuf> {
     let pristine = source_dir(paths)?;
-    let src = match variant {
-        Variant::Standard => pristine,
-        Variant::Pvm => patched_source(paths, &pristine)?,
-    };
+    let src = patched_source(paths, &pristine, variant)?;
     let target_dir = paths.out.join(format!("kernel-{}", variant.name()));
     crate::step(format!(
         "building Hermit kernel {KERNEL_VERSION} ({} variant, features {})",
@@ -123,41 +120,103 @@ pub fn source_dir(paths: &Paths) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// Our patch for PVM hosts: start XCR0 from X87 instead of reading it (`xgetbv`), and
-/// write it without the read-back check the `x86_64` crate's `XCr0::write` performs.
-const PVM_PATCHES: &[(&str, &str)] = &[
-    ("let mut flags = XCr0::read();", "let mut flags = XCr0Flags::X87;"),
-    ("XCr0::write(flags);", "XCr0::write_raw(flags.bits());"),
+/// One fix we apply to the registry source: plain text replacements, each of which
+/// must match exactly once, so a changed kernel source fails loudly instead of silently.
+struct Patch {
+    file: &'static str,
+    why: &'static str,
+    edits: &'static [(&'static str, &'static str)],
+}
+
+/// Kernel 0.11 bug: a futex waiter whose timeout fired is made ready by the timer but
+/// stays in the futex queue until it runs; a `futex_wake` in that window asks the
+/// scheduler to wake a task that is no longer blocked, which hits `unreachable!()` and
+/// panics the kernel. Every wait primitive with deadlines meets it (seen: the epoch
+/// ticker stopped while its 10 ms wait expired). The fix: waking a task that is not
+/// blocked any more does nothing.
+const FUTEX_WAKE_RACE: &[Patch] = &[
+    Patch {
+        file: "src/scheduler/task.rs",
+        why: "custom_wakeup returns None for a task that is no longer blocked",
+        edits: &[
+            (
+                "pub fn custom_wakeup(&mut self, task: TaskHandle) -> Rc<RefCell<Task>> {",
+                "pub fn custom_wakeup(&mut self, task: TaskHandle) -> Option<Rc<RefCell<Task>>> {",
+            ),
+            ("\t\t\t\treturn task_ref;", "\t\t\t\treturn Some(task_ref);"),
+            ("\t\tunreachable!();\n\t}\n\n\t/// Wakes up all tasks whose wakeup time has elapsed.", "\t\tNone\n\t}\n\n\t/// Wakes up all tasks whose wakeup time has elapsed."),
+        ],
+    },
+    Patch {
+        file: "src/scheduler/mod.rs",
+        why: "callers skip a task that was already woken",
+        edits: &[
+            (
+                "\t\t\tlet task = self.blocked_tasks.custom_wakeup(task);\n\t\t\tself.ready_queue.push(task);\n\t\t});\n\t}\n\n\t#[cfg(feature = \"smp\")]",
+                "\t\t\tif let Some(task) = self.blocked_tasks.custom_wakeup(task) {\n\t\t\t\tself.ready_queue.push(task);\n\t\t\t}\n\t\t});\n\t}\n\n\t#[cfg(feature = \"smp\")]",
+            ),
+            (
+                "\t\t\t\tlet task = self.blocked_tasks.custom_wakeup(task);\n\t\t\t\tself.ready_queue.push(task);",
+                "\t\t\t\tif let Some(task) = self.blocked_tasks.custom_wakeup(task) {\n\t\t\t\t\tself.ready_queue.push(task);\n\t\t\t\t}",
+            ),
+            (
+                "\t\t\tlet task = self.blocked_tasks.custom_wakeup(task);\n\t\t\tself.ready_queue.push(task);\n\t\t}\n\n\t\twhile let Some(new_task)",
+                "\t\t\tif let Some(task) = self.blocked_tasks.custom_wakeup(task) {\n\t\t\t\tself.ready_queue.push(task);\n\t\t\t}\n\t\t}\n\n\t\twhile let Some(new_task)",
+            ),
+        ],
+    },
 ];
 
-fn patched_source(paths: &Paths, pristine: &Path) -> Result<PathBuf> {
-    let dst = paths.out.join("kernel-source-pvm");
+/// For PVM hosts: start XCR0 from X87 instead of reading it (`xgetbv`), and write it
+/// without the read-back check the `x86_64` crate's `XCr0::write` performs.
+const NO_XGETBV: &[Patch] = &[Patch {
+    file: "src/arch/x86_64/kernel/processor.rs",
+    why: "no xgetbv (the PVM emulator lacks it)",
+    edits: &[
+        ("let mut flags = XCr0::read();", "let mut flags = XCr0Flags::X87;"),
+        ("XCr0::write(flags);", "XCr0::write_raw(flags.bits());"),
+    ],
+}];
+
+/// Bump when a patch changes, so cached patched copies are rebuilt.
+const PATCH_LEVEL: u32 = 2;
+
+fn patched_source(paths: &Paths, pristine: &Path, variant: Variant) -> Result<PathBuf> {
+    let dst = paths.out.join(format!("kernel-source-{}", variant.name()));
     let stamp = dst.join(".astrid-patched");
-    if stamp.is_file() {
+    let level = format!("patch level {PATCH_LEVEL}\n");
+    if fs::read_to_string(&stamp).ok().as_deref() == Some(&level[..]) {
         return Ok(dst);
     }
-    crate::step("preparing the PVM kernel source (no xgetbv)");
+    crate::step(format!("preparing the {} kernel source (our fixes applied)", variant.name()));
     if dst.exists() {
         fs::remove_dir_all(&dst)?;
     }
     copy_dir(pristine, &dst)?;
-    let file = dst.join("src/arch/x86_64/kernel/processor.rs");
-    let mut text = fs::read_to_string(&file)?;
-    for (from, to) in PVM_PATCHES {
-        ensure!(
-            text.matches(from).count() == 1,
-            "{}: expected exactly one `{from}` to patch; the kernel source changed",
-            file.display()
-        );
-        text = text.replace(from, to);
+    let mut patches: Vec<&Patch> = FUTEX_WAKE_RACE.iter().collect();
+    if variant == Variant::Pvm {
+        patches.extend(NO_XGETBV);
     }
-    fs::write(&file, text)?;
+    for patch in patches {
+        let file = dst.join(patch.file);
+        let mut text = fs::read_to_string(&file)?;
+        for (from, to) in patch.edits {
+            ensure!(
+                text.matches(from).count() == 1,
+                "{}: expected exactly one `{from}` to patch ({}); the kernel source changed",
+                file.display(),
+                patch.why
+            );
+            text = text.replace(from, to);
+        }
+        fs::write(&file, text)?;
+    }
     // The copy may sit inside our own workspace (target/astrid): make it a root.
     let manifest = dst.join("Cargo.toml");
     let mut toml = fs::read_to_string(&manifest)?;
     toml.push_str("\n[workspace]\n");
     fs::write(&manifest, toml)?;
-    fs::write(&stamp, "xgetbv removed\n")?;
+    fs::write(&stamp, level)?;
     Ok(dst)
 }
 

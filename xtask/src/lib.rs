@@ -2,8 +2,10 @@
 //! than shell. `scripts/` holds the thin entry points that call into it.
 
 pub mod artifacts;
+pub mod audit_cmd;
 pub mod bench;
 pub mod capsule;
+pub mod compile;
 pub mod hermit_app;
 pub mod kernel;
 pub mod loader;

@@ -10,7 +10,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use xtask::paths::Paths;
 use xtask::qemu::{self, Boot, Firmware};
 use xtask::uhyve::{self, Kvm};
-use xtask::{artifacts, bench, capsule, process, setup, toolchain};
+use astrid_kernel::engine::CodeTarget;
+use xtask::{artifacts, bench, capsule, compile, process, setup, toolchain};
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "Build, run, test and benchmark astrid.img")]
@@ -40,10 +41,35 @@ enum Cmd {
         #[arg(last = true)]
         test_args: Vec<String>,
     },
+    /// Precompile a capsule on the host for astrid.img (same wasmtime, same Config).
+    Compile {
+        input: PathBuf,
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Compile for this machine (hosted mode) instead of astrid.img.
+        #[arg(long)]
+        native: bool,
+    },
+    /// Audit log tools.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
     /// Run the benchmarks and print their figures side by side.
     Bench {
         #[arg(long, default_value_t = 10)]
         runs: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Check sequence, hash chain and structure; name the first break (exit 1).
+    Verify {
+        log: PathBuf,
+        /// Accept a log that has no close record yet (still being written).
+        #[arg(long)]
+        open: bool,
     },
 }
 
@@ -80,6 +106,26 @@ struct RunArgs {
     /// QEMU firmware: qboot starts fastest; SeaBIOS is needed with PCI devices.
     #[arg(long, value_enum, default_value_t = FirmwareArg::Qboot)]
     firmware: FirmwareArg,
+    /// Use the image with the astrid-unikernel:testing sources (timer, pipes, console).
+    #[arg(long)]
+    testing: bool,
+    /// The argument test capsules read (`test-argument`, ASTRID_TEST_ARG).
+    #[arg(long, value_name = "ARG")]
+    test_arg: Option<String>,
+    /// Cancel each capsule this many milliseconds after it starts.
+    #[arg(long, value_name = "MS")]
+    deadline_ms: Option<u64>,
+    /// Precompile .wasm capsules on the host (`xtask compile`) instead of compiling them
+    /// in the guest.
+    #[arg(long)]
+    precompile: bool,
+    /// Share DIR with the guest as /root over virtio-fs (QEMU) and write the audit log
+    /// there as DIR/audit.log: the virtio audit sink, beside the serial one.
+    #[arg(long, value_name = "DIR")]
+    audit_dir: Option<PathBuf>,
+    /// Write the audit records of the run to FILE (check it with `audit verify FILE`).
+    #[arg(long, value_name = "FILE")]
+    audit_log: Option<PathBuf>,
     /// Arguments for the application after the capsule paths.
     #[arg(last = true)]
     app_args: Vec<String>,
@@ -130,6 +176,12 @@ fn dispatch(cmd: Cmd) -> Result<u8> {
             Ok(0)
         }
         Cmd::Run(args) => run(&paths, args),
+        Cmd::Compile { input, output, native } => {
+            let target = if native { CodeTarget::Native } else { CodeTarget::HermitImage };
+            compile::compile(&input, output.as_deref(), target)?;
+            Ok(0)
+        }
+        Cmd::Audit { cmd: AuditCmd::Verify { log, open } } => Ok(if xtask::audit_cmd::verify(&log, open)? { 0 } else { 1 }),
         Cmd::Test { test_args } => test(&paths, &test_args),
         Cmd::Bench { runs } => {
             let art = artifacts::ensure(&paths)?;
@@ -166,6 +218,26 @@ fn run(paths: &Paths, args: RunArgs) -> Result<u8> {
         .iter()
         .map(|c| if c.is_dir() { capsule::build(paths, c) } else { Ok(c.clone()) })
         .collect::<Result<Vec<_>>>()?;
+    let capsules = if args.precompile {
+        capsules
+            .iter()
+            .map(|c| {
+                let out = paths.out.join("precompiled").join(c.file_name().unwrap()).with_extension("cwasm");
+                std::fs::create_dir_all(out.parent().unwrap())?;
+                let target = if under == Under::Hosted { CodeTarget::Native } else { CodeTarget::HermitImage };
+                compile::compile(c, Some(&out), target)
+            })
+            .collect::<Result<Vec<_>>>()?
+    } else {
+        capsules
+    };
+    let mut guest_env: Vec<(String, String)> = Vec::new();
+    if let Some(a) = &args.test_arg {
+        guest_env.push(("ASTRID_TEST_ARG".into(), a.clone()));
+    }
+    if let Some(ms) = args.deadline_ms {
+        guest_env.push(("ASTRID_DEADLINE_MS".into(), ms.to_string()));
+    }
     let timeout = Duration::from_secs(args.timeout);
     match under {
         Under::Qemu => {
@@ -181,8 +253,14 @@ fn run(paths: &Paths, args: RunArgs) -> Result<u8> {
                 return Ok(65);
             }
             let art = artifacts::ensure(paths)?;
-            let mut boot = Boot::new(art.loader, art.astrid_img);
+            let image = if args.testing { artifacts::ensure_testing(paths)? } else { art.astrid_img };
+            let mut boot = Boot::new(art.loader, image);
             boot.capsules = capsules;
+            boot.kernel_args = guest_env.iter().map(|(k, v)| format!("env={k}={v}")).collect();
+            if let Some(dir) = &args.audit_dir {
+                boot.shared_dir = Some((dir.clone(), setup::ensure_virtiofsd(paths)?));
+                boot.kernel_args.push("env=ASTRID_AUDIT_FILE=/root/audit.log".into());
+            }
             boot.app_args = args.app_args;
             boot.memory_mib = args.memory;
             boot.cpus = args.cpus;
@@ -199,6 +277,9 @@ fn run(paths: &Paths, args: RunArgs) -> Result<u8> {
                 eprintln!("{}", &out.console[i + 1..]);
             }
             eprintln!("==> {} ({:.2?})", out.describe(), out.elapsed);
+            if let Some(file) = &args.audit_log {
+                save_audit(file, &out.console)?;
+            }
             Ok(match (out.timed_out, out.exit) {
                 (true, _) => EXIT_TIMEOUT,
                 (false, GuestExit::App(s)) => s,
@@ -213,19 +294,21 @@ fn run(paths: &Paths, args: RunArgs) -> Result<u8> {
             }
             let bin = setup::ensure_uhyve(paths)?;
             let image = if kvm == Kvm::PvmEmulator {
-                xtask::step("this /dev/kvm is the PVM emulator: using the soft-float image (slow; a smoke test)");
+                xtask::step("this /dev/kvm is the PVM emulator: using the soft-float image in check-only mode (JIT code needs SSE, which the emulator lacks)");
+                guest_env.push(("ASTRID_CHECK_ONLY".into(), "1".into()));
                 artifacts::ensure_softfloat(paths)?
             } else {
                 artifacts::ensure(paths)?.astrid_img
             };
             let config = paths.root.join("uhyve.toml");
+            guest_env.push(("ASTRID_RAM_MIB".into(), xtask::uhyve::configured_memory_mib(&config).to_string()));
             let run = uhyve::UhyveRun {
                 uhyve: &bin,
                 image: &image,
                 config: &config,
                 capsules: &capsules,
                 extra_args: &args.app_args,
-                env: &[],
+                env: &guest_env,
                 timeout,
             };
             xtask::step(format!("booting {} under uhyve", image.display()));
@@ -239,27 +322,35 @@ fn run(paths: &Paths, args: RunArgs) -> Result<u8> {
             Ok(u8::try_from(code).unwrap_or(EXIT_KERNEL))
         }
         Under::Hosted => {
-            let bin = hosted_binary(paths)?;
+            let bin = artifacts::ensure_hosted(paths, args.testing)?;
+            if let Some(dir) = &args.audit_dir {
+                std::fs::create_dir_all(dir)?;
+                guest_env.push(("ASTRID_AUDIT_FILE".into(), dir.join("audit.log").display().to_string()));
+            }
             let mut cmd = std::process::Command::new(bin);
-            cmd.args(&capsules).args(&args.app_args);
-            let status = cmd.status().context("starting the hosted astrid binary")?;
+            cmd.args(&capsules).args(&args.app_args).envs(guest_env.iter().cloned());
+            let status = if let Some(file) = &args.audit_log {
+                let out = cmd.stderr(std::process::Stdio::inherit()).output().context("starting the hosted astrid binary")?;
+                let text = String::from_utf8_lossy(&out.stdout);
+                print!("{text}");
+                save_audit(file, &text)?;
+                out.status
+            } else {
+                cmd.status().context("starting the hosted astrid binary")?
+            };
             Ok(status.code().and_then(|c| u8::try_from(c).ok()).unwrap_or(EXIT_KERNEL))
         }
     }
 }
 
-/// The application built as a Linux process.
-fn hosted_binary(paths: &Paths) -> Result<PathBuf> {
-    toolchain::ensure_all()?;
-    let target_dir = paths.out.join("hosted");
-    xtask::step("building astrid (hosted mode)");
-    process::run(
-        process::cargo(toolchain::APP)
-            .current_dir(&paths.root)
-            .args(["build", "--release", "-p", "astrid-kernel", "--bin", "astrid", "--target-dir"])
-            .arg(&target_dir),
-    )?;
-    Ok(target_dir.join("release/astrid"))
+/// Keeps the audit lines of a console capture in `file`, one JSON record per line.
+fn save_audit(file: &std::path::Path, console: &str) -> Result<()> {
+    let lines = xtask::audit_cmd::audit_lines(console);
+    let mut text = lines.join("\n");
+    text.push('\n');
+    std::fs::write(file, text).with_context(|| format!("writing {}", file.display()))?;
+    eprintln!("==> {} audit records written to {} (check: scripts/astrid audit verify {})", lines.len(), file.display(), file.display());
+    Ok(())
 }
 
 fn test(paths: &Paths, test_args: &[String]) -> Result<u8> {

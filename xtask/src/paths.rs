@@ -24,6 +24,9 @@ impl Paths {
     pub fn astrid_img(&self) -> PathBuf {
         self.out.join("astrid.img")
     }
+    pub fn astrid_testing_img(&self) -> PathBuf {
+        self.out.join("astrid-testing.img")
+    }
     pub fn astrid_softfloat_img(&self) -> PathBuf {
         self.out.join("astrid-softfloat.img")
     }

@@ -38,6 +38,9 @@ pub struct Boot {
     pub echo: bool,
     /// Extra words for the loader's own command line.
     pub loader_args: Vec<String>,
+    /// A host directory shared as the guest's `/root` over virtio-fs (needs SeaBIOS and
+    /// virtiofsd), with the virtiofsd binary to serve it.
+    pub shared_dir: Option<(PathBuf, PathBuf)>,
 }
 
 impl Boot {
@@ -54,6 +57,7 @@ impl Boot {
             timeout: Duration::from_secs(60),
             echo: false,
             loader_args: Vec::new(),
+            shared_dir: None,
         }
     }
 }
@@ -131,7 +135,10 @@ pub fn initrd_arg(app: &Path, kernel_args: &[String], app_args: &[String], capsu
 }
 
 pub fn command(boot: &Boot) -> Result<Command> {
-    let mut kernel_args = vec![format!("env=ASTRID_DEBUG_EXIT={DEBUG_EXIT_PORT}")];
+    let mut kernel_args = vec![
+        format!("env=ASTRID_DEBUG_EXIT={DEBUG_EXIT_PORT}"),
+        format!("env=ASTRID_RAM_MIB={}", boot.memory_mib),
+    ];
     kernel_args.extend(boot.kernel_args.iter().cloned());
     let mut loader_args = vec![format!("debug-exit={DEBUG_EXIT_PORT}")];
     loader_args.extend(boot.loader_args.iter().cloned());
@@ -145,7 +152,8 @@ pub fn command(boot: &Boot) -> Result<Command> {
         .arg(&boot.loader)
         .args(["-append", &loader_args.join(" ")])
         .args(["-initrd", &initrd_arg(&boot.app, &kernel_args, &boot.app_args, &boot.capsules)?]);
-    if boot.firmware == Firmware::Qboot {
+    // qboot leaves PCI BARs unassigned, which a virtio device needs: SeaBIOS then.
+    if boot.firmware == Firmware::Qboot && boot.shared_dir.is_none() {
         cmd.args(["-bios", "/usr/share/qemu/qboot.rom"]);
     }
     Ok(cmd)
@@ -157,6 +165,10 @@ pub fn run(boot: &Boot) -> Result<Outcome> {
         ensure!(f.is_file(), "{} does not exist: build it with `cargo xtask build`", f.display());
     }
     let mut cmd = command(boot)?;
+    let _daemon = match &boot.shared_dir {
+        Some((dir, virtiofsd)) => Some(share(&mut cmd, dir, virtiofsd, boot.memory_mib)?),
+        None => None,
+    };
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let started = Instant::now();
     let mut child = cmd.spawn().with_context(|| format!("starting {}", crate::process::show(&cmd)))?;
@@ -205,4 +217,50 @@ pub fn run(boot: &Boot) -> Result<Outcome> {
     }
     let exit = decode_qemu_status(status.unwrap_or(0));
     Ok(Outcome { exit, qemu_status: status, timed_out, console, elapsed })
+}
+
+/// A running virtiofsd, stopped when dropped (it also exits when QEMU disconnects).
+struct Virtiofsd {
+    child: std::process::Child,
+    socket: PathBuf,
+}
+
+impl Drop for Virtiofsd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// Starts virtiofsd for `dir` and adds the vhost-user-fs device (tag `root`, which the
+/// kernel mounts at `/root`) with the shared guest memory it needs.
+fn share(cmd: &mut Command, dir: &Path, virtiofsd: &Path, memory_mib: u32) -> Result<Virtiofsd> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let socket = std::env::temp_dir().join(format!("astrid-vfs-{}-{n}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&socket);
+    let child = Command::new(virtiofsd)
+        .arg(format!("--socket-path={}", socket.display()))
+        .arg(format!("--shared-dir={}", dir.display()))
+        .args(["--sandbox", "none", "--seccomp", "none"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", virtiofsd.display()))?;
+    let daemon = Virtiofsd { child, socket: socket.clone() };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        if Instant::now() > deadline {
+            bail!("virtiofsd did not create {} within 10 s", socket.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cmd.args(["-chardev", &format!("socket,id=vfs,path={}", socket.display())])
+        .args(["-device", "vhost-user-fs-pci,queue-size=1024,chardev=vfs,tag=root"])
+        .args(["-object", &format!("memory-backend-file,id=mem,size={memory_mib}M,mem-path=/dev/shm,share=on")])
+        .args(["-numa", "node,memdev=mem"]);
+    Ok(daemon)
 }

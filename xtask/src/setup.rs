@@ -53,3 +53,32 @@ pub fn ensure_uhyve(paths: &Paths) -> Result<PathBuf> {
     .context("installing uhyve")?;
     Ok(bin)
 }
+
+pub const VIRTIOFSD_VERSION: &str = "1.14.0";
+
+/// virtiofsd (the Rust one: QEMU 7.2's C daemon rejects the path form Hermit 0.11's
+/// FUSE client sends), installed with cargo into the build-output directory.
+pub fn ensure_virtiofsd(paths: &Paths) -> Result<PathBuf> {
+    let root = paths.tools().join(format!("virtiofsd-{VIRTIOFSD_VERSION}"));
+    let bin = root.join("bin/virtiofsd");
+    if bin.is_file() {
+        return Ok(bin);
+    }
+    if is_root() && !Path::new("/usr/include/seccomp.h").is_file() {
+        crate::step("installing libseccomp-dev, libcap-ng-dev, pkg-config (virtiofsd build)");
+        process::run(Command::new("apt-get").args(["update", "-qq"]))?;
+        process::run(
+            Command::new("apt-get")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args(["install", "-y", "-qq", "--no-install-recommends", "libseccomp-dev", "libcap-ng-dev", "pkg-config"]),
+        )?;
+    }
+    crate::step(format!("installing virtiofsd {VIRTIOFSD_VERSION} with cargo (about 2 minutes once)"));
+    process::run(
+        process::cargo(toolchain::STABLE)
+            .args(["install", "virtiofsd", "--version", VIRTIOFSD_VERSION, "--locked", "--root"])
+            .arg(&root),
+    )
+    .context("installing virtiofsd (needs libseccomp-dev and libcap-ng-dev)")?;
+    Ok(bin)
+}

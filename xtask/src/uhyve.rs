@@ -110,3 +110,23 @@ pub fn run(run: &UhyveRun, echo: bool) -> Result<UhyveOutcome> {
     let output = collector.map(|h| h.join().unwrap_or_default()).unwrap_or_default();
     Ok(UhyveOutcome { status, timed_out, output, elapsed: started.elapsed() })
 }
+
+/// The guest memory uhyve.toml asks for, in MiB (uhyve's 512 MiB default otherwise).
+pub fn configured_memory_mib(config: &Path) -> u64 {
+    let text = std::fs::read_to_string(config).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("memory_size"))
+        .filter_map(|rest| rest.trim().strip_prefix('='))
+        .map(|v| v.trim().trim_matches('"').to_ascii_lowercase())
+        .find_map(|v| {
+            let (num, unit) = v.split_at(v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len()));
+            let n: u64 = num.parse().ok()?;
+            match unit.trim() {
+                "gib" | "g" | "gb" => Some(n << 10),
+                "mib" | "m" | "mb" => Some(n),
+                "kib" | "k" | "kb" => Some(n >> 10),
+                _ => None,
+            }
+        })
+        .unwrap_or(512)
+}

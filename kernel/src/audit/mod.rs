@@ -15,5 +15,5 @@ pub use console::{ConsoleSink, FRAME_PREFIX, extract, frame};
 pub use layer::{AUDIT_TARGET, AuditLayer, MAX_FIELD_BYTES};
 pub use queue::{AuditError, AuditHandle, AuditLog, QueueStats};
 pub use record::{AuditRecord, FN_CAPSULE_END, FN_CLOSE, GENESIS, IoEvent, Outcome, seal, unseal};
-pub use sink::{LinesSink, MemorySink, Sink};
+pub use sink::{LinesSink, MemorySink, Sink, TeeSink};
 pub use verify::{Break, BreakKind, Summary, verify, verify_open};

@@ -146,3 +146,51 @@ mod tests {
         assert_eq!(sink.into_inner(), b"{\"a\":1}\n{\"b\":2}\n");
     }
 }
+
+/// Every batch to several sinks, in order (the serial console and the virtio file).
+/// A batch counts as written once every sink took it; a failing sink fails the tee.
+pub struct TeeSink {
+    sinks: Vec<Box<dyn Sink>>,
+}
+
+impl TeeSink {
+    pub fn new(sinks: Vec<Box<dyn Sink>>) -> Self {
+        TeeSink { sinks }
+    }
+}
+
+impl Sink for TeeSink {
+    fn write_batch(&mut self, lines: &[String]) -> io::Result<()> {
+        self.sinks.iter_mut().try_for_each(|s| s.write_batch(lines))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.sinks.iter_mut().try_for_each(|s| s.flush())
+    }
+}
+
+#[cfg(test)]
+mod tee_tests {
+    use super::*;
+
+    #[test]
+    fn a_tee_hands_every_batch_to_every_sink_in_order() {
+        let (a, b) = (MemorySink::new(), MemorySink::new());
+        let mut tee = TeeSink::new(vec![Box::new(a.clone()), Box::new(b.clone())]);
+        tee.write_batch(&["1".to_string(), "2".to_string()]).unwrap();
+        tee.write_batch(&["3".to_string()]).unwrap();
+        tee.flush().unwrap();
+        assert_eq!(*a.lines(), vec!["1", "2", "3"]);
+        assert_eq!(*b.lines(), vec!["1", "2", "3"]);
+    }
+}
+
+impl Sink for Box<dyn Sink> {
+    fn write_batch(&mut self, lines: &[String]) -> io::Result<()> {
+        (**self).write_batch(lines)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        (**self).flush()
+    }
+}

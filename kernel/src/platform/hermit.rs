@@ -90,3 +90,13 @@ pub fn futex_wake(word: &AtomicU32, count: u32) -> u32 {
     let rc = unsafe { sys_futex_wake(word.as_ptr(), count) };
     u32::try_from(rc).unwrap_or(0)
 }
+
+/// Tells the wasmtime glue how much memory the guest has, so mappings stay within what
+/// the kernel can back (running out inside the kernel is a panic, not an error).
+/// Returns the mapping budget in bytes.
+#[cfg(feature = "engine")]
+pub fn set_memory_budget(ram_bytes: u64, thread_stacks: usize) -> usize {
+    let budget = super::wasmtime_glue::budget_for_guest_ram(ram_bytes, thread_stacks);
+    super::wasmtime_glue::set_budget(budget);
+    budget
+}

@@ -58,3 +58,8 @@ pub fn futex_wake(word: &AtomicU32, count: u32) -> u32 {
     };
     u32::try_from(rc).unwrap_or(0)
 }
+
+/// A Linux process maps memory through the host kernel: no budget of our own.
+pub fn set_memory_budget(_ram_bytes: u64, _thread_stacks: usize) -> usize {
+    usize::MAX
+}

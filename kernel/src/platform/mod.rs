@@ -5,6 +5,8 @@
 mod hermit;
 #[cfg(target_os = "hermit")]
 pub use hermit::*;
+#[cfg(all(target_os = "hermit", feature = "engine"))]
+pub mod wasmtime_glue;
 
 #[cfg(not(target_os = "hermit"))]
 mod hosted;

@@ -1,0 +1,43 @@
+//! A sink that takes everything and keeps nothing: for benchmarks and for exercising
+//! segmented writes without a reader.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::{ByteSink, StreamFailure};
+use crate::wait::{Notifier, Readiness};
+
+const PERMIT: usize = 64 << 10;
+
+#[derive(Default)]
+pub struct NullSink {
+    taken: AtomicU64,
+}
+
+impl NullSink {
+    /// Bytes written so far.
+    pub fn taken(&self) -> u64 {
+        self.taken.load(Ordering::Relaxed)
+    }
+}
+
+impl Readiness for NullSink {
+    fn is_ready(&self) -> bool {
+        true
+    }
+    fn notifier(&self) -> Option<&Notifier> {
+        None
+    }
+}
+
+impl ByteSink for NullSink {
+    fn check_write(&self) -> Result<usize, StreamFailure> {
+        Ok(PERMIT)
+    }
+    fn write(&self, bytes: &[u8]) -> Result<(), StreamFailure> {
+        self.taken.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+    fn flush(&self) -> Result<(), StreamFailure> {
+        Ok(())
+    }
+}

@@ -1,0 +1,263 @@
+//! io-probe: exercises astrid:io from inside a capsule. `run` plays the scenario named by
+//! the harness (`test-argument`), says `ok <scenario>` on the console when every check
+//! held, and otherwise says `FAIL <scenario>: why` and traps.
+
+wit_bindgen::generate!({
+    path: "../../../wit",
+    world: "astrid-unikernel:image/test-capsule",
+    generate_all,
+});
+
+use astrid::io::poll::{ErrorCode, Pollable, poll};
+use astrid::io::streams::{InputStream, OutputStream, StreamError};
+use astrid_unikernel::testing::sources as host;
+
+struct Probe;
+
+export!(Probe);
+
+const MS: u64 = 1_000_000;
+
+fn say(text: &str) {
+    let console = host::console();
+    let _ = console.blocking_write_and_flush(format!("{text}\n").as_bytes());
+}
+
+fn fail(scenario: &str, why: &str) -> ! {
+    say(&format!("FAIL {scenario}: {why}"));
+    core::arch::wasm32::unreachable()
+}
+
+macro_rules! check {
+    ($scenario:expr, $cond:expr, $($why:tt)+) => {
+        if !$cond {
+            fail($scenario, &format!($($why)+));
+        }
+    };
+}
+
+impl Guest for Probe {
+    fn run() {
+        let arg = host::test_argument();
+        let scenario = if arg.is_empty() { "demo" } else { arg.as_str() };
+        match scenario {
+            "demo" => demo(),
+            "poll-many" => poll_many(),
+            "block-timer" => block_timer(),
+            "block-host-write" => block_host_write(),
+            "cancel-block" => cancel_block(),
+            "cancel-poll" => cancel_poll(),
+            "cancel-blocking-read" => cancel_blocking_read(),
+            "cancel-blocking-splice" => cancel_blocking_splice(),
+            "poll-errors" => poll_errors(),
+            "streams" => streams(),
+            "big-writes" => big_writes(),
+            "write-past-permit" => write_past_permit(),
+            "drop-parent" => drop_parent(),
+            "quota" => quota(),
+            other => fail(other, "unknown scenario"),
+        }
+        say(&format!("ok {scenario}"));
+    }
+}
+
+/// The README's demo: waits on several pollables at once, moves bytes through streams
+/// (a host-fed stream spliced into a pipe, read back and echoed), then waits on
+/// something that never happens until the host cancels it, and shuts down gracefully.
+fn demo() {
+    say("demo: waiting on a timer, a host-fed stream and an idle pipe at once");
+    let timer = host::timer(5_000 * MS);
+    let fed = host::fed_by_host(b"hello from the host side of the image", 20 * MS);
+    let (_idle_out, idle_in) = host::pipe(64);
+    let fed_ready = fed.subscribe();
+    let idle_ready = idle_in.subscribe();
+    let ready = poll(&[&timer, &fed_ready, &idle_ready]).unwrap_or_else(|e| fail("demo", &format!("poll: {e:?}")));
+    // The host-fed stream fires first; the idle pipe never does (the timer only under
+    // extreme load).
+    check!("demo", ready.contains(&1) && !ready.contains(&2), "expected the host-fed stream ready, got {ready:?}");
+    say(&format!("demo: poll returned {ready:?} (the host-fed stream)"));
+    drop(fed_ready);
+
+    let (pipe_out, pipe_in) = host::pipe(4096);
+    let mut moved = 0;
+    loop {
+        match pipe_out.blocking_splice(&fed, 4096) {
+            Ok(n) => moved += n,
+            Err(StreamError::Closed) => break,
+            Err(e) => fail("demo", &format!("splice: {e:?}")),
+        }
+    }
+    let text = pipe_in.read(4096).unwrap_or_else(|e| fail("demo", &format!("read: {e:?}")));
+    say(&format!("demo: spliced {moved} bytes through a pipe: {:?}", String::from_utf8_lossy(&text)));
+
+    say("demo: blocking on an idle pipe; the host cancels this capsule in 100 ms");
+    host::cancel_self_after(100 * MS);
+    let idle = idle_in.subscribe();
+    match idle.block() {
+        Err(ErrorCode::Cancelled) => say("demo: the wait was cancelled; shutting down cleanly"),
+        other => fail("demo", &format!("expected cancelled, got {other:?}")),
+    }
+}
+
+fn poll_many() {
+    let s = "poll-many";
+    // Three timers already due fire together with two pipes holding bytes; the rest stay idle.
+    let mut pollables: Vec<Pollable> = Vec::new();
+    let mut keep: Vec<(OutputStream, InputStream)> = Vec::new();
+    for i in 0..40u64 {
+        if i % 10 == 3 {
+            pollables.push(host::timer(0));
+        } else if i == 17 || i == 38 {
+            let (o, r) = host::pipe(16);
+            o.check_write().unwrap();
+            o.write(b"x").unwrap();
+            pollables.push(r.subscribe());
+            keep.push((o, r));
+        } else {
+            pollables.push(host::timer(3_600_000 * MS));
+        }
+    }
+    let refs: Vec<&Pollable> = pollables.iter().collect();
+    let ready = poll(&refs).unwrap_or_else(|e| fail(s, &format!("{e:?}")));
+    check!(s, ready == vec![3, 13, 17, 23, 33, 38], "ready {ready:?}");
+    // Every pollable index appears at most once, ascending: ready() agrees.
+    for (i, p) in pollables.iter().enumerate() {
+        check!(s, p.ready() == ready.contains(&(i as u32)), "ready() of {i} disagrees");
+    }
+    drop(pollables);
+    drop(keep);
+}
+
+fn block_timer() {
+    let t = host::timer(300 * MS);
+    check!("block-timer", !t.ready(), "a 300 ms timer is ready at once");
+    t.block().unwrap_or_else(|e| fail("block-timer", &format!("{e:?}")));
+    check!("block-timer", t.ready(), "not ready after block");
+}
+
+fn block_host_write() {
+    let fed = host::fed_by_host(b"ping", 300 * MS);
+    let p = fed.subscribe();
+    check!("block-host-write", !p.ready(), "ready before the host wrote");
+    p.block().unwrap_or_else(|e| fail("block-host-write", &format!("{e:?}")));
+    let got = fed.read(16).unwrap_or_else(|e| fail("block-host-write", &format!("{e:?}")));
+    check!("block-host-write", got == b"ping", "read {got:?}");
+}
+
+fn cancel_block() {
+    let (_o, r) = host::pipe(8);
+    let p = r.subscribe();
+    host::cancel_self_after(50 * MS);
+    check!("cancel-block", matches!(p.block(), Err(ErrorCode::Cancelled)), "block was not cancelled");
+}
+
+fn cancel_poll() {
+    let (_o, r) = host::pipe(8);
+    let p = r.subscribe();
+    let t = host::timer(3_600_000 * MS);
+    host::cancel_self_after(50 * MS);
+    check!("cancel-poll", matches!(poll(&[&p, &t]), Err(ErrorCode::Cancelled)), "poll was not cancelled");
+}
+
+fn cancel_blocking_read() {
+    let (_o, r) = host::pipe(8);
+    host::cancel_self_after(50 * MS);
+    // Streams report a cancelled wait as `closed` (the audit log says `cancelled`).
+    check!("cancel-blocking-read", matches!(r.blocking_read(8), Err(StreamError::Closed)), "read not ended");
+}
+
+fn cancel_blocking_splice() {
+    let (_o, r) = host::pipe(8);
+    let (o2, _r2) = host::pipe(8);
+    host::cancel_self_after(50 * MS);
+    check!("cancel-blocking-splice", matches!(o2.blocking_splice(&r, 8), Err(StreamError::Closed)), "splice not ended");
+}
+
+fn poll_errors() {
+    let s = "poll-errors";
+    check!(s, matches!(poll(&[]), Err(ErrorCode::InvalidInput)), "empty list accepted");
+    let many: Vec<Pollable> = (0..257).map(|_| host::timer(0)).collect();
+    let refs: Vec<&Pollable> = many.iter().collect();
+    check!(s, matches!(poll(&refs), Err(ErrorCode::TooLarge)), "257 pollables accepted");
+    let ok: Vec<u32> = poll(&refs[..256]).unwrap_or_else(|e| fail(s, &format!("256: {e:?}")));
+    check!(s, ok.len() == 256 && ok.windows(2).all(|w| w[0] < w[1]), "256 ready timers: {}", ok.len());
+}
+
+fn streams() {
+    let s = "streams";
+    // Non-blocking read of an empty pipe is empty, not EOF; EOF shows as closed.
+    let (o, r) = host::pipe(16);
+    check!(s, matches!(r.read(8).map(|b| b.is_empty()), Ok(true)), "empty read");
+    let permit = o.check_write().unwrap_or_else(|e| fail(s, &format!("{e:?}")));
+    check!(s, permit == 16, "permit {permit}");
+    o.write(b"abcdef").unwrap();
+    o.write_zeroes(2).unwrap();
+    check!(s, matches!(r.skip(2), Ok(2)), "skip");
+    check!(s, r.read(100).unwrap() == b"cdef\0\0", "read back");
+    drop(o);
+    check!(s, matches!(r.read(1), Err(StreamError::Closed)), "EOF not closed");
+    check!(s, matches!(r.read(1), Err(StreamError::Closed)), "closed is not for good");
+    // A reader gone: writes fail with closed.
+    let (o, r) = host::pipe(16);
+    drop(r);
+    check!(s, matches!(o.check_write(), Err(StreamError::Closed)), "write to a dropped reader");
+    // The read ceiling: at most 1 MiB per call, whatever is asked.
+    let fed = host::fed_by_host(&vec![7u8; 1_200_000], 0);
+    fed.subscribe().block().unwrap();
+    let mut total = 0;
+    let first = fed.blocking_read(u32::MAX as u64).unwrap();
+    check!(s, first.len() <= 1 << 20, "read {} bytes at once", first.len());
+    total += first.len();
+    loop {
+        match fed.blocking_read(1 << 20) {
+            Ok(b) => total += b.len(),
+            Err(StreamError::Closed) => break,
+            Err(e) => fail(s, &format!("{e:?}")),
+        }
+    }
+    check!(s, total == 1_200_000, "read {total} of 1200000 bytes");
+    // Splice moves bytes in the host; a blocking skip of a fed stream.
+    let fed = host::fed_by_host(b"0123456789", 5 * MS);
+    let (o, r) = host::pipe(64);
+    let n = o.blocking_splice(&fed, 4).unwrap();
+    check!(s, n >= 1 && n <= 4, "spliced {n}");
+    check!(s, fed.blocking_skip(3).unwrap() >= 1, "blocking skip");
+    let got = r.read(64).unwrap();
+    check!(s, got.len() as u64 == n && got[..] == b"0123"[..n as usize], "spliced bytes {got:?}");
+}
+
+fn big_writes() {
+    let s = "big-writes";
+    let sink = host::null_sink();
+    sink.blocking_write_and_flush(&vec![1u8; 3 << 20]).unwrap_or_else(|e| fail(s, &format!("{e:?}")));
+    sink.blocking_write_zeroes_and_flush(5 << 20).unwrap_or_else(|e| fail(s, &format!("{e:?}")));
+    sink.blocking_flush().unwrap();
+}
+
+fn write_past_permit() {
+    let (o, _r) = host::pipe(8);
+    let permit = o.check_write().unwrap();
+    say(&format!("write-past-permit: permit {permit}, writing {}", permit + 1));
+    let _ = o.write(&vec![0u8; permit as usize + 1]);
+    fail("write-past-permit", "the host accepted a write past the permit");
+}
+
+fn drop_parent() {
+    let (_o, r) = host::pipe(8);
+    let p = r.subscribe();
+    say("drop-parent: dropping a stream whose pollable lives");
+    drop(r);
+    drop(p);
+    fail("drop-parent", "the host let a stream go while its pollable lived");
+}
+
+fn quota() {
+    let mut held = Vec::new();
+    for i in 0..100_000 {
+        held.push(host::timer(0));
+        if i % 256 == 0 {
+            say(&format!("quota: {} handles", held.len()));
+        }
+    }
+    fail("quota", "100000 handles without reaching the quota");
+}

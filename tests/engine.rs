@@ -1,0 +1,332 @@
+//! The capsule engine end to end: the io-probe capsule's scenarios and WAT modules for
+//! each trap kind, run hosted (a Linux process, fast) and in astrid.img under QEMU TCG
+//! (the truth). Every run is bounded; every run's audit log must verify.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use astrid_kernel::audit;
+use astrid_kernel::engine::CodeTarget;
+use astrid_kernel::exit::GuestExit;
+use common::scratch_file;
+use xtask::paths::Paths;
+use xtask::qemu::{self, Boot};
+use xtask::{artifacts, capsule, compile};
+
+struct Fixtures {
+    hosted: PathBuf,
+    image: PathBuf,
+    probe: PathBuf,
+    /// io-probe precompiled for astrid.img: guest runs skip the in-guest JIT.
+    probe_cwasm: PathBuf,
+}
+
+fn fixtures() -> &'static Fixtures {
+    static F: OnceLock<Fixtures> = OnceLock::new();
+    F.get_or_init(|| {
+        let paths = Paths::discover();
+        common::artifacts();
+        let probe = capsule::build(&paths, &paths.root.join("tests/capsules/io-probe")).expect("building io-probe");
+        let probe_cwasm = paths.out.join("precompiled/io-probe-test.cwasm");
+        std::fs::create_dir_all(probe_cwasm.parent().unwrap()).unwrap();
+        compile::compile(&probe, Some(&probe_cwasm), CodeTarget::HermitImage).expect("precompiling io-probe");
+        Fixtures {
+            hosted: artifacts::ensure_hosted(&paths, true).expect("building hosted astrid"),
+            image: artifacts::ensure_testing(&paths).expect("building astrid-testing.img"),
+            probe,
+            probe_cwasm,
+        }
+    })
+}
+
+struct Run {
+    status: i32,
+    console: String,
+}
+
+impl Run {
+    fn assert_status(&self, status: i32) -> &Self {
+        assert_eq!(self.status, status, "console:\n{}", self.console);
+        self
+    }
+    fn assert_says(&self, needle: &str) -> &Self {
+        assert!(self.console.contains(needle), "console lacks {needle:?}:\n{}", self.console);
+        self
+    }
+    /// The run's audit log verifies, and closes with the count of what came before.
+    fn assert_audit_verifies(&self) -> audit::Summary {
+        let lines = audit::extract(&self.console);
+        match audit::verify(lines.iter().copied()) {
+            Ok(summary) => summary,
+            Err(b) => panic!("audit log broken: {b}\nconsole:\n{}", self.console),
+        }
+    }
+}
+
+fn hosted(capsule: &Path, env: &[(&str, &str)]) -> Run {
+    let out = Command::new("timeout")
+        .arg("60")
+        .arg(&fixtures().hosted)
+        .arg(capsule)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    Run {
+        status: out.status.code().unwrap_or(-1),
+        console: String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    }
+}
+
+fn in_image(capsule: &Path, env: &[(&str, &str)]) -> Run {
+    let art = common::artifacts();
+    let mut boot = Boot::new(art.loader.clone(), fixtures().image.clone());
+    boot.capsules = vec![capsule.to_path_buf()];
+    boot.kernel_args = env.iter().map(|(k, v)| format!("env={k}={v}")).collect();
+    boot.timeout = Duration::from_secs(120);
+    let out = qemu::run(&boot).expect("starting QEMU");
+    assert!(!out.timed_out, "guest hung; console:\n{}", out.console);
+    let status = match out.exit {
+        GuestExit::App(s) => i32::from(s),
+        other => panic!("no application status ({other:?}); console:\n{}", out.console),
+    };
+    Run { status, console: out.console }
+}
+
+/// A scenario of io-probe that must pass: hosted, then in the image.
+fn scenario(name: &str) {
+    let f = fixtures();
+    for run in [hosted(&f.probe, &[("ASTRID_TEST_ARG", name)]), in_image(&f.probe_cwasm, &[("ASTRID_TEST_ARG", name)])] {
+        run.assert_status(0).assert_says(&format!("] ok {name}"));
+        let summary = run.assert_audit_verifies();
+        assert!(summary.io_records > 0, "no io records:\n{}", run.console);
+    }
+}
+
+#[test]
+fn poll_over_many_sources_returns_every_ready_index() {
+    scenario("poll-many");
+}
+
+#[test]
+fn block_is_woken_by_a_timer() {
+    scenario("block-timer");
+}
+
+#[test]
+fn block_is_woken_by_a_write_from_another_thread() {
+    scenario("block-host-write");
+}
+
+#[test]
+fn cancellation_wakes_a_block_in_progress() {
+    scenario("cancel-block");
+}
+
+#[test]
+fn cancellation_wakes_a_poll_in_progress() {
+    scenario("cancel-poll");
+}
+
+#[test]
+fn cancellation_wakes_a_blocking_read_in_progress() {
+    scenario("cancel-blocking-read");
+}
+
+#[test]
+fn cancellation_wakes_a_blocking_splice_in_progress() {
+    scenario("cancel-blocking-splice");
+}
+
+#[test]
+fn poll_rejects_empty_and_oversized_lists() {
+    scenario("poll-errors");
+}
+
+#[test]
+fn streams_keep_their_contract() {
+    scenario("streams");
+}
+
+#[test]
+fn blocking_writes_of_any_size_are_segmented() {
+    scenario("big-writes");
+}
+
+#[test]
+fn the_demo_waits_moves_bytes_and_is_cancelled_mid_wait() {
+    scenario("demo");
+}
+
+/// A scenario that must end in a clean, audited trap with `why` on the console.
+fn trapping_scenario(name: &str, why: &str, env: &[(&str, &str)]) {
+    let f = fixtures();
+    let mut env = env.to_vec();
+    env.push(("ASTRID_TEST_ARG", name));
+    for run in [hosted(&f.probe, &env), in_image(&f.probe_cwasm, &env)] {
+        run.assert_status(1).assert_says(why).assert_says("trapped");
+        run.assert_audit_verifies();
+        assert!(run.console.contains("\"fn\":\"astrid:capsule/trap\""), "trap not audited:\n{}", run.console);
+    }
+}
+
+#[test]
+fn a_write_past_the_permit_traps() {
+    trapping_scenario("write-past-permit", "exceeds the check-write permit", &[]);
+}
+
+#[test]
+fn dropping_a_stream_while_its_pollable_lives_traps() {
+    trapping_scenario("drop-parent", "resource has children", &[]);
+}
+
+#[test]
+fn the_handle_quota_is_a_clean_trap() {
+    trapping_scenario("quota", "resource handle quota exceeded (limit 64)", &[("ASTRID_HANDLE_QUOTA", "64")]);
+}
+
+// ---- trap kinds, as core modules written in WAT ----
+
+fn wat_module(name: &str, body: &str) -> PathBuf {
+    let bytes = wat::parse_str(body).unwrap_or_else(|e| panic!("{name}: {e}"));
+    scratch_file(&format!("{name}.wasm"), &bytes)
+}
+
+fn trap_kind(name: &str, wat: &str, why: &str) {
+    let module = wat_module(name, wat);
+    for run in [hosted(&module, &[]), in_image(&module, &[])] {
+        run.assert_status(1).assert_says(why);
+        run.assert_audit_verifies();
+    }
+}
+
+#[test]
+fn unreachable_is_a_clean_trap() {
+    trap_kind("unreachable", r#"(module (func (export "run") unreachable))"#, "trapped: unreachable executed");
+}
+
+#[test]
+fn out_of_bounds_is_a_clean_trap() {
+    trap_kind(
+        "oob",
+        r#"(module (memory 1) (func (export "run") (drop (i32.load (i32.const 70000)))))"#,
+        "trapped: out-of-bounds memory access",
+    );
+}
+
+#[test]
+fn division_by_zero_is_a_clean_trap() {
+    trap_kind(
+        "div0",
+        r#"(module (func (export "run") (drop (i32.div_s (i32.const 1) (i32.const 0)))))"#,
+        "trapped: integer division by zero",
+    );
+}
+
+#[test]
+fn stack_exhaustion_is_a_clean_trap() {
+    trap_kind(
+        "recurse",
+        r#"(module (func $f (export "run") (call $f)))"#,
+        "trapped: wasm stack exhausted",
+    );
+}
+
+#[test]
+fn an_indirect_call_with_the_wrong_signature_is_a_clean_trap() {
+    trap_kind(
+        "indirect",
+        r#"(module
+             (type $none (func))
+             (type $takes (func (param i32)))
+             (func $target (type $takes))
+             (table 1 funcref) (elem (i32.const 0) $target)
+             (func (export "run") (call_indirect (type $none) (i32.const 0))))"#,
+        "trapped: call_indirect signature mismatch",
+    );
+}
+
+#[test]
+fn growing_past_the_memory_cap_is_a_clean_trap() {
+    // 64 MiB is 1024 pages: asking for 2000 more must trap, not exhaust the kernel.
+    trap_kind(
+        "grow",
+        r#"(module (memory 1) (func (export "run") (drop (memory.grow (i32.const 2000)))))"#,
+        "trapped: memory limit reached",
+    );
+}
+
+#[test]
+fn an_infinite_loop_is_stopped_by_its_deadline() {
+    let module = wat_module("spin", r#"(module (func (export "run") (loop $l (br $l))))"#);
+    for run in [hosted(&module, &[("ASTRID_DEADLINE_MS", "300")]), in_image(&module, &[("ASTRID_DEADLINE_MS", "300")])] {
+        run.assert_status(2).assert_says("cancelled");
+        run.assert_audit_verifies();
+        assert!(run.console.contains("\"fn\":\"astrid:capsule/cancel\""), "cancel not audited:\n{}", run.console);
+    }
+}
+
+// ---- loading paths and the audit log ----
+
+#[test]
+fn the_virtio_sink_receives_the_same_verified_log_as_the_serial_sink() {
+    let paths = Paths::discover();
+    let dir = common::scratch().join("virtio-share");
+    let _ = std::fs::remove_dir_all(&dir);
+    let art = common::artifacts();
+    let mut boot = Boot::new(art.loader.clone(), fixtures().image.clone());
+    boot.capsules = vec![fixtures().probe_cwasm.clone()];
+    boot.kernel_args = vec!["env=ASTRID_TEST_ARG=demo".into(), "env=ASTRID_AUDIT_FILE=/root/audit.log".into()];
+    boot.shared_dir = Some((dir.clone(), xtask::setup::ensure_virtiofsd(&paths).expect("installing virtiofsd")));
+    boot.timeout = Duration::from_secs(120);
+    let out = qemu::run(&boot).expect("starting QEMU");
+    assert_eq!(out.exit, GuestExit::App(0), "console:\n{}", out.console);
+    let serial = audit::extract(&out.console);
+    let file = std::fs::read_to_string(dir.join("audit.log")).expect("the guest wrote no /root/audit.log");
+    let file: Vec<&str> = file.lines().collect();
+    let summary = audit::verify(file.iter().copied()).unwrap_or_else(|b| panic!("virtio log broken: {b}"));
+    assert!(summary.io_records > 10, "{summary:?}");
+    assert_eq!(file, serial, "the two sinks disagree");
+}
+
+#[test]
+fn a_plain_wasm_component_is_compiled_in_the_guest() {
+    let run = in_image(&fixtures().probe, &[("ASTRID_TEST_ARG", "block-timer")]);
+    run.assert_status(0).assert_says("compiled component in").assert_says("] ok block-timer");
+}
+
+#[test]
+fn a_precompiled_component_is_only_deserialized_in_the_guest() {
+    let run = in_image(&fixtures().probe_cwasm, &[("ASTRID_TEST_ARG", "block-timer")]);
+    run.assert_status(0).assert_says("precompiled component in").assert_says("] ok block-timer");
+}
+
+#[test]
+fn an_artifact_for_another_target_is_refused_cleanly() {
+    // Precompiled for Linux, offered to the image: a clear load error, no crash.
+    let paths = Paths::discover();
+    let native = paths.out.join("precompiled/io-probe-native.cwasm");
+    compile::compile(&fixtures().probe, Some(&native), CodeTarget::Native).unwrap();
+    let run = in_image(&native, &[]);
+    run.assert_status(65).assert_says("cannot be loaded");
+}
+
+#[test]
+fn the_audit_log_fails_verification_after_one_byte_changes() {
+    let run = hosted(&fixtures().probe, &[("ASTRID_TEST_ARG", "block-timer")]);
+    run.assert_status(0);
+    let lines: Vec<String> = audit::extract(&run.console).into_iter().map(str::to_owned).collect();
+    assert!(audit::verify(lines.iter().map(String::as_str)).is_ok());
+    for (i, line) in lines.iter().enumerate() {
+        // Change one digit of each record in turn: always caught.
+        let pos = line.find(|c: char| c.is_ascii_digit()).unwrap();
+        let mut bytes = line.clone().into_bytes();
+        bytes[pos] = if bytes[pos] == b'9' { b'8' } else { bytes[pos] + 1 };
+        let mut tampered = lines.clone();
+        tampered[i] = String::from_utf8(bytes).unwrap();
+        assert!(audit::verify(tampered.iter().map(String::as_str)).is_err(), "record {i} changed unnoticed");
+    }
+}
