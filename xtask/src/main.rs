@@ -355,8 +355,11 @@ fn save_audit(file: &std::path::Path, console: &str) -> Result<()> {
 
 fn test(paths: &Paths, test_args: &[String]) -> Result<u8> {
     let started = std::time::Instant::now();
-    xtask::step("preparing: toolchains, QEMU, images");
+    xtask::step("preparing: toolchains, QEMU, virtiofsd, images");
     artifacts::ensure(paths)?;
+    artifacts::ensure_testing(paths)?;
+    artifacts::ensure_hosted(paths, true)?;
+    setup::ensure_virtiofsd(paths)?;
     if uhyve::detect_kvm() != Kvm::Absent {
         setup::ensure_uhyve(paths)?;
         if uhyve::detect_kvm() == Kvm::PvmEmulator {
