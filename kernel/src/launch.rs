@@ -19,6 +19,19 @@ pub fn main(args: &[String], var: impl Fn(&str) -> Option<String>) -> Status {
 }
 
 fn run(args: &[String], var: &impl Fn(&str) -> Option<String>) -> Result<Status, Status> {
+    if let Some(name) = var("ASTRID_BENCH") {
+        return match crate::bench::run(&name, var) {
+            Some(Ok(line)) => {
+                println!("{line}");
+                Ok(Status::Ok)
+            }
+            Some(Err(e)) => Err(fail(Status::Software, &format!("benchmark {name}: {e}"))),
+            None => Err(fail(
+                Status::Usage,
+                &format!("ASTRID_BENCH={name:?}: no such benchmark (futex, memcpy, sink-serial, sink-file)"),
+            )),
+        };
+    }
     let sources = capsule::discover(args, var).map_err(|e| match e {
         SourceError::NoCapsule => fail(Status::Usage, &e),
         _ => fail(Status::Software, &e),
@@ -82,7 +95,7 @@ fn run_capsules(capsules: &[CapsuleBytes], var: &impl Fn(&str) -> Option<String>
                 continue;
             }
         };
-        println!("astrid: capsule {}: {} in {} ms", capsule.name, report.how, report.elapsed.as_millis());
+        println!("astrid: capsule {}: {} in {} us", capsule.name, report.how, report.elapsed.as_micros());
         let cancel = CancelToken::new();
         let started = std::time::Instant::now();
         let outcome = engine.run(&capsule.id, &report.loaded, &options, &cancel, audit.as_ref());

@@ -4,6 +4,7 @@
 //! between the two lives behind `platform`.
 
 pub mod audit;
+pub mod bench;
 pub mod capsule;
 #[cfg(feature = "engine")]
 pub mod engine;

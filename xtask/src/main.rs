@@ -57,8 +57,12 @@ enum Cmd {
     },
     /// Run the benchmarks and print their figures side by side.
     Bench {
+        /// Runs per figure (the boot benchmark uses at least 10).
         #[arg(long, default_value_t = 10)]
         runs: usize,
+        /// Only this group: `boot` or `engine`.
+        #[arg(long)]
+        only: Option<String>,
     },
 }
 
@@ -183,10 +187,30 @@ fn dispatch(cmd: Cmd) -> Result<u8> {
         }
         Cmd::Audit { cmd: AuditCmd::Verify { log, open } } => Ok(if xtask::audit_cmd::verify(&log, open)? { 0 } else { 1 }),
         Cmd::Test { test_args } => test(&paths, &test_args),
-        Cmd::Bench { runs } => {
+        Cmd::Bench { runs, only } => {
             let art = artifacts::ensure(&paths)?;
-            let figures = bench::boot(&art, runs)?;
-            bench::print_boot(&figures);
+            if only.as_deref().is_none_or(|o| o == "boot") {
+                let figures = bench::boot(&art, runs.max(10))?;
+                bench::print_boot(&figures);
+            }
+            if only.as_deref().is_none_or(|o| o == "engine") {
+                let probe_wasm = capsule::build(&paths, &paths.root.join("tests/capsules/io-probe"))?;
+                let pre = paths.out.join("precompiled");
+                std::fs::create_dir_all(&pre)?;
+                let engine = xtask::bench_engine::EngineBench {
+                    art: &art,
+                    hosted_bin: artifacts::ensure_hosted(&paths, true)?,
+                    testing_img: artifacts::ensure_testing(&paths)?,
+                    probe_native: compile::compile(&probe_wasm, Some(&pre.join("io-probe-native.cwasm")), CodeTarget::Native)?,
+                    probe_hermit: compile::compile(&probe_wasm, Some(&pre.join("io-probe-hermit.cwasm")), CodeTarget::HermitImage)?,
+                    probe_wasm,
+                    virtiofsd: setup::ensure_virtiofsd(&paths)?,
+                    scratch: paths.out.join("bench-scratch"),
+                    runs: runs.clamp(1, 5),
+                };
+                let rows = engine.run()?;
+                xtask::bench_engine::print(&rows);
+            }
             Ok(0)
         }
     }

@@ -8,7 +8,7 @@ mod null;
 mod pipe;
 
 pub use console::ConsoleSink;
-pub use null::NullSink;
+pub use null::{NullSink, ZeroSource};
 pub use pipe::{PipeSink, PipeSource, pipe};
 
 use crate::wait::Readiness;

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{ByteSink, StreamFailure};
+use super::{ByteSink, ByteSource, StreamFailure};
 use crate::wait::{Notifier, Readiness};
 
 const PERMIT: usize = 64 << 10;
@@ -39,5 +39,37 @@ impl ByteSink for NullSink {
     }
     fn flush(&self) -> Result<(), StreamFailure> {
         Ok(())
+    }
+}
+
+/// A source of `len` zero bytes, always ready, then closed.
+pub struct ZeroSource {
+    remaining: AtomicU64,
+}
+
+impl ZeroSource {
+    pub fn new(len: u64) -> Self {
+        ZeroSource { remaining: AtomicU64::new(len) }
+    }
+}
+
+impl Readiness for ZeroSource {
+    fn is_ready(&self) -> bool {
+        true
+    }
+    fn notifier(&self) -> Option<&Notifier> {
+        None
+    }
+}
+
+impl ByteSource for ZeroSource {
+    fn read(&self, max: usize) -> Result<Vec<u8>, StreamFailure> {
+        let left = self.remaining.load(Ordering::Relaxed);
+        if left == 0 {
+            return Err(StreamFailure::Closed);
+        }
+        let n = (max as u64).min(left);
+        self.remaining.fetch_sub(n, Ordering::Relaxed);
+        Ok(vec![0; n as usize])
     }
 }

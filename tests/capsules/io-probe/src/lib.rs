@@ -55,6 +55,9 @@ impl Guest for Probe {
             "write-past-permit" => write_past_permit(),
             "drop-parent" => drop_parent(),
             "quota" => quota(),
+            "bench-pingpong" => bench_pingpong(),
+            "bench-read-4k" => bench_read_4k(),
+            "bench-splice" => bench_splice(),
             other => fail(other, "unknown scenario"),
         }
         say(&format!("ok {scenario}"));
@@ -260,4 +263,44 @@ fn quota() {
         }
     }
     fail("quota", "100000 handles without reaching the quota");
+}
+
+// ---- benchmark scenarios (timed by the image; counts shared with xtask/src/bench_engine.rs) ----
+
+/// 500 one-byte round trips through a host echo thread: write, then block on the reply.
+fn bench_pingpong() {
+    let (o, i) = host::echo_by_host(64);
+    for _ in 0..500 {
+        o.check_write().unwrap();
+        o.write(&[1]).unwrap();
+        let b = i.blocking_read(1).unwrap_or_else(|e| fail("bench-pingpong", &format!("{e:?}")));
+        check!("bench-pingpong", b.len() == 1, "echo returned {} bytes", b.len());
+    }
+}
+
+/// 1000 rounds of a 4 KiB write and a 4 KiB read through a pipe.
+fn bench_read_4k() {
+    let (o, i) = host::pipe(64 << 10);
+    let block = vec![7u8; 4096];
+    for _ in 0..1000 {
+        o.check_write().unwrap();
+        o.write(&block).unwrap();
+        let got = i.read(4096).unwrap();
+        check!("bench-read-4k", got.len() == 4096, "read {} bytes", got.len());
+    }
+}
+
+/// 64 MiB spliced in the host from a zero source into a null sink.
+fn bench_splice() {
+    let zeroes = host::zeroes_by_host(64 << 20);
+    let sink = host::null_sink();
+    let mut moved = 0u64;
+    loop {
+        match sink.blocking_splice(&zeroes, 1 << 20) {
+            Ok(n) => moved += n,
+            Err(StreamError::Closed) => break,
+            Err(e) => fail("bench-splice", &format!("{e:?}")),
+        }
+    }
+    check!("bench-splice", moved == 64 << 20, "moved {moved} bytes");
 }
