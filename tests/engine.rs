@@ -161,6 +161,36 @@ fn the_demo_waits_moves_bytes_and_is_cancelled_mid_wait() {
     scenario("demo");
 }
 
+#[test]
+fn astrid_sys_clocks_sleep_config_random_and_log_work() {
+    let f = fixtures();
+    let env = [("ASTRID_TEST_ARG", "sys"), ("ASTRID_CAPSULE_CONFIG", "greeting=hello")];
+    for run in [hosted(&f.probe, &env), in_image(&f.probe_cwasm, &env)] {
+        run.assert_status(0).assert_says("] ok sys").assert_says("] info: hello from astrid:sys @@audit not an audit line");
+        run.assert_audit_verifies();
+        assert!(run.console.contains("\"fn\":\"astrid:sys/host.random-bytes\""), "random-bytes not audited");
+    }
+}
+
+#[test]
+fn sleep_is_woken_by_cancellation() {
+    scenario("cancel-sleep");
+}
+
+#[test]
+fn random_bytes_differ_across_boots_and_are_never_zero() {
+    let f = fixtures();
+    let draw = || {
+        let run = in_image(&f.probe_cwasm, &[("ASTRID_TEST_ARG", "random")]);
+        run.assert_status(0);
+        let at = run.console.find("] random: ").expect("no random line") + "] random: ".len();
+        run.console[at..at + 32].to_string()
+    };
+    let (a, b) = (draw(), draw());
+    assert_ne!(a, "0".repeat(32));
+    assert_ne!(a, b, "two boots drew the same bytes");
+}
+
 /// A scenario that must end in a clean, audited trap with `why` on the console.
 fn trapping_scenario(name: &str, why: &str, env: &[(&str, &str)]) {
     let f = fixtures();

@@ -67,6 +67,18 @@ fn run_capsules(capsules: &[CapsuleBytes], var: &impl Fn(&str) -> Option<String>
         handles: setting(var, "ASTRID_HANDLE_QUOTA", options.limits.handles as u64)? as usize,
         ..options.limits
     };
+    if let Some(pairs) = var("ASTRID_CAPSULE_CONFIG") {
+        for pair in pairs.split(',').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').ok_or_else(|| {
+                fail(Status::Usage, &format!("ASTRID_CAPSULE_CONFIG: {pair:?} is not key=value"))
+            })?;
+            options.config.insert(k.to_string(), v.to_string());
+        }
+    }
+    if let Some(hex) = var("ASTRID_SEED") {
+        let seed = crate::sys::Seed::from_hex(&hex).map_err(|e| fail(Status::Usage, &e))?;
+        crate::sys::random::seed(Ok(seed));
+    }
     if let Some(ms) = var("ASTRID_DEADLINE_MS") {
         let ms = ms.parse::<u64>().map_err(|_| fail(Status::Usage, &format!("ASTRID_DEADLINE_MS={ms:?} is not a number of milliseconds")))?;
         options.deadline = Some(Duration::from_millis(ms));

@@ -14,6 +14,8 @@ pub mod sources;
 pub mod exit;
 pub mod launch;
 pub mod platform;
+#[cfg(feature = "engine")]
+pub mod sys;
 pub mod wait;
 pub mod wasm;
 

@@ -138,6 +138,7 @@ pub fn command(boot: &Boot) -> Result<Command> {
     let mut kernel_args = vec![
         format!("env=ASTRID_DEBUG_EXIT={DEBUG_EXIT_PORT}"),
         format!("env=ASTRID_RAM_MIB={}", boot.memory_mib),
+        format!("env=ASTRID_SEED={}", fresh_seed()?),
     ];
     kernel_args.extend(boot.kernel_args.iter().cloned());
     let mut loader_args = vec![format!("debug-exit={DEBUG_EXIT_PORT}")];
@@ -263,4 +264,14 @@ fn share(cmd: &mut Command, dir: &Path, virtiofsd: &Path, memory_mib: u32) -> Re
         .args(["-object", &format!("memory-backend-file,id=mem,size={memory_mib}M,mem-path=/dev/shm,share=on")])
         .args(["-numa", "node,memdev=mem"]);
     Ok(daemon)
+}
+
+/// 32 bytes of the host's entropy as hex: the guest's randomness seed. Under TCG the
+/// guest has none of its own (kernel 0.11 then hands out zeros).
+pub fn fresh_seed() -> Result<String> {
+    let mut seed = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut seed))
+        .context("reading /dev/urandom for the guest's seed")?;
+    Ok(seed.iter().map(|b| format!("{b:02x}")).collect())
 }

@@ -81,6 +81,8 @@ pub struct RunOptions {
     /// Cancel the capsule this long after it starts.
     pub deadline: Option<Duration>,
     pub principal: Option<String>,
+    /// What `astrid:sys` `get-config` returns.
+    pub config: std::collections::BTreeMap<String, String>,
 }
 
 impl CapsuleEngine {
@@ -90,6 +92,7 @@ impl CapsuleEngine {
         let engine = wasmtime::Engine::new(&engine_config(CodeTarget::Native)?)?;
         let mut linker = Linker::new(&engine);
         crate::io::add_to_linker(&mut linker)?;
+        crate::io::astrid::sys::host::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
         #[cfg(any(test, feature = "testing"))]
         crate::io::astrid_unikernel::testing::sources::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
             &mut linker,
@@ -153,7 +156,8 @@ impl CapsuleEngine {
                 .stack_size(config::RUNNER_STACK)
                 .spawn_scoped(scope, || {
                     tracing::subscriber::with_default(subscriber, || {
-                        let state = CapsuleState::new(name, &principal, cancel.clone(), options.limits.clone());
+                        let mut state = CapsuleState::new(name, &principal, cancel.clone(), options.limits.clone());
+                        state.config = options.config.clone();
                         if let Some(d) = options.deadline {
                             if let Err(e) = cancel_after(cancel, d) {
                                 return RunOutcome::InstantiateFailed(format!("cannot start the deadline watchdog: {e}"));

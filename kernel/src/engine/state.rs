@@ -33,6 +33,12 @@ pub struct CapsuleState {
     pub cancel: CancelToken,
     pub table: ResourceTable,
     pub limits: CapsuleLimits,
+    /// `astrid:sys` `get-config` answers from here.
+    pub config: std::collections::BTreeMap<String, String>,
+    /// Capabilities the capsule holds (from its manifest; none without one).
+    pub capabilities: Vec<String>,
+    /// Whether the capsule called `signal-ready`.
+    pub ready_signalled: bool,
     live_handles: usize,
     store_limits: StoreLimits,
 }
@@ -61,6 +67,9 @@ impl CapsuleState {
             cancel,
             table: ResourceTable::new(),
             limits,
+            config: Default::default(),
+            capabilities: Vec::new(),
+            ready_signalled: false,
             live_handles: 0,
             store_limits,
         }

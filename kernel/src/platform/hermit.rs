@@ -100,3 +100,9 @@ pub fn set_memory_budget(ram_bytes: u64, thread_stacks: usize) -> usize {
     super::wasmtime_glue::set_budget(budget);
     budget
 }
+
+/// The guest has no entropy worth the name under TCG (kernel 0.11 then returns zeros):
+/// randomness comes only from the seed the host passes at boot.
+pub fn host_entropy() -> Option<[u8; 32]> {
+    None
+}

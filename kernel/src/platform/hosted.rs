@@ -63,3 +63,11 @@ pub fn futex_wake(word: &AtomicU32, count: u32) -> u32 {
 pub fn set_memory_budget(_ram_bytes: u64, _thread_stacks: usize) -> usize {
     usize::MAX
 }
+
+/// 32 bytes from the operating system's entropy source.
+pub fn host_entropy() -> Option<[u8; 32]> {
+    use std::io::Read;
+    let mut seed = [0u8; 32];
+    std::fs::File::open("/dev/urandom").ok()?.read_exact(&mut seed).ok()?;
+    Some(seed)
+}

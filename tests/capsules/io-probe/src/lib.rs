@@ -10,6 +10,7 @@ wit_bindgen::generate!({
 
 use astrid::io::poll::{ErrorCode, Pollable, poll};
 use astrid::io::streams::{InputStream, OutputStream, StreamError};
+use astrid::sys::host as sys;
 use astrid_unikernel::testing::sources as host;
 
 struct Probe;
@@ -55,6 +56,9 @@ impl Guest for Probe {
             "write-past-permit" => write_past_permit(),
             "drop-parent" => drop_parent(),
             "quota" => quota(),
+            "sys" => sys_calls(),
+            "random" => random(),
+            "cancel-sleep" => cancel_sleep(),
             "bench-pingpong" => bench_pingpong(),
             "bench-read-4k" => bench_read_4k(),
             "bench-splice" => bench_splice(),
@@ -303,4 +307,39 @@ fn bench_splice() {
         }
     }
     check!("bench-splice", moved == 64 << 20, "moved {moved} bytes");
+}
+
+// ---- astrid:sys ----
+
+fn sys_calls() {
+    let s = "sys";
+    let t0 = sys::clock_monotonic_ns();
+    sys::sleep_ns(20 * MS).unwrap_or_else(|e| fail(s, &format!("sleep: {e:?}")));
+    let t1 = sys::clock_monotonic_ns();
+    check!(s, t1 - t0 >= 20 * MS, "slept only {} ns", t1 - t0);
+    check!(s, sys::clock_ms() > 1_700_000_000_000, "wall clock {} is before 2023", sys::clock_ms());
+    check!(s, matches!(sys::sleep_ns(61_000 * MS), Err(sys::ErrorCode::TooLarge)), "a 61 s sleep was accepted");
+    check!(s, matches!(sys::random_bytes(4097), Err(sys::ErrorCode::TooLarge)), "4097 random bytes were given");
+    let a = sys::random_bytes(32).unwrap_or_else(|e| fail(s, &format!("random: {e:?}")));
+    let b = sys::random_bytes(32).unwrap();
+    check!(s, a.len() == 32 && a != b && a.iter().any(|&x| x != 0), "random bytes {a:?} / {b:?}");
+    check!(s, matches!(sys::get_config("greeting"), Ok(Some(ref v)) if v == "hello"), "config greeting");
+    check!(s, matches!(sys::get_config("absent"), Ok(None)), "config absent");
+    check!(s, matches!(sys::get_config("astrid.secret"), Err(sys::ErrorCode::ConfigKeyReserved)), "reserved key");
+    let caller = sys::get_caller().unwrap();
+    check!(s, caller.principal.is_some() && !caller.source_id.is_empty(), "caller {:?}", caller.source_id);
+    check!(s, sys::enumerate_capabilities().is_empty(), "capabilities without a manifest");
+    sys::log(sys::LogLevel::Info, "hello from astrid:sys\n@@audit not an audit line");
+    sys::signal_ready();
+}
+
+fn random() {
+    let bytes = sys::random_bytes(16).unwrap_or_else(|e| fail("random", &format!("{e:?}")));
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    say(&format!("random: {hex}"));
+}
+
+fn cancel_sleep() {
+    host::cancel_self_after(50 * MS);
+    check!("cancel-sleep", matches!(sys::sleep_ns(30_000 * MS), Err(sys::ErrorCode::Cancelled)), "sleep not cancelled");
 }
