@@ -173,6 +173,17 @@ fn astrid_sys_clocks_sleep_config_random_and_log_work() {
 }
 
 #[test]
+fn astrid_kv_keeps_a_quota_bounded_store_per_capsule() {
+    let f = fixtures();
+    let env = [("ASTRID_TEST_ARG", "kv"), ("ASTRID_KV_QUOTA_BYTES", "65536")];
+    for run in [hosted(&f.probe, &env), in_image(&f.probe_cwasm, &env)] {
+        run.assert_status(0).assert_says("] ok kv");
+        run.assert_audit_verifies();
+        assert!(run.console.contains("\"fn\":\"astrid:kv/host.kv-cas\""), "kv not audited");
+    }
+}
+
+#[test]
 fn sleep_is_woken_by_cancellation() {
     scenario("cancel-sleep");
 }

@@ -65,6 +65,7 @@ fn run_capsules(capsules: &[CapsuleBytes], var: &impl Fn(&str) -> Option<String>
     options.limits = CapsuleLimits {
         memory_bytes: setting(var, "ASTRID_MEMORY_MIB", 64u64)? as usize * (1 << 20),
         handles: setting(var, "ASTRID_HANDLE_QUOTA", options.limits.handles as u64)? as usize,
+        kv_bytes: setting(var, "ASTRID_KV_QUOTA_BYTES", options.limits.kv_bytes as u64)? as usize,
         ..options.limits
     };
     if let Some(pairs) = var("ASTRID_CAPSULE_CONFIG") {

@@ -12,6 +12,8 @@ pub mod engine;
 pub mod io;
 pub mod sources;
 pub mod exit;
+#[cfg(feature = "engine")]
+pub mod kv;
 pub mod launch;
 pub mod platform;
 #[cfg(feature = "engine")]

@@ -93,6 +93,7 @@ impl CapsuleEngine {
         let mut linker = Linker::new(&engine);
         crate::io::add_to_linker(&mut linker)?;
         crate::io::astrid::sys::host::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
+        crate::io::astrid::kv::host::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
         #[cfg(any(test, feature = "testing"))]
         crate::io::astrid_unikernel::testing::sources::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
             &mut linker,

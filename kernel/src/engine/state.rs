@@ -16,11 +16,13 @@ pub struct CapsuleLimits {
     pub handles: usize,
     /// Most pollables one `poll` may take (never above the contract's 256).
     pub poll_list: usize,
+    /// Bytes of keys and values the capsule's kv store may hold.
+    pub kv_bytes: usize,
 }
 
 impl Default for CapsuleLimits {
     fn default() -> Self {
-        CapsuleLimits { memory_bytes: 64 << 20, handles: 1024, poll_list: MAX_POLL_LIST }
+        CapsuleLimits { memory_bytes: 64 << 20, handles: 1024, poll_list: MAX_POLL_LIST, kv_bytes: crate::kv::DEFAULT_QUOTA }
     }
 }
 
@@ -39,6 +41,8 @@ pub struct CapsuleState {
     pub capabilities: Vec<String>,
     /// Whether the capsule called `signal-ready`.
     pub ready_signalled: bool,
+    /// The capsule's `astrid:kv` store.
+    pub kv: crate::kv::KvStore,
     live_handles: usize,
     store_limits: StoreLimits,
 }
@@ -66,6 +70,7 @@ impl CapsuleState {
             principal: principal.to_owned(),
             cancel,
             table: ResourceTable::new(),
+            kv: crate::kv::KvStore::new(limits.kv_bytes),
             limits,
             config: Default::default(),
             capabilities: Vec::new(),

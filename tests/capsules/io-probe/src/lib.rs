@@ -10,6 +10,7 @@ wit_bindgen::generate!({
 
 use astrid::io::poll::{ErrorCode, Pollable, poll};
 use astrid::io::streams::{InputStream, OutputStream, StreamError};
+use astrid::kv::host as kv;
 use astrid::sys::host as sys;
 use astrid_unikernel::testing::sources as host;
 
@@ -57,6 +58,7 @@ impl Guest for Probe {
             "drop-parent" => drop_parent(),
             "quota" => quota(),
             "sys" => sys_calls(),
+            "kv" => kv_calls(),
             "random" => random(),
             "cancel-sleep" => cancel_sleep(),
             "bench-pingpong" => bench_pingpong(),
@@ -342,4 +344,32 @@ fn random() {
 fn cancel_sleep() {
     host::cancel_self_after(50 * MS);
     check!("cancel-sleep", matches!(sys::sleep_ns(30_000 * MS), Err(sys::ErrorCode::Cancelled)), "sleep not cancelled");
+}
+
+// ---- astrid:kv ----
+
+fn kv_calls() {
+    let s = "kv";
+    check!(s, matches!(kv::kv_get("missing"), Ok(None)), "a missing key has a value");
+    kv::kv_set("app/1", b"one").unwrap();
+    kv::kv_set("app/2", b"two").unwrap();
+    kv::kv_set("app/3", b"three").unwrap();
+    kv::kv_set("other", b"x").unwrap();
+    check!(s, matches!(kv::kv_get("app/2"), Ok(Some(ref v)) if v == b"two"), "get app/2");
+    let keys = kv::kv_list_keys("app/").unwrap();
+    check!(s, keys == ["app/1", "app/2", "app/3"], "list {keys:?}");
+    let page = kv::kv_list_keys_page("app/", None, 2).unwrap();
+    check!(s, page.keys == ["app/1", "app/2"] && page.next_cursor.as_deref() == Some("app/2"), "page 1 {:?}", page.keys);
+    let page = kv::kv_list_keys_page("app/", page.next_cursor.as_deref(), 2).unwrap();
+    check!(s, page.keys == ["app/3"] && page.next_cursor.is_none(), "page 2 {:?}", page.keys);
+    check!(s, matches!(kv::kv_cas("app/1", Some(b"nope"), b"1"), Err(kv::ErrorCode::CasMismatch)), "cas mismatch");
+    kv::kv_cas("app/1", Some(b"one"), b"uno").unwrap();
+    kv::kv_cas("fresh", None, b"new").unwrap();
+    check!(s, matches!(kv::kv_set("", b""), Err(kv::ErrorCode::InvalidKey)), "empty key");
+    check!(s, matches!(kv::kv_set("big", &vec![0u8; (1 << 20) + 1]), Err(kv::ErrorCode::TooLarge)), "1 MiB + 1 value");
+    check!(s, matches!(kv::kv_set("q", &vec![0u8; 70_000]), Err(kv::ErrorCode::Quota)), "quota (64 KiB in this test)");
+    check!(s, kv::kv_clear_prefix("app/").unwrap() == 3, "clear-prefix");
+    kv::kv_delete("other").unwrap();
+    let left = kv::kv_list_keys("").unwrap();
+    check!(s, left == ["fresh"], "left {left:?}");
 }
