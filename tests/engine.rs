@@ -184,6 +184,30 @@ fn astrid_kv_keeps_a_quota_bounded_store_per_capsule() {
 }
 
 #[test]
+fn an_unmodified_astrid_sdk_capsule_runs_hosted_and_in_the_production_image() {
+    let paths = Paths::discover();
+    let sdk = capsule::build(&paths, &paths.root.join("tests/capsules/sdk-hello")).expect("building sdk-hello");
+    let sdk_cwasm = paths.out.join("precompiled/sdk-hello-test.cwasm");
+    compile::compile(&sdk, Some(&sdk_cwasm), CodeTarget::HermitImage).expect("precompiling sdk-hello");
+    let art = common::artifacts();
+    let mut boot = Boot::new(art.loader.clone(), art.astrid_img.clone());
+    boot.capsules = vec![sdk_cwasm];
+    boot.timeout = Duration::from_secs(120);
+    let out = qemu::run(&boot).expect("starting QEMU");
+    let image = Run {
+        status: match out.exit {
+            GuestExit::App(s) => i32::from(s),
+            other => panic!("no status ({other:?}):\n{}", out.console),
+        },
+        console: out.console,
+    };
+    for run in [hosted(&sdk, &[]), image] {
+        run.assert_status(0).assert_says("info: sdk-hello: kv round trip: hello from the Astrid SDK");
+        run.assert_audit_verifies();
+    }
+}
+
+#[test]
 fn sleep_is_woken_by_cancellation() {
     scenario("cancel-sleep");
 }
