@@ -208,6 +208,17 @@ fn an_unmodified_astrid_sdk_capsule_runs_hosted_and_in_the_production_image() {
 }
 
 #[test]
+fn unserved_sdk_packages_answer_with_their_typed_refusals() {
+    let f = fixtures();
+    let env = [("ASTRID_TEST_ARG", "refusals")];
+    for run in [hosted(&f.probe, &env), in_image(&f.probe_cwasm, &env)] {
+        run.assert_status(0).assert_says("] ok refusals");
+        run.assert_audit_verifies();
+        assert!(run.console.contains("refused: capability-denied"), "refusals not audited:\n{}", run.console);
+    }
+}
+
+#[test]
 fn sleep_is_woken_by_cancellation() {
     scenario("cancel-sleep");
 }

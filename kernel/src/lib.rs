@@ -17,6 +17,8 @@ pub mod kv;
 pub mod launch;
 pub mod platform;
 #[cfg(feature = "engine")]
+pub mod refusals;
+#[cfg(feature = "engine")]
 pub mod sys;
 pub mod wait;
 pub mod wasm;

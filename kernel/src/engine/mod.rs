@@ -94,6 +94,7 @@ impl CapsuleEngine {
         crate::io::add_to_linker(&mut linker)?;
         crate::io::astrid::sys::host::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
         crate::io::astrid::kv::host::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
+        crate::refusals::add_to_linker(&mut linker)?;
         #[cfg(any(test, feature = "testing"))]
         crate::io::astrid_unikernel::testing::sources::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
             &mut linker,

@@ -11,6 +11,7 @@ wit_bindgen::generate!({
 use astrid::io::poll::{ErrorCode, Pollable, poll};
 use astrid::io::streams::{InputStream, OutputStream, StreamError};
 use astrid::kv::host as kv;
+use astrid::{approval, elicit, identity, uplink};
 use astrid::sys::host as sys;
 use astrid_unikernel::testing::sources as host;
 
@@ -59,6 +60,7 @@ impl Guest for Probe {
             "quota" => quota(),
             "sys" => sys_calls(),
             "kv" => kv_calls(),
+            "refusals" => refusals(),
             "random" => random(),
             "cancel-sleep" => cancel_sleep(),
             "bench-pingpong" => bench_pingpong(),
@@ -372,4 +374,26 @@ fn kv_calls() {
     kv::kv_delete("other").unwrap();
     let left = kv::kv_list_keys("").unwrap();
     check!(s, left == ["fresh"], "left {left:?}");
+}
+
+// ---- packages the image refuses with their own typed errors ----
+
+fn refusals() {
+    let s = "refusals";
+    check!(
+        s,
+        matches!(uplink::host::uplink_register("u", "p", uplink::host::UplinkProfile::Chat), Err(uplink::host::ErrorCode::CapabilityDenied)),
+        "uplink-register"
+    );
+    check!(s, matches!(uplink::host::uplink_send("u", "x", "hi"), Err(uplink::host::ErrorCode::CapabilityDenied)), "uplink-send");
+    let req = identity::host::IdentityResolveRequest { platform: "p".into(), platform_user_id: "x".into() };
+    check!(s, matches!(identity::host::identity_resolve(&req), Err(identity::host::ErrorCode::CapabilityDenied)), "identity-resolve");
+    check!(s, matches!(identity::host::identity_list_links("u"), Err(identity::host::ErrorCode::CapabilityDenied)), "identity-list-links");
+    let ask = approval::host::ApprovalRequest { action: "delete".into(), target_resource: "/".into() };
+    check!(
+        s,
+        matches!(approval::host::request_approval(&ask), Ok(approval::host::ApprovalResponse { decision: approval::host::ApprovalDecision::Denied })),
+        "request-approval"
+    );
+    check!(s, matches!(elicit::host::has_secret("k"), Err(elicit::host::ErrorCode::NotInLifecycle)), "has-secret");
 }
