@@ -219,6 +219,45 @@ fn unserved_sdk_packages_answer_with_their_typed_refusals() {
 }
 
 #[test]
+fn capsules_run_side_by_side_and_one_trapping_leaves_the_other_running() {
+    let f = fixtures();
+    let trap = wat_module("side-trap", r#"(module (func (export "run") unreachable))"#);
+    let env = [("ASTRID_TEST_ARG", "block-timer")];
+    let hosted_run = {
+        let out = Command::new("timeout")
+            .arg("60")
+            .arg(&f.hosted)
+            .arg(&f.probe)
+            .arg(&trap)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        Run {
+            status: out.status.code().unwrap_or(-1),
+            console: String::from_utf8_lossy(&out.stdout).into_owned(),
+        }
+    };
+    let art = common::artifacts();
+    let mut boot = Boot::new(art.loader.clone(), f.image.clone());
+    boot.capsules = vec![f.probe_cwasm.clone(), trap.clone()];
+    boot.kernel_args = vec!["env=ASTRID_TEST_ARG=block-timer".into()];
+    boot.timeout = Duration::from_secs(120);
+    let out = qemu::run(&boot).expect("starting QEMU");
+    let image_run = Run {
+        status: match out.exit {
+            GuestExit::App(s) => i32::from(s),
+            other => panic!("no status ({other:?}):\n{}", out.console),
+        },
+        console: out.console,
+    };
+    for run in [hosted_run, image_run] {
+        run.assert_status(1).assert_says("] ok block-timer").assert_says("side-trap.wasm: trapped: unreachable executed");
+        let summary = run.assert_audit_verifies();
+        assert_eq!(summary.capsules_ended, 2, "{}", run.console);
+    }
+}
+
+#[test]
 fn sleep_is_woken_by_cancellation() {
     scenario("cancel-sleep");
 }

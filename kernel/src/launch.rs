@@ -87,10 +87,14 @@ fn run_capsules(capsules: &[CapsuleBytes], var: &impl Fn(&str) -> Option<String>
 
     // The guest's RAM (the run command passes it; unknown means a conservative 256 MiB)
     // bounds what wasmtime may map: capsule memory is capped by that budget too.
+    // Capsules run side by side: each gets an equal share of the mapping budget, and
+    // every runner thread's stack comes out of the same memory.
     let ram = setting(var, "ASTRID_RAM_MIB", 256)? << 20;
-    let budget = crate::platform::set_memory_budget(ram, crate::engine::config::RUNNER_STACK);
-    if budget < options.limits.memory_bytes {
-        options.limits.memory_bytes = budget;
+    let n = capsules.len().max(1);
+    let budget = crate::platform::set_memory_budget(ram, n * crate::engine::config::RUNNER_STACK);
+    let share = (budget / n).saturating_sub(2 << 20);
+    if share < options.limits.memory_bytes {
+        options.limits.memory_bytes = share;
     }
 
     let engine = CapsuleEngine::new().map_err(|e| fail(Status::Software, &format!("cannot start the engine: {e:#}")))?;
@@ -99,31 +103,51 @@ fn run_capsules(capsules: &[CapsuleBytes], var: &impl Fn(&str) -> Option<String>
         _ => Some(AuditLog::start(audit_sink(var)?, AUDIT_QUEUE)),
     };
     let audit = log.as_ref().map(AuditLog::handle);
+    // Load every capsule first (compilation is the slow part under TCG), then run them
+    // all at once, each in its own store on its own thread: one trapping or being
+    // cancelled leaves the others running.
     let mut status = Status::Ok;
+    let mut ready = Vec::new();
     for capsule in capsules {
-        let report = match engine.load(&capsule.bytes) {
-            Ok(r) => r,
+        match engine.load(&capsule.bytes) {
+            Ok(report) => {
+                println!("astrid: capsule {}: {} in {} us", capsule.name, report.how, report.elapsed.as_micros());
+                ready.push((capsule, report));
+            }
             Err(e) => {
                 status = worst(status, fail(Status::DataErr, &format!("capsule {}: cannot be loaded: {e:#}", capsule.name)));
-                continue;
             }
-        };
-        println!("astrid: capsule {}: {} in {} us", capsule.name, report.how, report.elapsed.as_micros());
-        let cancel = CancelToken::new();
-        let started = std::time::Instant::now();
-        let outcome = engine.run(&capsule.id, &report.loaded, &options, &cancel, audit.as_ref());
-        let ran = started.elapsed();
-        let this = match &outcome {
-            RunOutcome::Completed => {
-                let after = if cancel.is_cancelled() { " (shut down after its cancellation)" } else { "" };
-                println!("astrid: capsule {}: completed in {} us{after}", capsule.name, ran.as_micros());
-                Status::Ok
-            }
-            RunOutcome::Trapped(t) => fail(Status::CapsuleFailed, &format!("capsule {}: trapped: {t}", capsule.name)),
-            RunOutcome::Cancelled => fail(Status::CapsuleCancelled, &format!("capsule {}: cancelled", capsule.name)),
-            RunOutcome::InstantiateFailed(t) => fail(Status::DataErr, &format!("capsule {}: cannot be instantiated: {t}", capsule.name)),
-        };
-        status = worst(status, this);
+        }
+    }
+    let statuses: Vec<Status> = std::thread::scope(|scope| {
+        let runs: Vec<_> = ready
+            .iter()
+            .map(|(capsule, report)| {
+                let (engine, options, audit) = (&engine, &options, audit.as_ref());
+                scope.spawn(move || {
+                    let cancel = CancelToken::new();
+                    let started = std::time::Instant::now();
+                    let outcome = engine.run(&capsule.id, &report.loaded, options, &cancel, audit);
+                    let ran = started.elapsed();
+                    match &outcome {
+                        RunOutcome::Completed => {
+                            let after = if cancel.is_cancelled() { " (shut down after its cancellation)" } else { "" };
+                            println!("astrid: capsule {}: completed in {} us{after}", capsule.name, ran.as_micros());
+                            Status::Ok
+                        }
+                        RunOutcome::Trapped(t) => fail(Status::CapsuleFailed, &format!("capsule {}: trapped: {t}", capsule.name)),
+                        RunOutcome::Cancelled => fail(Status::CapsuleCancelled, &format!("capsule {}: cancelled", capsule.name)),
+                        RunOutcome::InstantiateFailed(t) => {
+                            fail(Status::DataErr, &format!("capsule {}: cannot be instantiated: {t}", capsule.name))
+                        }
+                    }
+                })
+            })
+            .collect();
+        runs.into_iter().map(|h| h.join().unwrap_or(Status::Software)).collect()
+    });
+    for s in statuses {
+        status = worst(status, s);
     }
     match log.map(AuditLog::close) {
         None => println!("astrid: audit off (ASTRID_AUDIT=off)"),
