@@ -258,6 +258,50 @@ fn capsules_run_side_by_side_and_one_trapping_leaves_the_other_running() {
 }
 
 #[test]
+fn astrid_ipc_delivers_by_pattern_with_limits() {
+    scenario("ipc");
+}
+
+#[test]
+fn two_capsules_ping_pong_over_ipc_waiting_through_poll() {
+    let f = fixtures();
+    let dir = common::scratch().join("ipc-pair");
+    std::fs::create_dir_all(&dir).unwrap();
+    let copy = |from: &Path, name: &str| {
+        let to = dir.join(name);
+        std::fs::copy(from, &to).unwrap();
+        to
+    };
+    let (ping, pong) = (copy(&f.probe, "ping.wasm"), copy(&f.probe, "pong.wasm"));
+    let out = Command::new("timeout")
+        .arg("60")
+        .arg(&f.hosted)
+        .arg(&ping)
+        .arg(&pong)
+        .env("ASTRID_TEST_ARG", "ipc-pair")
+        .output()
+        .unwrap();
+    let hosted_run = Run { status: out.status.code().unwrap_or(-1), console: String::from_utf8_lossy(&out.stdout).into_owned() };
+    let art = common::artifacts();
+    let mut boot = Boot::new(art.loader.clone(), f.image.clone());
+    boot.capsules = vec![copy(&f.probe_cwasm, "ping.cwasm"), copy(&f.probe_cwasm, "pong.cwasm")];
+    boot.kernel_args = vec!["env=ASTRID_TEST_ARG=ipc-pair".into()];
+    boot.timeout = Duration::from_secs(120);
+    let out = qemu::run(&boot).expect("starting QEMU");
+    let image_run = Run {
+        status: match out.exit {
+            GuestExit::App(s) => i32::from(s),
+            other => panic!("no status ({other:?}):\n{}", out.console),
+        },
+        console: out.console,
+    };
+    for run in [hosted_run, image_run] {
+        run.assert_status(0).assert_says("] ok ping").assert_says("] ok pong");
+        run.assert_audit_verifies();
+    }
+}
+
+#[test]
 fn sleep_is_woken_by_cancellation() {
     scenario("cancel-sleep");
 }

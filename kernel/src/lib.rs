@@ -10,6 +10,8 @@ pub mod capsule;
 pub mod engine;
 #[cfg(feature = "engine")]
 pub mod io;
+#[cfg(feature = "engine")]
+pub mod ipc;
 pub mod sources;
 pub mod exit;
 #[cfg(feature = "engine")]

@@ -45,6 +45,8 @@ pub struct CapsuleEngine {
     linker: Linker<CapsuleState>,
     module_linker: wasmtime::Linker<CapsuleState>,
     ticker_stop: CancelToken,
+    /// The message bus the capsules of this image share.
+    bus: std::sync::Arc<crate::ipc::bus::Bus>,
 }
 
 /// How a capsule run ended.
@@ -95,6 +97,7 @@ impl CapsuleEngine {
         crate::io::astrid::sys::host::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
         crate::io::astrid::kv::host::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
         crate::refusals::add_to_linker(&mut linker)?;
+        crate::io::astrid::ipc::host::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
         #[cfg(any(test, feature = "testing"))]
         crate::io::astrid_unikernel::testing::sources::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
             &mut linker,
@@ -116,7 +119,7 @@ impl CapsuleEngine {
                 }
             }
         })?;
-        Ok(CapsuleEngine { engine, linker, module_linker, ticker_stop })
+        Ok(CapsuleEngine { engine, linker, module_linker, ticker_stop, bus: Default::default() })
     }
 
     pub fn engine(&self) -> &wasmtime::Engine {
@@ -160,6 +163,7 @@ impl CapsuleEngine {
                     tracing::subscriber::with_default(subscriber, || {
                         let mut state = CapsuleState::new(name, &principal, cancel.clone(), options.limits.clone());
                         state.config = options.config.clone();
+                        state.bus = self.bus.clone();
                         if let Some(d) = options.deadline {
                             if let Err(e) = cancel_after(cancel, d) {
                                 return RunOutcome::InstantiateFailed(format!("cannot start the deadline watchdog: {e}"));

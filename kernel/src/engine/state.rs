@@ -43,6 +43,10 @@ pub struct CapsuleState {
     pub ready_signalled: bool,
     /// The capsule's `astrid:kv` store.
     pub kv: crate::kv::KvStore,
+    /// The image's message bus, shared by every capsule.
+    pub bus: std::sync::Arc<crate::ipc::bus::Bus>,
+    /// Live `astrid:ipc` subscriptions (at most 128).
+    pub ipc_subscriptions: usize,
     live_handles: usize,
     store_limits: StoreLimits,
 }
@@ -71,6 +75,8 @@ impl CapsuleState {
             cancel,
             table: ResourceTable::new(),
             kv: crate::kv::KvStore::new(limits.kv_bytes),
+            bus: Default::default(),
+            ipc_subscriptions: 0,
             limits,
             config: Default::default(),
             capabilities: Vec::new(),

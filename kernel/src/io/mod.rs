@@ -25,6 +25,7 @@ wasmtime::component::bindgen!({
         "astrid:io/poll.pollable": crate::io::Pollable,
         "astrid:io/streams.input-stream": crate::io::InputStream,
         "astrid:io/streams.output-stream": crate::io::OutputStream,
+        "astrid:ipc/host.subscription": crate::ipc::Subscription,
     },
 });
 

@@ -10,6 +10,7 @@ wit_bindgen::generate!({
 
 use astrid::io::poll::{ErrorCode, Pollable, poll};
 use astrid::io::streams::{InputStream, OutputStream, StreamError};
+use astrid::ipc::host as ipc;
 use astrid::kv::host as kv;
 use astrid::{approval, elicit, identity, uplink};
 use astrid::sys::host as sys;
@@ -42,6 +43,13 @@ macro_rules! check {
 impl Guest for Probe {
     fn run() {
         let arg = host::test_argument();
+        // The ipc pair picks its role from its own name (ping.* / pong.*).
+        let me = sys::get_caller().map(|c| c.source_id).unwrap_or_default();
+        let arg = if arg == "ipc-pair" {
+            if me.starts_with("ping") { "ping".to_string() } else { "pong".to_string() }
+        } else {
+            arg
+        };
         let scenario = if arg.is_empty() { "demo" } else { arg.as_str() };
         match scenario {
             "demo" => demo(),
@@ -61,6 +69,9 @@ impl Guest for Probe {
             "sys" => sys_calls(),
             "kv" => kv_calls(),
             "refusals" => refusals(),
+            "ipc" => ipc_self(),
+            "ping" => ping(),
+            "pong" => pong(),
             "random" => random(),
             "cancel-sleep" => cancel_sleep(),
             "bench-pingpong" => bench_pingpong(),
@@ -396,4 +407,75 @@ fn refusals() {
         "request-approval"
     );
     check!(s, matches!(elicit::host::has_secret("k"), Err(elicit::host::ErrorCode::NotInLifecycle)), "has-secret");
+}
+
+// ---- astrid:ipc ----
+
+fn ipc_self() {
+    let s = "ipc";
+    let sub = ipc::subscribe("demo.*").unwrap_or_else(|e| fail(s, &format!("subscribe: {e:?}")));
+    let ready = sub.subscribe_readiness();
+    check!(s, !ready.ready(), "ready before any message");
+    ipc::publish("demo.a", "hi").unwrap();
+    ipc::publish("other.x", "not for us").unwrap();
+    check!(s, ready.ready(), "not ready after a publish");
+    let env = sub.poll().unwrap();
+    check!(s, env.messages.len() == 1, "{} messages", env.messages.len());
+    let m = &env.messages[0];
+    check!(s, m.topic == "demo.a" && m.payload == "hi" && !m.source_id.is_empty(), "message {:?}", m.topic);
+    check!(s, matches!(m.principal, ipc::PrincipalAttribution::Verified(_)), "principal not verified");
+    check!(s, matches!(sub.recv(50), Err(ipc::ErrorCode::Timeout)), "recv did not time out");
+    check!(s, matches!(ipc::publish("bad topic", "x"), Err(ipc::ErrorCode::InvalidInput)), "bad topic accepted");
+    check!(s, matches!(ipc::publish("demo.big", &"x".repeat((1 << 20) + 1)), Err(ipc::ErrorCode::InvalidInput)), "oversized payload");
+    check!(s, matches!(ipc::publish_as("demo.a", "x", "root"), Err(ipc::ErrorCode::CapabilityDenied)), "publish-as");
+    drop(ready);
+    let mut many = Vec::new();
+    for _ in 0..127 {
+        many.push(ipc::subscribe("q.*").unwrap());
+    }
+    check!(s, matches!(ipc::subscribe("q.*"), Err(ipc::ErrorCode::Quota)), "129th subscription");
+}
+
+const ROUNDS: u32 = 20;
+
+/// Sends ROUNDS pings and waits for each pong through astrid:io `poll` on the
+/// subscription's readiness pollable.
+fn ping() {
+    let s = "ping";
+    let sub = ipc::subscribe("pp.pong").unwrap();
+    let ready = sub.subscribe_readiness();
+    let timer_guard = host::timer(30_000 * MS);
+    // The partner may not be listening yet: repeat the first ping until it answers.
+    let mut answered = false;
+    for _ in 0..100 {
+        ipc::publish("pp.ping", "0").unwrap();
+        if sub.recv(100).is_ok() {
+            answered = true;
+            break;
+        }
+    }
+    check!(s, answered, "no pong to the first ping");
+    for i in 1..ROUNDS {
+        ipc::publish("pp.ping", &i.to_string()).unwrap();
+        let fired = poll(&[&ready, &timer_guard]).unwrap_or_else(|e| fail(s, &format!("poll: {e:?}")));
+        check!(s, fired == vec![0], "round {i}: poll returned {fired:?}");
+        let env = sub.poll().unwrap();
+        check!(s, env.messages.iter().any(|m| m.payload == i.to_string()), "round {i}: wrong pong");
+    }
+    ipc::publish("pp.ping", "stop").unwrap();
+}
+
+/// Answers every ping with a pong of the same payload until told to stop.
+fn pong() {
+    let s = "pong";
+    let sub = ipc::subscribe("pp.ping").unwrap();
+    loop {
+        let env = sub.recv(30_000).unwrap_or_else(|e| fail(s, &format!("recv: {e:?}")));
+        for m in env.messages {
+            if m.payload == "stop" {
+                return;
+            }
+            ipc::publish("pp.pong", &m.payload).unwrap();
+        }
+    }
 }
