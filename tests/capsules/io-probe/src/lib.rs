@@ -45,10 +45,12 @@ impl Guest for Probe {
         let arg = host::test_argument();
         // The ipc pair picks its role from its own name (ping.* / pong.*).
         let me = sys::get_caller().map(|c| c.source_id).unwrap_or_default();
-        let arg = if arg == "ipc-pair" {
-            if me.starts_with("ping") { "ping".to_string() } else { "pong".to_string() }
-        } else {
-            arg
+        let arg = match arg.as_str() {
+            "ipc-pair" if me.starts_with("ping") => "ping".to_string(),
+            "ipc-pair" => "pong".to_string(),
+            "bench-ipc" if me.starts_with("ping") => "bench-ipc-ping".to_string(),
+            "bench-ipc" => "pong".to_string(),
+            _ => arg,
         };
         let scenario = if arg.is_empty() { "demo" } else { arg.as_str() };
         match scenario {
@@ -70,7 +72,8 @@ impl Guest for Probe {
             "kv" => kv_calls(),
             "refusals" => refusals(),
             "ipc" => ipc_self(),
-            "ping" => ping(),
+            "ping" => ping(ROUNDS),
+            "bench-ipc-ping" => ping(BENCH_ROUNDS),
             "pong" => pong(),
             "random" => random(),
             "cancel-sleep" => cancel_sleep(),
@@ -437,11 +440,12 @@ fn ipc_self() {
 }
 
 const ROUNDS: u32 = 20;
+const BENCH_ROUNDS: u32 = 200;
 
-/// Sends ROUNDS pings and waits for each pong through astrid:io `poll` on the
-/// subscription's readiness pollable.
-fn ping() {
-    let s = "ping";
+/// Sends `rounds` pings and waits for each pong through astrid:io `poll` on the
+/// subscription's readiness pollable; says the mean round trip (`rtt_ns=`).
+fn ping(rounds: u32) {
+    let s = if rounds == ROUNDS { "ping" } else { "bench-ipc-ping" };
     let sub = ipc::subscribe("pp.pong").unwrap();
     let ready = sub.subscribe_readiness();
     let timer_guard = host::timer(30_000 * MS);
@@ -455,13 +459,16 @@ fn ping() {
         }
     }
     check!(s, answered, "no pong to the first ping");
-    for i in 1..ROUNDS {
+    let t0 = sys::clock_monotonic_ns();
+    for i in 1..rounds {
         ipc::publish("pp.ping", &i.to_string()).unwrap();
         let fired = poll(&[&ready, &timer_guard]).unwrap_or_else(|e| fail(s, &format!("poll: {e:?}")));
         check!(s, fired == vec![0], "round {i}: poll returned {fired:?}");
         let env = sub.poll().unwrap();
         check!(s, env.messages.iter().any(|m| m.payload == i.to_string()), "round {i}: wrong pong");
     }
+    let rtt = (sys::clock_monotonic_ns() - t0) / u64::from(rounds - 1);
+    say(&format!("ipc round trip: rtt_ns={rtt}"));
     ipc::publish("pp.ping", "stop").unwrap();
 }
 
