@@ -68,10 +68,15 @@ impl Run {
 }
 
 fn hosted(capsule: &Path, env: &[(&str, &str)]) -> Run {
+    hosted_many(&[capsule], env)
+}
+
+/// Several capsules side by side in one hosted process.
+fn hosted_many(capsules: &[&Path], env: &[(&str, &str)]) -> Run {
     let out = Command::new("timeout")
         .arg("60")
         .arg(&fixtures().hosted)
-        .arg(capsule)
+        .args(capsules)
         .envs(env.iter().copied())
         .output()
         .unwrap();
@@ -82,9 +87,14 @@ fn hosted(capsule: &Path, env: &[(&str, &str)]) -> Run {
 }
 
 fn in_image(capsule: &Path, env: &[(&str, &str)]) -> Run {
+    in_image_many(&fixtures().image, &[capsule], env)
+}
+
+/// Several capsules side by side in one boot of `image`.
+fn in_image_many(image: &Path, capsules: &[&Path], env: &[(&str, &str)]) -> Run {
     let art = common::artifacts();
-    let mut boot = Boot::new(art.loader.clone(), fixtures().image.clone());
-    boot.capsules = vec![capsule.to_path_buf()];
+    let mut boot = Boot::new(art.loader.clone(), image.to_path_buf());
+    boot.capsules = capsules.iter().map(|c| c.to_path_buf()).collect();
     boot.kernel_args = env.iter().map(|(k, v)| format!("env={k}={v}")).collect();
     boot.timeout = Duration::from_secs(120);
     let out = qemu::run(&boot).expect("starting QEMU");
@@ -189,18 +199,7 @@ fn an_unmodified_astrid_sdk_capsule_runs_hosted_and_in_the_production_image() {
     let sdk = capsule::build(&paths, &paths.root.join("tests/capsules/sdk-hello")).expect("building sdk-hello");
     let sdk_cwasm = paths.out.join("precompiled/sdk-hello-test.cwasm");
     compile::compile(&sdk, Some(&sdk_cwasm), CodeTarget::HermitImage).expect("precompiling sdk-hello");
-    let art = common::artifacts();
-    let mut boot = Boot::new(art.loader.clone(), art.astrid_img.clone());
-    boot.capsules = vec![sdk_cwasm];
-    boot.timeout = Duration::from_secs(120);
-    let out = qemu::run(&boot).expect("starting QEMU");
-    let image = Run {
-        status: match out.exit {
-            GuestExit::App(s) => i32::from(s),
-            other => panic!("no status ({other:?}):\n{}", out.console),
-        },
-        console: out.console,
-    };
+    let image = in_image_many(&common::artifacts().astrid_img, &[&sdk_cwasm], &[]);
     for run in [hosted(&sdk, &[]), image] {
         run.assert_status(0).assert_says("info: sdk-hello: kv round trip: hello from the Astrid SDK");
         run.assert_audit_verifies();
@@ -223,33 +222,8 @@ fn capsules_run_side_by_side_and_one_trapping_leaves_the_other_running() {
     let f = fixtures();
     let trap = wat_module("side-trap", r#"(module (func (export "run") unreachable))"#);
     let env = [("ASTRID_TEST_ARG", "block-timer")];
-    let hosted_run = {
-        let out = Command::new("timeout")
-            .arg("60")
-            .arg(&f.hosted)
-            .arg(&f.probe)
-            .arg(&trap)
-            .envs(env.iter().copied())
-            .output()
-            .unwrap();
-        Run {
-            status: out.status.code().unwrap_or(-1),
-            console: String::from_utf8_lossy(&out.stdout).into_owned(),
-        }
-    };
-    let art = common::artifacts();
-    let mut boot = Boot::new(art.loader.clone(), f.image.clone());
-    boot.capsules = vec![f.probe_cwasm.clone(), trap.clone()];
-    boot.kernel_args = vec!["env=ASTRID_TEST_ARG=block-timer".into()];
-    boot.timeout = Duration::from_secs(120);
-    let out = qemu::run(&boot).expect("starting QEMU");
-    let image_run = Run {
-        status: match out.exit {
-            GuestExit::App(s) => i32::from(s),
-            other => panic!("no status ({other:?}):\n{}", out.console),
-        },
-        console: out.console,
-    };
+    let hosted_run = hosted_many(&[&f.probe, &trap], &env);
+    let image_run = in_image_many(&f.image, &[&f.probe_cwasm, &trap], &env);
     for run in [hosted_run, image_run] {
         run.assert_status(1).assert_says("] ok block-timer").assert_says("side-trap.wasm: trapped: unreachable executed");
         let summary = run.assert_audit_verifies();
@@ -273,28 +247,10 @@ fn two_capsules_ping_pong_over_ipc_waiting_through_poll() {
         to
     };
     let (ping, pong) = (copy(&f.probe, "ping.wasm"), copy(&f.probe, "pong.wasm"));
-    let out = Command::new("timeout")
-        .arg("60")
-        .arg(&f.hosted)
-        .arg(&ping)
-        .arg(&pong)
-        .env("ASTRID_TEST_ARG", "ipc-pair")
-        .output()
-        .unwrap();
-    let hosted_run = Run { status: out.status.code().unwrap_or(-1), console: String::from_utf8_lossy(&out.stdout).into_owned() };
-    let art = common::artifacts();
-    let mut boot = Boot::new(art.loader.clone(), f.image.clone());
-    boot.capsules = vec![copy(&f.probe_cwasm, "ping.cwasm"), copy(&f.probe_cwasm, "pong.cwasm")];
-    boot.kernel_args = vec!["env=ASTRID_TEST_ARG=ipc-pair".into()];
-    boot.timeout = Duration::from_secs(120);
-    let out = qemu::run(&boot).expect("starting QEMU");
-    let image_run = Run {
-        status: match out.exit {
-            GuestExit::App(s) => i32::from(s),
-            other => panic!("no status ({other:?}):\n{}", out.console),
-        },
-        console: out.console,
-    };
+    let env = [("ASTRID_TEST_ARG", "ipc-pair")];
+    let hosted_run = hosted_many(&[&ping, &pong], &env);
+    let (ping_c, pong_c) = (copy(&f.probe_cwasm, "ping.cwasm"), copy(&f.probe_cwasm, "pong.cwasm"));
+    let image_run = in_image_many(&f.image, &[&ping_c, &pong_c], &env);
     for run in [hosted_run, image_run] {
         run.assert_status(0).assert_says("] ok ping").assert_says("] ok pong");
         run.assert_audit_verifies();
