@@ -113,7 +113,7 @@ impl Chain {
     }
 }
 
-fn marker(capsule: &str, function: &str, count: u64) -> AuditRecord {
+pub(super) fn marker(capsule: &str, function: &str, count: u64) -> AuditRecord {
     AuditRecord {
         seq: 0,
         t_ns: 0,

@@ -375,21 +375,7 @@ mod tests {
     #[test]
     fn end_record_counts_are_checked() {
         let forged = |function: &str, count: u64| {
-            let record = AuditRecord {
-                seq: 0,
-                t_ns: 5,
-                capsule: "c".into(),
-                principal: String::new(),
-                function: function.into(),
-                outcome: Outcome::Ok,
-                elapsed_ns: 0,
-                bytes: None,
-                pollable_count: None,
-                ready_count: None,
-                error: None,
-                count: Some(count),
-                prev: GENESIS.into(),
-            };
+            let record = AuditRecord { t_ns: 5, capsule: "c".into(), prev: GENESIS.into(), ..super::super::chain::marker("c", function, count) };
             seal(&record).0
         };
         let line = forged(FN_CAPSULE_END, 1);

@@ -277,6 +277,13 @@ pub unsafe extern "C" fn wasmtime_mmap_new(size: usize, prot: u32, ret: *mut *mu
 /// The range must lie in a mapping from `wasmtime_mmap_new` that nothing else uses.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn wasmtime_mmap_remap(addr: *mut u8, size: usize, prot: u32) -> i32 {
+    reprotect(addr, size, prot, true)
+}
+
+/// The one walk behind `mprotect` and `remap`: re-maps the backed pieces of the range
+/// with `prot` (zeroing them too when `zero_backed`), and backs and zeroes the unbacked
+/// ones when `prot` makes them accessible.
+fn reprotect(addr: *mut u8, size: usize, prot: u32, zero_backed: bool) -> i32 {
     let Some((start, end)) = page_range(addr, size) else { return EINVAL };
     if start == end {
         return 0;
@@ -292,9 +299,11 @@ pub unsafe extern "C" fn wasmtime_mmap_remap(addr: *mut u8, size: usize, prot: u
     for g in segments {
         if g.backed {
             // SAFETY: one backed piece of our mapping, physically contiguous: the kernel
-            // re-maps exactly its own frames, which stay writable for the zeroing.
+            // re-maps exactly its own frames (which stay writable, so zeroing works).
             unsafe { sys_mprotect((base + g.offset) as *mut u8, g.len, prot) };
-            dirty.0.push((base + g.offset, g.len));
+            if zero_backed {
+                dirty.0.push((base + g.offset, g.len));
+            }
         } else if prot != 0 {
             s.back(base, g.offset, g.len, prot, &mut dirty);
         }
@@ -352,30 +361,7 @@ pub unsafe extern "C" fn wasmtime_munmap(ptr: *mut u8, size: usize) -> i32 {
 /// The range must lie in a mapping from `wasmtime_mmap_new`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn wasmtime_mprotect(ptr: *mut u8, size: usize, prot: u32) -> i32 {
-    let Some((start, end)) = page_range(ptr, size) else { return EINVAL };
-    if start == end {
-        return 0;
-    }
-    let mut s = state();
-    let Some(base) = s.find(start, end) else { return EINVAL };
-    let segments = s.mappings.get_mut(&base).expect("found").segments(start - base, end - base);
-    let unbacked: usize = segments.iter().filter(|g| !g.backed).map(|g| g.len).sum();
-    if prot != 0 && !s.admit(unbacked) {
-        return ENOMEM;
-    }
-    let mut dirty = Dirty::default();
-    for g in segments {
-        if g.backed {
-            // SAFETY: one backed, physically contiguous piece: the kernel re-maps its own
-            // frames with the new execute permission.
-            unsafe { sys_mprotect((base + g.offset) as *mut u8, g.len, prot) };
-        } else if prot != 0 {
-            s.back(base, g.offset, g.len, prot, &mut dirty);
-        }
-    }
-    drop(s);
-    dirty.zero();
-    0
+    reprotect(ptr, size, prot, false)
 }
 
 #[unsafe(no_mangle)]
