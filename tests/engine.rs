@@ -427,6 +427,9 @@ fn an_artifact_for_another_target_is_refused_cleanly() {
     compile::compile(&fixtures().probe, Some(&native), CodeTarget::Native).unwrap();
     let run = in_image(&native, &[]);
     run.assert_status(65).assert_says("cannot be loaded");
+    let summary = run.assert_audit_verifies();
+    assert_eq!(summary.capsules_ended, 1, "{}", run.console);
+    run.assert_says("\"fn\":\"astrid:capsule/load\"");
 }
 
 #[test]

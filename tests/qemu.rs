@@ -69,19 +69,23 @@ fn no_capsule_is_a_usage_error() {
 fn a_missing_capsule_path_is_reported_by_name() {
     let mut boot = boot_astrid(vec![]);
     boot.app_args = vec!["/root/missing.wasm".into()];
-    assert_app(&run(&boot), 66, "capsule /root/missing.wasm: ");
+    let out = run(&boot);
+    assert_app(&out, 66, "capsule /root/missing.wasm: ");
+    assert_refusal_audited(&out);
 }
 
 #[test]
 fn an_empty_capsule_is_rejected() {
     let out = run(&boot_astrid(vec![scratch_file("empty.wasm", b"")]));
     assert_app(&out, 65, "capsule empty.wasm: the file is empty");
+    assert_refusal_audited(&out);
 }
 
 #[test]
 fn a_file_that_is_not_wasm_is_rejected() {
     let out = run(&boot_astrid(vec![scratch_file("script.wasm", b"#!/bin/sh\necho hi\n")]));
     assert_app(&out, 65, "capsule script.wasm: not a WebAssembly binary (starts with 23 21 2f 62");
+    assert_refusal_audited(&out);
 }
 
 #[test]
@@ -106,6 +110,19 @@ fn the_bare_hello_baseline_boots_through_the_same_pipeline() {
     let art = artifacts();
     let out = run(&Boot { timeout: Duration::from_secs(60), ..Boot::new(art.loader.clone(), art.hello_img.clone()) });
     assert_app(&out, 0, "hello from Hermit");
+}
+
+/// A refused capsule leaves an audit trail that verifies.
+fn assert_refusal_audited(out: &Outcome) {
+    let lines = astrid_kernel::audit::extract(&out.console);
+    assert!(
+        lines.iter().any(|l| l.contains("\"fn\":\"astrid:capsule/load\"") && l.contains("\"outcome\":\"error\"")),
+        "no audit record of the refusal:\n{}",
+        out.console
+    );
+    if let Err(b) = astrid_kernel::audit::verify(lines.iter().copied()) {
+        panic!("refusal audit log broken: {b}\n{}", out.console);
+    }
 }
 
 // ---- loader failures: a clear message and a failing QEMU exit, never a hang ----

@@ -37,7 +37,7 @@ fn run(args: &[String], var: &impl Fn(&str) -> Option<String>) -> Result<Status,
         _ => fail(Status::Software, &e),
     })?;
     let max = setting(var, "ASTRID_MAX_CAPSULE_BYTES", capsule::DEFAULT_MAX_CAPSULE_BYTES)?;
-    let capsules = sources.iter().map(|s| check(s, max)).collect::<Result<Vec<_>, _>>()?;
+    let capsules = sources.iter().map(|s| check(s, max, var)).collect::<Result<Vec<_>, _>>()?;
     println!("astrid: {} capsule(s) ready", capsules.len());
     if var("ASTRID_CHECK_ONLY").is_some_and(|v| v == "1") {
         println!("astrid: check only (ASTRID_CHECK_ONLY=1): capsules checked, not run");
@@ -115,7 +115,12 @@ fn run_capsules(capsules: &[CapsuleBytes], var: &impl Fn(&str) -> Option<String>
                 ready.push((capsule, report));
             }
             Err(e) => {
-                status = worst(status, fail(Status::DataErr, &format!("capsule {}: cannot be loaded: {e:#}", capsule.name)));
+                let why = format!("capsule {}: cannot be loaded: {e:#}", capsule.name);
+                if let Some(audit) = &audit {
+                    let _ = audit.record(rejection_event(&capsule.id, &why));
+                    let _ = audit.capsule_end(&capsule.id);
+                }
+                status = worst(status, fail(Status::DataErr, &why));
             }
         }
     }
@@ -195,7 +200,15 @@ fn setting(var: &impl Fn(&str) -> Option<String>, name: &str, default: u64) -> R
     }
 }
 
-fn check(source: &CapsuleSource, max: u64) -> Result<CapsuleBytes, Status> {
+/// Loads and checks one capsule; a rejection is printed and audited.
+fn check(source: &CapsuleSource, max: u64, var: &impl Fn(&str) -> Option<String>) -> Result<CapsuleBytes, Status> {
+    check_quietly(source, max).map_err(|(status, why)| {
+        audit_rejection(var, &source.id(), &why);
+        fail(status, &why)
+    })
+}
+
+fn check_quietly(source: &CapsuleSource, max: u64) -> Result<CapsuleBytes, (Status, String)> {
     let loaded = capsule::load(source, max).map_err(|e| {
         let status = match e {
             LoadError::NotFound { .. } | LoadError::CannotOpen { .. } | LoadError::Unreadable { .. } => {
@@ -204,7 +217,7 @@ fn check(source: &CapsuleSource, max: u64) -> Result<CapsuleBytes, Status> {
             LoadError::TooLarge { .. } => Status::DataErr,
             LoadError::NoBootModules { .. } => Status::Software,
         };
-        fail(status, &e)
+        (status, e.to_string())
     })?;
     let origin = match source {
         CapsuleSource::BootModule { addr, .. } => format!("boot module at {addr:#x}"),
@@ -213,15 +226,41 @@ fn check(source: &CapsuleSource, max: u64) -> Result<CapsuleBytes, Status> {
     let kind = match precompiled_kind(&loaded.bytes) {
         Some(kind) => kind.to_string(),
         None => {
-            let header = wasm::inspect(&loaded.bytes).map_err(|e: HeaderError| {
-                fail(Status::DataErr, &format!("capsule {}: {e}", loaded.name))
-            })?;
+            let header = wasm::inspect(&loaded.bytes)
+                .map_err(|e: HeaderError| (Status::DataErr, format!("capsule {}: {e}", loaded.name)))?;
             format!("wasm {} (binary version {:#x})", header.kind, header.version)
         }
     };
     println!("astrid: capsule {}: {kind}, {} bytes, from {origin}", loaded.name, loaded.bytes.len());
     Ok(loaded)
 }
+
+/// The audit record of a capsule the image refused before running it.
+#[cfg(feature = "engine")]
+fn rejection_event(capsule: &str, why: &str) -> crate::audit::IoEvent {
+    let mut event = crate::audit::IoEvent::ok(capsule, capsule, "astrid:capsule/load", 0);
+    event.outcome = crate::audit::Outcome::Error;
+    event.error = Some(why.chars().take(crate::audit::MAX_FIELD_BYTES).collect());
+    event
+}
+
+/// A capsule refused while checking (before any engine exists) still leaves an audit
+/// trail: a one-capsule log with the refusal, its end, and the close record.
+#[cfg(feature = "engine")]
+fn audit_rejection(var: &impl Fn(&str) -> Option<String>, capsule: &str, why: &str) {
+    if var("ASTRID_AUDIT").as_deref() == Some("off") {
+        return;
+    }
+    let Ok(sink) = audit_sink(var) else { return };
+    let log = crate::audit::AuditLog::start(sink, 16);
+    let handle = log.handle();
+    let _ = handle.record(rejection_event(capsule, why));
+    let _ = handle.capsule_end(capsule);
+    let _ = log.close();
+}
+
+#[cfg(not(feature = "engine"))]
+fn audit_rejection(_: &impl Fn(&str) -> Option<String>, _: &str, _: &str) {}
 
 /// What a host-precompiled artifact holds, if `bytes` is one.
 #[cfg(feature = "engine")]
