@@ -97,7 +97,11 @@ fn run_capsules(capsules: &[CapsuleBytes], var: &impl Fn(&str) -> Option<String>
         options.limits.memory_bytes = share;
     }
 
-    let engine = CapsuleEngine::new().map_err(|e| fail(Status::Software, &format!("cannot start the engine: {e:#}")))?;
+    let mut engine = CapsuleEngine::new().map_err(|e| fail(Status::Software, &format!("cannot start the engine: {e:#}")))?;
+    let (external, publish) = network_settings(var)?;
+    engine.set_network(external, &publish).map_err(|e| {
+        fail(Status::Software, &format!("cannot publish ports {publish:?} (ASTRID_PUBLISH): {e} — is the port free?"))
+    })?;
     let log = match var("ASTRID_AUDIT").as_deref() {
         Some("off") => None,
         _ => Some(AuditLog::start(audit_sink(var)?, AUDIT_QUEUE)),
@@ -160,6 +164,26 @@ fn run_capsules(capsules: &[CapsuleBytes], var: &impl Fn(&str) -> Option<String>
         Some(Err(e)) => status = worst(status, fail(Status::Software, &format!("audit log failed: {e}"))),
     }
     Ok(status)
+}
+
+/// `ASTRID_NET` (`none`, `restricted`, `outbound`; the run command sets it from
+/// `--net`) and `ASTRID_PUBLISH` (loopback ports to accept outside connections for,
+/// comma-separated). Hosted mode reaches outside only with `ASTRID_NET=outbound`.
+#[cfg(feature = "engine")]
+fn network_settings(var: &impl Fn(&str) -> Option<String>) -> Result<(bool, Vec<u16>), Status> {
+    let external = match var("ASTRID_NET").as_deref() {
+        None => cfg!(target_os = "hermit"),
+        Some("none") => false,
+        Some("restricted") => cfg!(target_os = "hermit"),
+        Some("outbound") => true,
+        Some(other) => return Err(fail(Status::Usage, &format!("ASTRID_NET={other:?}: expected none, restricted or outbound"))),
+    };
+    let mut publish = Vec::new();
+    for p in var("ASTRID_PUBLISH").unwrap_or_default().split(',').filter(|p| !p.is_empty()) {
+        let port = p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| fail(Status::Usage, &format!("ASTRID_PUBLISH: {p:?} is not a port from 1 to 65535")))?;
+        publish.push(port);
+    }
+    Ok((external, publish))
 }
 
 /// The audit sinks: the serial console (unless `ASTRID_AUDIT_SERIAL=off`) and, when

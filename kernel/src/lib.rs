@@ -17,6 +17,8 @@ pub mod exit;
 #[cfg(feature = "engine")]
 pub mod kv;
 pub mod launch;
+#[cfg(feature = "engine")]
+pub mod net;
 pub mod platform;
 #[cfg(feature = "engine")]
 pub mod refusals;

@@ -47,6 +47,8 @@ pub struct CapsuleEngine {
     ticker_stop: CancelToken,
     /// The message bus the capsules of this image share.
     bus: std::sync::Arc<crate::ipc::bus::Bus>,
+    /// The network the capsules of this image share.
+    network: std::sync::Arc<crate::net::Network>,
 }
 
 /// How a capsule run ended.
@@ -85,6 +87,8 @@ pub struct RunOptions {
     pub principal: Option<String>,
     /// What `astrid:sys` `get-config` returns.
     pub config: std::collections::BTreeMap<String, String>,
+    /// What the capsule may do on the network.
+    pub net_policy: crate::net::NetPolicy,
 }
 
 impl CapsuleEngine {
@@ -98,6 +102,7 @@ impl CapsuleEngine {
         crate::io::astrid::kv::host::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
         crate::refusals::add_to_linker(&mut linker)?;
         crate::io::astrid::ipc::host::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
+        crate::net::add_to_linker(&mut linker)?;
         #[cfg(any(test, feature = "testing"))]
         crate::io::astrid_unikernel::testing::sources::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
             &mut linker,
@@ -119,7 +124,21 @@ impl CapsuleEngine {
                 }
             }
         })?;
-        Ok(CapsuleEngine { engine, linker, module_linker, ticker_stop, bus: Default::default() })
+        Ok(CapsuleEngine { engine, linker, module_linker, ticker_stop, bus: Default::default(), network: Default::default() })
+    }
+
+    /// Sets up the image's network: whether connections may leave through a NIC (or
+    /// the host's sockets in hosted mode), and which loopback ports to publish on it.
+    /// Call before any capsule runs.
+    pub fn set_network(&mut self, external: bool, publish: &[u16]) -> std::io::Result<()> {
+        let loopback = std::sync::Arc::new(crate::net::local::Loopback::default());
+        for &port in publish {
+            // In the image the NIC's address; in hosted mode the host's loopback.
+            let ip = if cfg!(target_os = "hermit") { std::net::Ipv4Addr::UNSPECIFIED } else { std::net::Ipv4Addr::LOCALHOST };
+            crate::net::kernel::publish(port, ip.into(), loopback.clone())?;
+        }
+        self.network = std::sync::Arc::new(crate::net::Network { loopback, external });
+        Ok(())
     }
 
     pub fn engine(&self) -> &wasmtime::Engine {
@@ -164,6 +183,8 @@ impl CapsuleEngine {
                         let mut state = CapsuleState::new(name, &principal, cancel.clone(), options.limits.clone());
                         state.config = options.config.clone();
                         state.bus = self.bus.clone();
+                        state.network = self.network.clone();
+                        state.net_policy = options.net_policy.clone();
                         if let Some(d) = options.deadline {
                             if let Err(e) = cancel_after(cancel, d) {
                                 return RunOutcome::InstantiateFailed(format!("cannot start the deadline watchdog: {e}"));

@@ -47,6 +47,12 @@ pub struct CapsuleState {
     pub bus: std::sync::Arc<crate::ipc::bus::Bus>,
     /// Live `astrid:ipc` subscriptions (at most 128).
     pub ipc_subscriptions: usize,
+    /// The image's network (its loopback, and the NIC when there is one).
+    pub network: std::sync::Arc<crate::net::Network>,
+    /// What the capsule may do on the network.
+    pub net_policy: crate::net::NetPolicy,
+    /// Live sockets, against the per-capsule caps.
+    pub net_counts: crate::net::NetCounts,
     live_handles: usize,
     store_limits: StoreLimits,
 }
@@ -77,6 +83,9 @@ impl CapsuleState {
             kv: crate::kv::KvStore::new(limits.kv_bytes),
             bus: Default::default(),
             ipc_subscriptions: 0,
+            network: Default::default(),
+            net_policy: Default::default(),
+            net_counts: Default::default(),
             limits,
             config: Default::default(),
             capabilities: Vec::new(),

@@ -26,6 +26,10 @@ wasmtime::component::bindgen!({
         "astrid:io/streams.input-stream": crate::io::InputStream,
         "astrid:io/streams.output-stream": crate::io::OutputStream,
         "astrid:ipc/host.subscription": crate::ipc::Subscription,
+        "astrid:net/host.tcp-listener": crate::net::TcpListener,
+        "astrid:net/host.tcp-stream": crate::net::TcpStream,
+        "astrid:net/host.udp-socket": crate::net::UdpSocket,
+        "astrid:net/host.unix-listener": crate::net::UnixListener,
     },
 });
 

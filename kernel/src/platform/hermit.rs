@@ -106,3 +106,30 @@ pub fn set_memory_budget(ram_bytes: u64, thread_stacks: usize) -> usize {
 pub fn host_entropy() -> Option<[u8; 32]> {
     None
 }
+
+/// The kernel's `struct pollfd` (hermit-kernel 0.11 `src/fd/mod.rs`, same layout as
+/// Linux).
+#[repr(C)]
+struct PollFd {
+    fd: i32,
+    events: i16,
+    revents: i16,
+}
+
+unsafe extern "C" {
+    fn sys_poll(fds: *mut PollFd, nfds: usize, timeout: i32) -> i32;
+}
+
+/// Waits up to `timeout` for `events` (POLL_* bits) on the socket `fd` and returns the
+/// events that are set (0: the timeout passed). The kernel parks the calling task until
+/// the network stack wakes it (smoltcp socket wakers) or the timeout passes.
+pub fn poll_fd(fd: i32, events: i16, timeout: Duration) -> std::io::Result<i16> {
+    let mut pfd = PollFd { fd, events, revents: 0 };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: one valid pollfd for the duration of the call.
+    let rc = unsafe { sys_poll(&mut pfd, 1, ms) };
+    if rc < 0 {
+        return Err(std::io::Error::from_raw_os_error(-rc));
+    }
+    Ok(if rc == 0 { 0 } else { pfd.revents })
+}

@@ -71,3 +71,18 @@ pub fn host_entropy() -> Option<[u8; 32]> {
     std::fs::File::open("/dev/urandom").ok()?.read_exact(&mut seed).ok()?;
     Some(seed)
 }
+
+/// Waits up to `timeout` for `events` (POLL_* bits) on the socket `fd` and returns the
+/// events that are set (0: the timeout passed). Interrupted waits count as a timeout:
+/// callers loop.
+pub fn poll_fd(fd: i32, events: i16, timeout: Duration) -> std::io::Result<i16> {
+    let mut pfd = libc::pollfd { fd, events, revents: 0 };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
+    // SAFETY: one valid pollfd for the duration of the call.
+    let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+    if rc < 0 {
+        let e = std::io::Error::last_os_error();
+        return if e.kind() == std::io::ErrorKind::Interrupted { Ok(0) } else { Err(e) };
+    }
+    Ok(if rc == 0 { 0 } else { pfd.revents })
+}

@@ -13,6 +13,12 @@ mod hosted;
 #[cfg(not(target_os = "hermit"))]
 pub use hosted::*;
 
+/// `poll_fd` event bits (the same values on Linux and Hermit).
+pub const POLLIN: i16 = 0x1;
+pub const POLLOUT: i16 = 0x4;
+pub const POLLERR: i16 = 0x8;
+pub const POLLHUP: i16 = 0x10;
+
 /// What one futex wait ended with. Every outcome other than `TimedOut` may be
 /// spurious from the caller's point of view: callers re-check the word they wait on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -19,11 +19,19 @@ impl PipeSource {
     pub fn new(reader: PipeReader) -> Self {
         PipeSource(reader)
     }
+
+    pub fn reader(&self) -> &PipeReader {
+        &self.0
+    }
 }
 
 impl PipeSink {
     pub fn new(writer: PipeWriter) -> Self {
         PipeSink(writer)
+    }
+
+    pub fn writer(&self) -> &PipeWriter {
+        &self.0
     }
 }
 

@@ -127,9 +127,47 @@ impl PipeReader {
     pub fn buffered(&self) -> usize {
         self.shared.lock().buf.len()
     }
+
+    /// Copies up to `max` buffered bytes without taking them; like `read` otherwise.
+    pub fn peek(&self, max: usize) -> Result<Vec<u8>, Closed> {
+        let state = self.shared.lock();
+        if state.buf.is_empty() {
+            return if state.writer_open { Ok(Vec::new()) } else { Err(Closed) };
+        }
+        Ok(state.buf.iter().take(max).copied().collect())
+    }
+
+    /// Stops reading for good (what dropping the reader does, for a reader that is
+    /// shared): buffered bytes are discarded and the writer sees `Closed`. Idempotent.
+    pub fn close(&self) {
+        {
+            let mut state = self.shared.lock();
+            state.reader_open = false;
+            // Nobody can read these any more; free them now rather than with the writer.
+            state.buf = VecDeque::new();
+        }
+        self.shared.writable.notify();
+    }
+
+    /// Whether the writer is still there (bytes may still come).
+    pub fn writer_open(&self) -> bool {
+        self.shared.lock().writer_open
+    }
 }
 
 impl PipeWriter {
+    /// Ends the stream (what dropping the writer does, for a writer that is shared): the
+    /// reader gets the buffered bytes, then end of file. Idempotent.
+    pub fn close(&self) {
+        self.shared.lock().writer_open = false;
+        self.shared.readable.notify();
+    }
+
+    /// Whether the reader is still there (writing still means something).
+    pub fn reader_open(&self) -> bool {
+        self.shared.lock().reader_open
+    }
+
     /// How many bytes a `write` would accept now (0: full).
     pub fn writable(&self) -> Result<usize, Closed> {
         let state = self.shared.lock();
@@ -200,20 +238,13 @@ impl Readiness for PipeWriter {
 
 impl Drop for PipeReader {
     fn drop(&mut self) {
-        {
-            let mut state = self.shared.lock();
-            state.reader_open = false;
-            // Nobody can read these any more; free them now rather than with the writer.
-            state.buf = VecDeque::new();
-        }
-        self.shared.writable.notify();
+        self.close();
     }
 }
 
 impl Drop for PipeWriter {
     fn drop(&mut self) {
-        self.shared.lock().writer_open = false;
-        self.shared.readable.notify();
+        self.close();
     }
 }
 

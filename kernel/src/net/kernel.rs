@@ -1,0 +1,272 @@
+//! Connections that leave the image, through the kernel's TCP (smoltcp over virtio-net
+//! in the image, the host's sockets in hosted mode). A capsule never touches the kernel
+//! socket: each connection is a pair of in-memory pipes, so every capsule-facing wait is
+//! the wait primitive's, and two pump threads move bytes between the pipes and the
+//! socket:
+//! - the reader pump waits in the kernel (`poll` on the socket, which parks the task
+//!   until smoltcp's socket waker fires) and writes what arrives into the capsule's
+//!   pipe, whose notifier wakes the capsule's wait — that is how socket readiness
+//!   reaches the wait primitive; it never spins (each kernel wait is bounded by
+//!   `IDLE`, so it notices within that time that the capsule went away);
+//! - the writer pump sleeps on the capsule's outgoing pipe and writes into the socket,
+//!   draining what the capsule wrote even after it dropped the stream (lossless close),
+//!   for at most the linger time when the peer stops reading.
+//!
+//! Kernel 0.11 gaps handled here: `connect` blocks without a timeout and ignores
+//! non-blocking mode (so it runs on a helper thread and the capsule waits for it with
+//! its own deadline and cancellation); half-close (`shutdown`) is a no-op in the kernel.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::local::{Conn, PIPE_BYTES};
+use crate::platform::{self, POLLERR, POLLHUP, POLLIN, POLLOUT};
+use crate::sources::{PipeSink, PipeSource};
+use crate::wait::{self, CancelToken, Notifier, Readiness};
+
+/// Longest single kernel wait of a pump: how soon it notices the capsule went away.
+const IDLE: Duration = Duration::from_millis(250);
+/// Bytes a pump moves per kernel call.
+const CHUNK: usize = 64 << 10;
+/// How long unsent bytes may wait for a peer that stopped reading once the capsule has
+/// closed the stream (`set-linger` changes it).
+pub const DEFAULT_LINGER: Duration = Duration::from_secs(30);
+
+/// The kernel socket behind a connection.
+pub struct Link {
+    stream: TcpStream,
+    /// Why the connection failed (reset, I/O error), for the capsule's next read.
+    error: Mutex<Option<std::io::ErrorKind>>,
+    linger_ms: AtomicU64,
+}
+
+impl Link {
+    pub fn set_nodelay(&self, on: bool) -> std::io::Result<()> {
+        self.stream.set_nodelay(on)
+    }
+
+    pub fn set_ttl(&self, ttl: u32) -> std::io::Result<()> {
+        self.stream.set_ttl(ttl)
+    }
+
+    pub fn set_linger(&self, linger: Option<Duration>) {
+        let ms = linger.unwrap_or(DEFAULT_LINGER).as_millis().min(u128::from(u64::MAX)) as u64;
+        self.linger_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The failure that ended the connection, if it did not end cleanly.
+    pub fn failure(&self) -> Option<std::io::ErrorKind> {
+        *self.error.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn fail(&self, kind: std::io::ErrorKind) {
+        self.error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(kind);
+    }
+
+    fn wait(&self, events: i16) -> std::io::Result<i16> {
+        platform::poll_fd(self.stream.as_raw_fd(), events | POLLERR | POLLHUP, IDLE)
+    }
+}
+
+/// Wraps a connected kernel socket as a capsule connection and starts its pumps.
+pub fn attach(stream: TcpStream) -> std::io::Result<Conn> {
+    stream.set_nonblocking(true)?;
+    let peer = stream.peer_addr()?;
+    // Kernel 0.11 answers `getsockname` on connected sockets; fall back to the
+    // unspecified address where it cannot.
+    let local = stream.local_addr().unwrap_or_else(|_| SocketAddr::new(super::local::loopback_like(peer.ip()), 0));
+    let link = Arc::new(Link { stream, error: Mutex::new(None), linger_ms: AtomicU64::new(DEFAULT_LINGER.as_millis() as u64) });
+    let (to_capsule, capsule_source) = crate::sources::pipe(PIPE_BYTES);
+    let (capsule_sink, from_capsule) = crate::sources::pipe(PIPE_BYTES);
+    spawn("astrid-net-rx", {
+        let link = Arc::clone(&link);
+        move || reader_pump(&link, &to_capsule)
+    })?;
+    spawn("astrid-net-tx", {
+        let link = Arc::clone(&link);
+        move || writer_pump(&link, &from_capsule)
+    })?;
+    Ok(Conn { source: capsule_source, sink: capsule_sink, local, peer, kernel: Some(link) })
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
+    std::thread::Builder::new().name(name.into()).stack_size(64 << 10).spawn(f).map(|_| ())
+}
+
+/// Socket → capsule. Ends at the peer's end of file, a failure, or when the capsule
+/// closed its read side; dropping `to_capsule` then gives the capsule end of file.
+fn reader_pump(link: &Link, to_capsule: &PipeSink) {
+    let pipe = to_capsule.writer();
+    let never = CancelToken::new();
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let room = match pipe.writable() {
+            Err(_) => return,
+            Ok(0) => {
+                // The capsule is behind: wait for room (or for it to go away).
+                let _ = wait::wait_one(pipe, &never, None);
+                continue;
+            }
+            Ok(room) => room.min(CHUNK),
+        };
+        match (&link.stream).read(&mut buf[..room]) {
+            Ok(0) => return,
+            Ok(n) => {
+                let _ = pipe.write(&buf[..n]);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if let Err(e) = link.wait(POLLIN) {
+                    link.fail(e.kind());
+                    return;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                link.fail(e.kind());
+                return;
+            }
+        }
+    }
+}
+
+/// Capsule → socket. Ends when the capsule closed its write side and everything it
+/// wrote is sent, on a failure, or when the linger time passes with the capsule gone
+/// and the peer not reading.
+fn writer_pump(link: &Link, from_capsule: &PipeSource) {
+    let pipe = from_capsule.reader();
+    let never = CancelToken::new();
+    let mut gone_since: Option<Instant> = None;
+    loop {
+        let bytes = match pipe.read_blocking(CHUNK, &never, None) {
+            Ok(b) => b,
+            Err(_) => return,
+        };
+        let mut rest = &bytes[..];
+        while !rest.is_empty() {
+            match (&link.stream).write(rest) {
+                Ok(0) => {
+                    link.fail(std::io::ErrorKind::BrokenPipe);
+                    pipe.close();
+                    return;
+                }
+                Ok(n) => rest = &rest[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if !pipe.writer_open() {
+                        let since = *gone_since.get_or_insert_with(Instant::now);
+                        if since.elapsed().as_millis() as u64 >= link.linger_ms.load(Ordering::Relaxed) {
+                            return;
+                        }
+                    }
+                    if let Err(e) = link.wait(POLLOUT) {
+                        link.fail(e.kind());
+                        pipe.close();
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    link.fail(e.kind());
+                    pipe.close();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A connect running on a helper thread, which the capsule waits for.
+pub struct PendingConnect {
+    slot: Mutex<Option<std::io::Result<TcpStream>>>,
+    notifier: Notifier,
+}
+
+impl Readiness for PendingConnect {
+    fn is_ready(&self) -> bool {
+        self.slot.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+    fn notifier(&self) -> Option<&Notifier> {
+        Some(&self.notifier)
+    }
+}
+
+impl PendingConnect {
+    pub fn take(&self) -> Option<std::io::Result<TcpStream>> {
+        self.slot.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// Starts connecting to `addr` until `deadline`. Kernel 0.11 fails a connect at once
+/// while DHCP has not finished (EIO): that is retried until the deadline. A connect the
+/// capsule gave up on finishes on its own and its socket is closed.
+pub fn connect(addr: SocketAddr, deadline: Instant) -> std::io::Result<Arc<PendingConnect>> {
+    let pending = Arc::new(PendingConnect { slot: Mutex::new(None), notifier: Notifier::new() });
+    let result = Arc::clone(&pending);
+    spawn("astrid-net-connect", move || {
+        let outcome = loop {
+            match TcpStream::connect(addr) {
+                Ok(s) => break Ok(s),
+                Err(e) if retryable(&e) && Instant::now() + Duration::from_millis(20) < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        *result.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
+        result.notifier.notify();
+    })?;
+    Ok(pending)
+}
+
+/// Kernel 0.11 answers EIO (no address yet) before DHCP completes.
+fn retryable(e: &std::io::Error) -> bool {
+    cfg!(target_os = "hermit") && e.kind() != std::io::ErrorKind::ConnectionRefused && e.raw_os_error() == Some(5)
+}
+
+/// Resolves a name through the platform (the kernel's resolver in the image, where it
+/// has one), on a helper thread bounded by `deadline`. `None` when it did not answer.
+pub fn resolve(name: &str, deadline: Instant, cancel: &CancelToken) -> Option<Vec<std::net::IpAddr>> {
+    use std::net::ToSocketAddrs;
+    let slot: Arc<(Mutex<Option<Vec<std::net::IpAddr>>>, Notifier)> = Arc::new((Mutex::new(None), Notifier::new()));
+    let result = Arc::clone(&slot);
+    let name = name.to_string();
+    spawn("astrid-net-resolve", move || {
+        let ips = (name.as_str(), 0).to_socket_addrs().map(|it| it.map(|a| a.ip()).collect()).unwrap_or_default();
+        *result.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(ips);
+        result.1.notify();
+    })
+    .ok()?;
+    struct Done<'a>(&'a (Mutex<Option<Vec<std::net::IpAddr>>>, Notifier));
+    impl Readiness for Done<'_> {
+        fn is_ready(&self) -> bool {
+            self.0.0.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+        }
+        fn notifier(&self) -> Option<&Notifier> {
+            Some(&self.0.1)
+        }
+    }
+    wait::wait_one(&Done(&slot), cancel, Some(deadline)).ok()?;
+    slot.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+}
+
+/// Publishes loopback port `port` on the NIC (what `--publish` asks for): a thread
+/// accepts kernel connections on `port` and hands each to the capsule listening on
+/// 127.0.0.1:`port` in the image; with none listening, the connection is closed.
+pub fn publish(port: u16, bind_ip: std::net::IpAddr, loopback: Arc<super::local::Loopback>) -> std::io::Result<()> {
+    let listener = std::net::TcpListener::bind(SocketAddr::new(bind_ip, port))?;
+    spawn("astrid-net-publish", move || {
+        loop {
+            let Ok((stream, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            };
+            let Ok(conn) = attach(stream) else { continue };
+            if let Some(queue) = loopback.listener(port) {
+                let _ = queue.offer(conn);
+            }
+        }
+    })
+}

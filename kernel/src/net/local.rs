@@ -1,0 +1,328 @@
+//! The image's own loopback: kernel 0.11 has no loopback device (a packet to
+//! 127.0.0.1 would leave through the NIC and reach the *host's* loopback), so every
+//! TCP connection and UDP datagram between 127.0.0.0/8 or ::1 endpoints is joined here,
+//! in memory: listeners and UDP sockets register their port, a connect finds the
+//! listener and gets a pair of pipes, a datagram is queued on the socket bound to its
+//! port. Ports are one space for all loopback addresses. Ports a capsule asks for with
+//! `0` come from the image's ephemeral range (the kernel allocates none).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, Weak};
+
+use crate::sources::{PipeSink, PipeSource};
+use crate::wait::{Notifier, Readiness};
+
+/// Bytes in flight in each direction of an in-image connection.
+pub const PIPE_BYTES: usize = 256 << 10;
+/// Connections a listener queues before further connects are refused.
+pub const BACKLOG: usize = 128;
+/// Datagrams a UDP socket queues before further ones are dropped (as UDP does).
+pub const UDP_QUEUE: usize = 256;
+/// The largest UDP payload (IPv4's).
+pub const MAX_DATAGRAM: usize = 65_507;
+/// The ephemeral range ports are allocated from (IANA's).
+const EPHEMERAL: std::ops::RangeInclusive<u16> = 49152..=65535;
+
+/// One side of a connected byte stream, as a capsule sees it.
+pub struct Conn {
+    pub source: Arc<PipeSource>,
+    pub sink: Arc<PipeSink>,
+    pub local: SocketAddr,
+    pub peer: SocketAddr,
+    /// The kernel socket behind it, for connections that leave the image.
+    pub kernel: Option<Arc<super::kernel::Link>>,
+}
+
+/// Two connected ends joined by a pair of pipes.
+pub fn conn_pair(a: SocketAddr, b: SocketAddr) -> (Conn, Conn) {
+    let (to_b, from_a) = crate::sources::pipe(PIPE_BYTES);
+    let (to_a, from_b) = crate::sources::pipe(PIPE_BYTES);
+    (
+        Conn { source: from_b, sink: to_b, local: a, peer: b, kernel: None },
+        Conn { source: from_a, sink: to_a, local: b, peer: a, kernel: None },
+    )
+}
+
+/// Connections waiting for `accept`, and whether the listener still exists.
+pub struct AcceptQueue {
+    state: Mutex<(VecDeque<Conn>, bool)>,
+    notifier: Notifier,
+    pub addr: SocketAddr,
+}
+
+impl AcceptQueue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (VecDeque<Conn>, bool)> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a connection; gives it back when the listener is gone or its backlog full.
+    pub fn offer(&self, conn: Conn) -> Result<(), Conn> {
+        {
+            let mut state = self.lock();
+            if !state.1 || state.0.len() >= BACKLOG {
+                return Err(conn);
+            }
+            state.0.push_back(conn);
+        }
+        self.notifier.notify();
+        Ok(())
+    }
+
+    pub fn take(&self) -> Option<Conn> {
+        self.lock().0.pop_front()
+    }
+
+    /// Closes the listener: queued connections are dropped (their peers see end of
+    /// file) and later connects are refused.
+    pub fn close(&self) {
+        let queued = {
+            let mut state = self.lock();
+            state.1 = false;
+            std::mem::take(&mut state.0)
+        };
+        drop(queued);
+        self.notifier.notify();
+    }
+}
+
+impl Readiness for AcceptQueue {
+    fn is_ready(&self) -> bool {
+        let state = self.lock();
+        !state.0.is_empty() || !state.1
+    }
+    fn notifier(&self) -> Option<&Notifier> {
+        Some(&self.notifier)
+    }
+}
+
+/// A datagram with its sender.
+pub struct Datagram {
+    pub data: Vec<u8>,
+    pub from: SocketAddr,
+}
+
+/// The receive queue of a UDP socket bound on loopback.
+pub struct UdpQueue {
+    queue: Mutex<VecDeque<Datagram>>,
+    notifier: Notifier,
+    pub addr: SocketAddr,
+}
+
+impl UdpQueue {
+    pub fn new(addr: SocketAddr) -> UdpQueue {
+        UdpQueue { queue: Mutex::new(VecDeque::new()), notifier: Notifier::new(), addr }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Datagram>> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a datagram; a full queue drops it, as a full socket buffer would.
+    pub fn deliver(&self, datagram: Datagram) -> bool {
+        {
+            let mut q = self.lock();
+            if q.len() >= UDP_QUEUE {
+                return false;
+            }
+            q.push_back(datagram);
+        }
+        self.notifier.notify();
+        true
+    }
+
+    /// The first queued datagram that `filter` accepts; others before it are discarded
+    /// (a connected socket drops datagrams from other peers).
+    pub fn take(&self, filter: impl Fn(&Datagram) -> bool) -> Option<Datagram> {
+        let mut q = self.lock();
+        while let Some(d) = q.pop_front() {
+            if filter(&d) {
+                return Some(d);
+            }
+        }
+        None
+    }
+}
+
+impl Readiness for UdpQueue {
+    fn is_ready(&self) -> bool {
+        !self.lock().is_empty()
+    }
+    fn notifier(&self) -> Option<&Notifier> {
+        Some(&self.notifier)
+    }
+}
+
+/// Why a bind failed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BindError {
+    InUse,
+    NoFreePort,
+}
+
+/// The loopback port spaces (TCP listeners, UDP sockets) of one image.
+#[derive(Default)]
+pub struct Loopback {
+    tcp: Mutex<HashMap<u16, Weak<AcceptQueue>>>,
+    udp: Mutex<HashMap<u16, Weak<UdpQueue>>>,
+    next_port: Mutex<u16>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Loopback {
+    /// A free port from the ephemeral range, going round it once; `taken` says which are
+    /// in use.
+    fn ephemeral(&self, taken: impl Fn(u16) -> bool) -> Option<u16> {
+        let mut next = lock(&self.next_port);
+        let span = usize::from(EPHEMERAL.end() - EPHEMERAL.start()) + 1;
+        for _ in 0..span {
+            if !EPHEMERAL.contains(&*next) {
+                *next = *EPHEMERAL.start();
+            }
+            let port = *next;
+            *next = next.wrapping_add(1);
+            if !taken(port) {
+                return Some(port);
+            }
+        }
+        None
+    }
+
+    fn claim<T>(&self, map: &Mutex<HashMap<u16, Weak<T>>>, ip: IpAddr, port: u16, make: impl FnOnce(SocketAddr) -> T) -> Result<Arc<T>, BindError> {
+        let mut map = lock(map);
+        map.retain(|_, w| w.strong_count() > 0);
+        let port = match port {
+            0 => self.ephemeral(|p| map.contains_key(&p)).ok_or(BindError::NoFreePort)?,
+            p if map.contains_key(&p) => return Err(BindError::InUse),
+            p => p,
+        };
+        let value = Arc::new(make(SocketAddr::new(ip, port)));
+        map.insert(port, Arc::downgrade(&value));
+        Ok(value)
+    }
+
+    /// Registers a TCP listener on `ip:port` (port 0: an ephemeral one).
+    pub fn listen(&self, ip: IpAddr, port: u16) -> Result<Arc<AcceptQueue>, BindError> {
+        self.claim(&self.tcp, ip, port, |addr| AcceptQueue { state: Mutex::new((VecDeque::new(), true)), notifier: Notifier::new(), addr })
+    }
+
+    /// Removes a listener's port (it is also forgotten once dropped).
+    pub fn unlisten(&self, queue: &Arc<AcceptQueue>) {
+        queue.close();
+        let mut map = lock(&self.tcp);
+        if map.get(&queue.addr.port()).is_some_and(|w| w.ptr_eq(&Arc::downgrade(queue))) {
+            map.remove(&queue.addr.port());
+        }
+    }
+
+    /// The listener on `port`, if any.
+    pub fn listener(&self, port: u16) -> Option<Arc<AcceptQueue>> {
+        lock(&self.tcp).get(&port).and_then(Weak::upgrade)
+    }
+
+    /// Connects to the listener on `port`: the connecting side's end, or `None` when
+    /// nothing listens there or its backlog is full (connection refused).
+    pub fn connect(&self, from_ip: IpAddr, to: SocketAddr) -> Option<Conn> {
+        let listener = self.listener(to.port())?;
+        let local_port = self.ephemeral(|_| false)?;
+        let (mine, theirs) = conn_pair(SocketAddr::new(from_ip, local_port), SocketAddr::new(to.ip(), to.port()));
+        listener.offer(theirs).ok()?;
+        Some(mine)
+    }
+
+    /// Registers a UDP socket on `ip:port` (port 0: an ephemeral one).
+    pub fn bind_udp(&self, ip: IpAddr, port: u16) -> Result<Arc<UdpQueue>, BindError> {
+        self.claim(&self.udp, ip, port, UdpQueue::new)
+    }
+
+    /// Delivers a datagram to the UDP socket on `port`; `false` when none is bound there
+    /// or its queue is full (the datagram is lost, as UDP allows).
+    pub fn send_udp(&self, port: u16, datagram: Datagram) -> bool {
+        let target = lock(&self.udp).get(&port).and_then(Weak::upgrade);
+        target.is_some_and(|q| q.deliver(datagram))
+    }
+}
+
+/// The loopback address of the family of `ip`.
+pub fn loopback_like(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::{ByteSink, ByteSource};
+
+    fn lo() -> IpAddr {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    }
+
+    #[test]
+    fn connect_reaches_the_listener_and_bytes_flow_both_ways() {
+        let net = Loopback::default();
+        let queue = net.listen(lo(), 7000).unwrap();
+        assert_eq!(net.listen(lo(), 7000).err(), Some(BindError::InUse));
+        let client = net.connect(lo(), "127.0.0.1:7000".parse().unwrap()).unwrap();
+        assert!(queue.is_ready());
+        let server = queue.take().unwrap();
+        assert_eq!(server.peer, client.local);
+        assert_eq!(client.peer.port(), 7000);
+        client.sink.write(b"ping").unwrap();
+        assert_eq!(server.source.read(16).unwrap(), b"ping");
+        server.sink.write(b"pong").unwrap();
+        assert_eq!(client.source.read(16).unwrap(), b"pong");
+        drop(server);
+        assert!(client.source.read(16).is_err(), "the peer's close is end of file");
+    }
+
+    #[test]
+    fn refused_without_a_listener_and_after_it_closes() {
+        let net = Loopback::default();
+        assert!(net.connect(lo(), "127.0.0.1:9".parse().unwrap()).is_none());
+        let queue = net.listen(lo(), 9).unwrap();
+        net.unlisten(&queue);
+        assert!(net.connect(lo(), "127.0.0.1:9".parse().unwrap()).is_none());
+        // The port is free again.
+        assert!(net.listen(lo(), 9).is_ok());
+    }
+
+    #[test]
+    fn port_zero_gets_distinct_ephemeral_ports() {
+        let net = Loopback::default();
+        let a = net.listen(lo(), 0).unwrap();
+        let b = net.listen(lo(), 0).unwrap();
+        assert_ne!(a.addr.port(), b.addr.port());
+        assert!(EPHEMERAL.contains(&a.addr.port()));
+        let u = net.bind_udp(lo(), 0).unwrap();
+        assert!(EPHEMERAL.contains(&u.addr.port()));
+    }
+
+    #[test]
+    fn backlog_is_bounded() {
+        let net = Loopback::default();
+        let _queue = net.listen(lo(), 80).unwrap();
+        let conns: Vec<_> = (0..BACKLOG).map(|_| net.connect(lo(), "127.0.0.1:80".parse().unwrap()).unwrap()).collect();
+        assert!(net.connect(lo(), "127.0.0.1:80".parse().unwrap()).is_none());
+        drop(conns);
+    }
+
+    #[test]
+    fn udp_datagrams_keep_their_boundaries_and_sender() {
+        let net = Loopback::default();
+        let a = net.bind_udp(lo(), 5353).unwrap();
+        let from: SocketAddr = "127.0.0.1:1234".parse().unwrap();
+        assert!(net.send_udp(5353, Datagram { data: b"one".to_vec(), from }));
+        assert!(net.send_udp(5353, Datagram { data: b"two".to_vec(), from }));
+        assert!(!net.send_udp(5354, Datagram { data: b"lost".to_vec(), from }));
+        assert_eq!(a.take(|_| true).unwrap().data, b"one");
+        let d = a.take(|_| true).unwrap();
+        assert_eq!((d.data.as_slice(), d.from), (&b"two"[..], from));
+        assert!(a.take(|_| true).is_none());
+    }
+}
