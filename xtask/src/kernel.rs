@@ -167,6 +167,19 @@ const FUTEX_WAKE_RACE: &[Patch] = &[
     },
 ];
 
+/// Kernel 0.11 refuses to send once the peer has closed its side (CLOSE-WAIT): `write`
+/// returns 0 there, so a server cannot answer a client that half-closed after its
+/// request (the echo pattern, HTTP/1.0 clients). TCP allows sending in CLOSE-WAIT and
+/// smoltcp supports it; the fix lets such a write go through `can_send` like any other.
+const SEND_IN_CLOSE_WAIT: &[Patch] = &[Patch {
+    file: "src/fd/socket/tcp.rs",
+    why: "write sends in CLOSE-WAIT",
+    edits: &[(
+        "\t\t\t\t\t\ttcp::State::Closed | tcp::State::Closing | tcp::State::CloseWait => {\n\t\t\t\t\t\t\tPoll::Ready(Ok(0))",
+        "\t\t\t\t\t\ttcp::State::Closed | tcp::State::Closing => {\n\t\t\t\t\t\t\tPoll::Ready(Ok(0))",
+    )],
+}];
+
 /// For PVM hosts: start XCR0 from X87 instead of reading it (`xgetbv`), and write it
 /// without the read-back check the `x86_64` crate's `XCr0::write` performs.
 const NO_XGETBV: &[Patch] = &[Patch {
@@ -179,7 +192,7 @@ const NO_XGETBV: &[Patch] = &[Patch {
 }];
 
 /// Bump when a patch changes, so cached patched copies are rebuilt.
-const PATCH_LEVEL: u32 = 2;
+const PATCH_LEVEL: u32 = 3;
 
 fn patched_source(paths: &Paths, pristine: &Path, variant: Variant) -> Result<PathBuf> {
     let dst = paths.out.join(format!("kernel-source-{}", variant.name()));
@@ -193,7 +206,7 @@ fn patched_source(paths: &Paths, pristine: &Path, variant: Variant) -> Result<Pa
         fs::remove_dir_all(&dst)?;
     }
     copy_dir(pristine, &dst)?;
-    let mut patches: Vec<&Patch> = FUTEX_WAKE_RACE.iter().collect();
+    let mut patches: Vec<&Patch> = FUTEX_WAKE_RACE.iter().chain(SEND_IN_CLOSE_WAIT).collect();
     if variant == Variant::Pvm {
         patches.extend(NO_XGETBV);
     }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use astrid_kernel::exit::GuestExit;
 use clap::{Parser, Subcommand, ValueEnum};
 use xtask::paths::Paths;
@@ -116,6 +116,10 @@ struct RunArgs {
     /// The argument test capsules read (`test-argument`, ASTRID_TEST_ARG).
     #[arg(long, value_name = "ARG")]
     test_arg: Option<String>,
+    /// A configuration value every capsule reads through `astrid:sys` `get-config`
+    /// (its manifest's `[config]` wins). Repeatable.
+    #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_config)]
+    config: Vec<String>,
     /// Cancel each capsule this many milliseconds after it starts.
     #[arg(long, value_name = "MS")]
     deadline_ms: Option<u64>,
@@ -130,9 +134,41 @@ struct RunArgs {
     /// Write the audit records of the run to FILE (check it with `audit verify FILE`).
     #[arg(long, value_name = "FILE")]
     audit_log: Option<PathBuf>,
+    /// The guest's network (QEMU): `restricted` (default) attaches a NIC on user
+    /// networking that lets nothing out; `outbound` lets capsules whose manifest allows
+    /// it connect out (the host is 10.0.2.2); `none` attaches no NIC. Loopback
+    /// (127.0.0.1) is always the image's own.
+    #[arg(long, value_enum, default_value_t = NetArg::Restricted)]
+    net: NetArg,
+    /// Carry connections to 127.0.0.1:HOST on this machine to the capsule listening on
+    /// 127.0.0.1:GUEST in the image (`PORT` alone: the same port). Repeatable.
+    #[arg(long, value_name = "[HOST:]GUEST", value_parser = parse_publish)]
+    publish: Vec<(u16, u16)>,
     /// Arguments for the application after the capsule paths.
     #[arg(last = true)]
     app_args: Vec<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum NetArg {
+    None,
+    Restricted,
+    Outbound,
+}
+
+fn parse_config(text: &str) -> std::result::Result<String, String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() && !text.contains([',', ' ']) && !v.is_empty() => Ok(text.to_string()),
+        _ => Err(format!("{text:?} is not KEY=VALUE (no spaces or commas; the value cannot be empty)")),
+    }
+}
+
+fn parse_publish(text: &str) -> std::result::Result<(u16, u16), String> {
+    let port = |p: &str| p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| format!("{p:?} is not a port from 1 to 65535"));
+    match text.split_once(':') {
+        Some((h, g)) => Ok((port(h)?, port(g)?)),
+        None => port(text).map(|p| (p, p)),
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -259,6 +295,9 @@ fn run(paths: &Paths, args: RunArgs) -> Result<u8> {
     if let Some(a) = &args.test_arg {
         guest_env.push(("ASTRID_TEST_ARG".into(), a.clone()));
     }
+    if !args.config.is_empty() {
+        guest_env.push(("ASTRID_CAPSULE_CONFIG".into(), args.config.join(",")));
+    }
     if let Some(ms) = args.deadline_ms {
         guest_env.push(("ASTRID_DEADLINE_MS".into(), ms.to_string()));
     }
@@ -286,6 +325,12 @@ fn run(paths: &Paths, args: RunArgs) -> Result<u8> {
                 boot.kernel_args.push("env=ASTRID_AUDIT_FILE=/root/audit.log".into());
             }
             boot.app_args = args.app_args;
+            boot.net = match args.net {
+                NetArg::None => qemu::NetMode::None,
+                NetArg::Restricted => qemu::NetMode::Restricted,
+                NetArg::Outbound => qemu::NetMode::Outbound,
+            };
+            boot.publish = args.publish.clone();
             boot.memory_mib = args.memory;
             boot.cpus = args.cpus;
             boot.timeout = timeout;
@@ -350,6 +395,14 @@ fn run(paths: &Paths, args: RunArgs) -> Result<u8> {
             if let Some(dir) = &args.audit_dir {
                 std::fs::create_dir_all(dir)?;
                 guest_env.push(("ASTRID_AUDIT_FILE".into(), dir.join("audit.log").display().to_string()));
+            }
+            // Hosted: published ports listen on this machine's 127.0.0.1 directly (host
+            // and guest port are one), and only `outbound` lets capsules out.
+            ensure!(args.publish.iter().all(|(h, g)| h == g), "hosted mode publishes a port as itself: use --publish PORT");
+            guest_env.push(("ASTRID_NET".into(), if args.net == NetArg::Outbound { "outbound" } else { "none" }.into()));
+            if !args.publish.is_empty() {
+                let ports: Vec<String> = args.publish.iter().map(|(_, g)| g.to_string()).collect();
+                guest_env.push(("ASTRID_PUBLISH".into(), ports.join(",")));
             }
             let mut cmd = std::process::Command::new(bin);
             cmd.args(&capsules).args(&args.app_args).envs(guest_env.iter().cloned());

@@ -21,6 +21,30 @@ pub enum Firmware {
     SeaBios,
 }
 
+/// The guest's network: QEMU user networking on a virtio-net NIC (kernel 0.11 needs the
+/// modern device, `disable-legacy=on`, and SeaBIOS to assign its BARs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetMode {
+    /// No NIC: capsules have the image's loopback only.
+    None,
+    /// A NIC on `restrict=on` user networking: nothing leaves the guest; published ports
+    /// still come in.
+    Restricted,
+    /// A NIC on unrestricted user networking: capsules whose manifest allows it reach
+    /// the host (10.0.2.2) and beyond.
+    Outbound,
+}
+
+impl NetMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            NetMode::None => "none",
+            NetMode::Restricted => "restricted",
+            NetMode::Outbound => "outbound",
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Boot {
     pub loader: PathBuf,
@@ -41,6 +65,10 @@ pub struct Boot {
     /// A host directory shared as the guest's `/root` over virtio-fs (needs SeaBIOS and
     /// virtiofsd), with the virtiofsd binary to serve it.
     pub shared_dir: Option<(PathBuf, PathBuf)>,
+    pub net: NetMode,
+    /// Host port → guest loopback port: outside connections to 127.0.0.1:HOST on the
+    /// host reach the capsule listening on 127.0.0.1:GUEST in the image.
+    pub publish: Vec<(u16, u16)>,
 }
 
 impl Boot {
@@ -58,6 +86,8 @@ impl Boot {
             echo: false,
             loader_args: Vec::new(),
             shared_dir: None,
+            net: NetMode::None,
+            publish: Vec::new(),
         }
     }
 }
@@ -139,7 +169,13 @@ pub fn command(boot: &Boot) -> Result<Command> {
         format!("env=ASTRID_DEBUG_EXIT={DEBUG_EXIT_PORT}"),
         format!("env=ASTRID_RAM_MIB={}", boot.memory_mib),
         format!("env=ASTRID_SEED={}", fresh_seed()?),
+        format!("env=ASTRID_NET={}", boot.net.name()),
     ];
+    ensure!(boot.publish.is_empty() || boot.net != NetMode::None, "publishing ports needs a network: drop --net none");
+    if !boot.publish.is_empty() {
+        let ports: Vec<String> = boot.publish.iter().map(|(_, g)| g.to_string()).collect();
+        kernel_args.push(format!("env=ASTRID_PUBLISH={}", ports.join(",")));
+    }
     kernel_args.extend(boot.kernel_args.iter().cloned());
     let mut loader_args = vec![format!("debug-exit={DEBUG_EXIT_PORT}")];
     loader_args.extend(boot.loader_args.iter().cloned());
@@ -153,8 +189,15 @@ pub fn command(boot: &Boot) -> Result<Command> {
         .arg(&boot.loader)
         .args(["-append", &loader_args.join(" ")])
         .args(["-initrd", &initrd_arg(&boot.app, &kernel_args, &boot.app_args, &boot.capsules)?]);
+    if boot.net != NetMode::None {
+        let mut netdev = format!("user,id=n0,restrict={}", if boot.net == NetMode::Restricted { "on" } else { "off" });
+        for (host, guest) in &boot.publish {
+            netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+        }
+        cmd.args(["-netdev", &netdev, "-device", "virtio-net-pci,netdev=n0,disable-legacy=on,romfile="]);
+    }
     // qboot leaves PCI BARs unassigned, which a virtio device needs: SeaBIOS then.
-    if boot.firmware == Firmware::Qboot && boot.shared_dir.is_none() {
+    if boot.firmware == Firmware::Qboot && boot.shared_dir.is_none() && boot.net == NetMode::None {
         cmd.args(["-bios", "/usr/share/qemu/qboot.rom"]);
     }
     Ok(cmd)
