@@ -253,3 +253,35 @@ fn run_command_refuses_bad_input_before_booting() {
     assert_eq!(code, 65, "{text}");
     assert!(text.contains("--memory 256"), "{text}");
 }
+
+// ---- guest exports: the SDK's interceptor entry point and its stubs ----
+
+#[test]
+fn run_command_triggers_an_sdk_interceptor_with_a_payload_file_and_detects_stubs() {
+    artifacts();
+    let root = xtask::paths::Paths::discover().root;
+    let hook = root.join("tests/capsules/sdk-hook");
+    let hook = hook.to_str().unwrap();
+    let payload = scratch_file("greet.json", br#"{"name": "astrid"}"#);
+    let payload = format!("@{}", payload.display());
+    for under in ["--hosted", "--precompile"] {
+        let (code, text) = run_command(&[under, "--hook", "greet", "--payload", &payload, hook]);
+        assert_eq!(code, 0, "{under}: {text}");
+        assert!(text.contains("info: sdk-hook: greeting astrid"), "{under}: {text}");
+        assert!(text.contains(r#"hook answered "continue" "{\"greeting\":\"hello, astrid\"}""#), "{under}: {text}");
+        assert!(text.contains("astrid:guest/astrid-hook-trigger"), "{under}: the hook call is not audited: {text}");
+
+        // An action the capsule has no handler for: the SDK's stub answers, we say so.
+        let (code, text) = run_command(&[under, "--hook", "grete", hook]);
+        assert_eq!(code, 64, "{under}: {text}");
+        assert!(text.contains("has no handler for that hook action (the SDK's stub answered)"), "{under}: {text}");
+
+        // Without --hook the SDK's empty `run` stub runs, and we say that is what it was.
+        let (code, text) = run_command(&[under, hook]);
+        assert_eq!(code, 0, "{under}: {text}");
+        assert!(text.contains("without calling the host — the SDK's empty `run` stub"), "{under}: {text}");
+    }
+    let (code, text) = run_command(&["--hosted", "--hook", "greet", "--payload", "@/nonexistent/payload.json", hook]);
+    assert_ne!(code, 0, "{text}");
+    assert!(text.contains("/nonexistent/payload.json"), "{text}");
+}

@@ -28,7 +28,9 @@ const MODULE_ENTRY_SIZE: u64 = 16;
 /// Limits that keep a corrupt structure from making the loader loop or allocate without end.
 const MAX_MODULES: u32 = 64;
 const MAX_MMAP_ENTRIES: usize = 512;
-const MAX_STRING: u64 = 4096;
+/// 64 KiB: room for the application command line, which carries manifests and hook
+/// payloads (hex) as well as settings.
+const MAX_STRING: u64 = 64 << 10;
 
 const FIX_LOADER: &str =
     "boot astrid-boot with a multiboot v1 loader (QEMU -kernel, GRUB `multiboot`)";

@@ -4,6 +4,7 @@
 
 use crate::capsule::{self, CapsuleBytes, CapsuleSource, LoadError, SourceError};
 use crate::exit::Status;
+use crate::manifest::Manifest;
 use crate::wasm::{self, HeaderError};
 
 /// Records the audit queue holds before writers wait for the sink.
@@ -38,22 +39,60 @@ fn run(args: &[String], var: &impl Fn(&str) -> Option<String>) -> Result<Status,
     })?;
     let max = setting(var, "ASTRID_MAX_CAPSULE_BYTES", capsule::DEFAULT_MAX_CAPSULE_BYTES)?;
     let capsules = sources.iter().map(|s| check(s, max, var)).collect::<Result<Vec<_>, _>>()?;
+    let manifests = sources
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            manifest_for(i, s, var).map_err(|why| {
+                audit_rejection(var, &s.id(), &why);
+                fail(Status::DataErr, &why)
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     println!("astrid: {} capsule(s) ready", capsules.len());
     if var("ASTRID_CHECK_ONLY").is_some_and(|v| v == "1") {
         println!("astrid: check only (ASTRID_CHECK_ONLY=1): capsules checked, not run");
         return Ok(Status::Ok);
     }
-    run_capsules(&capsules, var)
+    run_capsules(&capsules, &manifests, var)
+}
+
+/// The manifest of capsule `index`: the one the run command sent along
+/// (`ASTRID_MANIFEST_<index>`, hex of the TOML text), else — for a capsule given as a
+/// file — `<stem>.toml` beside it. The error names the capsule, the manifest and the fix.
+fn manifest_for(index: usize, source: &CapsuleSource, var: &impl Fn(&str) -> Option<String>) -> Result<Option<Manifest>, String> {
+    let (origin, text) = if let Some(hex) = var(&format!("ASTRID_MANIFEST_{index}")) {
+        let text = Manifest::decode(&hex).map_err(|e| format!("capsule {}: ASTRID_MANIFEST_{index} is corrupt ({e}): the run command writes it", source.name()))?;
+        (format!("ASTRID_MANIFEST_{index}"), text)
+    } else if let CapsuleSource::File(path) = source {
+        match crate::manifest::path_for(path) {
+            Some(p) => {
+                let text = std::fs::read_to_string(&p).map_err(|e| format!("capsule {}: cannot read its manifest {}: {e}", source.name(), p.display()))?;
+                (p.display().to_string(), text)
+            }
+            None => return Ok(None),
+        }
+    } else {
+        return Ok(None);
+    };
+    let manifest = Manifest::parse(&text).map_err(|e| format!("capsule {}: manifest {origin}: {e}", source.name()))?;
+    let ignored = if manifest.ignored.is_empty() { String::new() } else { format!("; not enforced here: {}", manifest.ignored.join(", ")) };
+    println!(
+        "astrid: capsule {}: manifest {origin} ({} capabilities{ignored})",
+        source.name(),
+        manifest.capabilities().len()
+    );
+    Ok(Some(manifest))
 }
 
 #[cfg(not(feature = "engine"))]
-fn run_capsules(_: &[CapsuleBytes], _: &impl Fn(&str) -> Option<String>) -> Result<Status, Status> {
+fn run_capsules(_: &[CapsuleBytes], _: &[Option<Manifest>], _: &impl Fn(&str) -> Option<String>) -> Result<Status, Status> {
     println!("astrid: this image is built without the engine (the soft-float smoke image): capsules checked, not run");
     Ok(Status::Ok)
 }
 
 #[cfg(feature = "engine")]
-fn run_capsules(capsules: &[CapsuleBytes], var: &impl Fn(&str) -> Option<String>) -> Result<Status, Status> {
+fn run_capsules(capsules: &[CapsuleBytes], manifests: &[Option<Manifest>], var: &impl Fn(&str) -> Option<String>) -> Result<Status, Status> {
     use std::time::Duration;
 
     use crate::audit::AuditLog;
@@ -69,7 +108,8 @@ fn run_capsules(capsules: &[CapsuleBytes], var: &impl Fn(&str) -> Option<String>
         ..options.limits
     };
     if let Some(pairs) = var("ASTRID_CAPSULE_CONFIG") {
-        for pair in pairs.split(',').filter(|p| !p.is_empty()) {
+        // `;` separates pairs where `,` cannot travel (QEMU's module list).
+        for pair in pairs.split([',', ';']).filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').ok_or_else(|| {
                 fail(Status::Usage, &format!("ASTRID_CAPSULE_CONFIG: {pair:?} is not key=value"))
             })?;
@@ -79,6 +119,14 @@ fn run_capsules(capsules: &[CapsuleBytes], var: &impl Fn(&str) -> Option<String>
     if let Some(hex) = var("ASTRID_SEED") {
         let seed = crate::sys::Seed::from_hex(&hex).map_err(|e| fail(Status::Usage, &e))?;
         crate::sys::random::seed(Ok(seed));
+    }
+    if let Some(action) = var("ASTRID_HOOK") {
+        let payload = match var("ASTRID_HOOK_PAYLOAD") {
+            Some(hex) => crate::manifest::hex_decode(&hex)
+                .map_err(|e| fail(Status::Usage, &format!("ASTRID_HOOK_PAYLOAD is not hex ({e}): the run command writes it")))?,
+            None => Vec::new(),
+        };
+        options.entry = crate::engine::Entry::Hook { action, payload };
     }
     if let Some(ms) = var("ASTRID_DEADLINE_MS") {
         let ms = ms.parse::<u64>().map_err(|_| fail(Status::Usage, &format!("ASTRID_DEADLINE_MS={ms:?} is not a number of milliseconds")))?;
@@ -112,11 +160,15 @@ fn run_capsules(capsules: &[CapsuleBytes], var: &impl Fn(&str) -> Option<String>
     // cancelled leaves the others running.
     let mut status = Status::Ok;
     let mut ready = Vec::new();
-    for capsule in capsules {
+    for (capsule, manifest) in capsules.iter().zip(manifests) {
         match engine.load(&capsule.bytes) {
             Ok(report) => {
                 println!("astrid: capsule {}: {} in {} us", capsule.name, report.how, report.elapsed.as_micros());
-                ready.push((capsule, report));
+                let (id, options) = match manifest {
+                    Some(m) => (m.name.clone().unwrap_or_else(|| capsule.id.clone()), options.with_manifest(m)),
+                    None => (capsule.id.clone(), options.clone()),
+                };
+                ready.push((capsule, report, id, options));
             }
             Err(e) => {
                 let why = format!("capsule {}: cannot be loaded: {e:#}", capsule.name);
@@ -131,12 +183,12 @@ fn run_capsules(capsules: &[CapsuleBytes], var: &impl Fn(&str) -> Option<String>
     let statuses: Vec<Status> = std::thread::scope(|scope| {
         let runs: Vec<_> = ready
             .iter()
-            .map(|(capsule, report)| {
-                let (engine, options, audit) = (&engine, &options, audit.as_ref());
+            .map(|(capsule, report, id, options)| {
+                let (engine, audit) = (&engine, audit.as_ref());
                 scope.spawn(move || {
                     let cancel = CancelToken::new();
                     let started = std::time::Instant::now();
-                    let outcome = engine.run(&capsule.id, &report.loaded, options, &cancel, audit);
+                    let outcome = engine.run(id, &report.loaded, options, &cancel, audit);
                     let ran = started.elapsed();
                     match &outcome {
                         RunOutcome::Completed => {
@@ -144,6 +196,32 @@ fn run_capsules(capsules: &[CapsuleBytes], var: &impl Fn(&str) -> Option<String>
                             println!("astrid: capsule {}: completed in {} us{after}", capsule.name, ran.as_micros());
                             Status::Ok
                         }
+                        RunOutcome::CompletedSilently => {
+                            println!(
+                                "astrid: capsule {}: completed in {} us without calling the host — the SDK's empty `run` stub when the capsule has no #[astrid::run] (an interceptor needs --hook ACTION)",
+                                capsule.name,
+                                ran.as_micros()
+                            );
+                            Status::Ok
+                        }
+                        RunOutcome::NoRun => {
+                            println!("astrid: capsule {}: exports no `run` (nor `_start`): nothing to run (an interceptor needs --hook ACTION)", capsule.name);
+                            Status::Ok
+                        }
+                        RunOutcome::Answered { action, data } => {
+                            let data = data.as_deref().unwrap_or("");
+                            println!("astrid: capsule {}: hook answered {action:?} {data:?}", capsule.name);
+                            // The SDK's stub answers every action it has no handler for so.
+                            if action == "deny" && data.starts_with("unknown hook action") {
+                                fail(Status::Usage, &format!("capsule {}: has no handler for that hook action (the SDK's stub answered): check the action name against its #[interceptor]/#[hook] methods", capsule.name))
+                            } else {
+                                Status::Ok
+                            }
+                        }
+                        RunOutcome::NoHook => fail(
+                            Status::Usage,
+                            &format!("capsule {}: exports no astrid-hook-trigger: it is not an interceptor (run it without --hook)", capsule.name),
+                        ),
                         RunOutcome::Trapped(t) => fail(Status::CapsuleFailed, &format!("capsule {}: trapped: {t}", capsule.name)),
                         RunOutcome::Cancelled => fail(Status::CapsuleCancelled, &format!("capsule {}: cancelled", capsule.name)),
                         RunOutcome::InstantiateFailed(t) => {

@@ -17,6 +17,7 @@ pub mod exit;
 #[cfg(feature = "engine")]
 pub mod kv;
 pub mod launch;
+pub mod manifest;
 #[cfg(feature = "engine")]
 pub mod net;
 pub mod platform;

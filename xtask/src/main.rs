@@ -120,6 +120,13 @@ struct RunArgs {
     /// (its manifest's `[config]` wins). Repeatable.
     #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_config)]
     config: Vec<String>,
+    /// Call each capsule's `astrid-hook-trigger(ACTION, payload)` (the SDK's interceptor
+    /// entry point) instead of its background `run`.
+    #[arg(long, value_name = "ACTION")]
+    hook: Option<String>,
+    /// The hook's payload: the text itself, or @FILE for a file's bytes (at most 16 KiB).
+    #[arg(long, value_name = "TEXT|@FILE", requires = "hook")]
+    payload: Option<String>,
     /// Cancel each capsule this many milliseconds after it starts.
     #[arg(long, value_name = "MS")]
     deadline_ms: Option<u64>,
@@ -158,8 +165,8 @@ enum NetArg {
 
 fn parse_config(text: &str) -> std::result::Result<String, String> {
     match text.split_once('=') {
-        Some((k, v)) if !k.is_empty() && !text.contains([',', ' ']) && !v.is_empty() => Ok(text.to_string()),
-        _ => Err(format!("{text:?} is not KEY=VALUE (no spaces or commas; the value cannot be empty)")),
+        Some((k, v)) if !k.is_empty() && !text.contains([',', ';', ' ']) && !v.is_empty() => Ok(text.to_string()),
+        _ => Err(format!("{text:?} is not KEY=VALUE (no spaces, commas or semicolons; the value cannot be empty)")),
     }
 }
 
@@ -273,6 +280,21 @@ fn run(paths: &Paths, args: RunArgs) -> Result<u8> {
             return Ok(66);
         }
     }
+    // Each capsule's manifest (Capsule.toml in a crate, <stem>.toml beside a file),
+    // checked here so a mistake names the file before anything boots.
+    let mut manifests = Vec::new();
+    for c in &args.capsules {
+        let Some(path) = astrid_kernel::manifest::path_for(c) else {
+            manifests.push(None);
+            continue;
+        };
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading the manifest {}", path.display()))?;
+        if let Err(e) = astrid_kernel::manifest::Manifest::parse(&text) {
+            eprintln!("error: capsule {}: manifest {}: {e}", c.display(), path.display());
+            return Ok(65);
+        }
+        manifests.push(Some(text));
+    }
     let capsules = args
         .capsules
         .iter()
@@ -295,8 +317,28 @@ fn run(paths: &Paths, args: RunArgs) -> Result<u8> {
     if let Some(a) = &args.test_arg {
         guest_env.push(("ASTRID_TEST_ARG".into(), a.clone()));
     }
+    for (i, text) in manifests.iter().enumerate() {
+        if let Some(text) = text {
+            guest_env.push((format!("ASTRID_MANIFEST_{i}"), astrid_kernel::manifest::Manifest::encode(text)));
+        }
+    }
+    if let Some(action) = &args.hook {
+        ensure!(!action.is_empty() && !action.contains([' ', ',']), "--hook {action:?}: an action name has no spaces or commas");
+        guest_env.push(("ASTRID_HOOK".into(), action.clone()));
+        let payload = match args.payload.as_deref() {
+            Some(p) if p.starts_with('@') => {
+                std::fs::read(&p[1..]).with_context(|| format!("reading the hook payload file {} (--payload @FILE)", &p[1..]))?
+            }
+            Some(p) => p.as_bytes().to_vec(),
+            None => Vec::new(),
+        };
+        ensure!(payload.len() <= 16 << 10, "the hook payload is {} bytes; the boot path carries at most 16 KiB", payload.len());
+        if !payload.is_empty() {
+            guest_env.push(("ASTRID_HOOK_PAYLOAD".into(), astrid_kernel::manifest::hex_encode(&payload)));
+        }
+    }
     if !args.config.is_empty() {
-        guest_env.push(("ASTRID_CAPSULE_CONFIG".into(), args.config.join(",")));
+        guest_env.push(("ASTRID_CAPSULE_CONFIG".into(), args.config.join(";")));
     }
     if let Some(ms) = args.deadline_ms {
         guest_env.push(("ASTRID_DEADLINE_MS".into(), ms.to_string()));

@@ -161,6 +161,12 @@ pub fn initrd_arg(app: &Path, kernel_args: &[String], app_args: &[String], capsu
     for m in &modules {
         ensure!(!m.contains(','), "{m:?} contains a comma, which QEMU's module list cannot carry: rename or move the file");
     }
+    // The loader reads a module's command line up to 64 KiB (boot/src/multiboot.rs).
+    ensure!(
+        modules[0].len() < 60 << 10,
+        "the application's command line is {} bytes, over the 60 KiB the boot path carries: shorten the manifests or the hook payload",
+        modules[0].len()
+    );
     Ok(modules.join(","))
 }
 

@@ -51,12 +51,31 @@ pub struct CapsuleEngine {
     network: std::sync::Arc<crate::net::Network>,
 }
 
+/// Which of the capsule's exports a run calls.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Entry {
+    /// `run` (the SDK's background entry point; `_start` for plain modules).
+    #[default]
+    Run,
+    /// `astrid-hook-trigger(action, payload)` (the SDK's interceptor entry point).
+    Hook { action: String, payload: Vec<u8> },
+}
+
 /// How a capsule run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunOutcome {
     /// `run` returned (or there was none to call) — after a cancellation too, if the
     /// capsule shut down within the grace period.
     Completed,
+    /// `run` returned without a single host call: the SDK's empty stub (a capsule
+    /// without `#[astrid::run]`), or a run that computes and never speaks.
+    CompletedSilently,
+    /// There is no `run` export at all.
+    NoRun,
+    /// `astrid-hook-trigger` answered with the SDK's `capsule-result`.
+    Answered { action: String, data: Option<String> },
+    /// The component exports no `astrid-hook-trigger`.
+    NoHook,
     /// The capsule trapped: unreachable, out of bounds, a quota, a host trap, …
     Trapped(String),
     /// The capsule was cancelled (deadline, host cancel) and stopped with a trap because
@@ -89,6 +108,54 @@ pub struct RunOptions {
     pub config: std::collections::BTreeMap<String, String>,
     /// What the capsule may do on the network.
     pub net_policy: crate::net::NetPolicy,
+    /// Topic patterns it may publish to / subscribe within (`None`: all).
+    pub ipc_publish: Option<Vec<String>>,
+    pub ipc_subscribe: Option<Vec<String>>,
+    /// What `astrid:sys` capability queries answer.
+    pub capabilities: Vec<String>,
+    /// The export to call.
+    pub entry: Entry,
+}
+
+impl RunOptions {
+    /// These options with a capsule's manifest applied over them.
+    pub fn with_manifest(&self, m: &crate::manifest::Manifest) -> RunOptions {
+        use crate::net::addr::Pattern;
+        let mut o = self.clone();
+        let patterns = |list: &[String]| list.iter().filter_map(|p| Pattern::parse(p).ok()).collect::<Vec<_>>();
+        if let Some(l) = &m.net_bind {
+            o.net_policy.bind = patterns(l);
+        }
+        if let Some(l) = &m.net_connect {
+            o.net_policy.connect = patterns(l);
+        }
+        if let Some(l) = &m.net_udp {
+            let (binds, sends): (Vec<String>, Vec<String>) = l.iter().cloned().partition(|p| p.starts_with("bind:"));
+            let binds: Vec<String> = binds.iter().map(|b| b["bind:".len()..].to_string()).collect();
+            o.net_policy.udp_bind = patterns(&binds);
+            o.net_policy.udp_send = patterns(&sends);
+        }
+        if let Some(ms) = m.connect_timeout_ms {
+            o.net_policy.connect_timeout = Duration::from_millis(ms);
+        }
+        o.ipc_publish = m.ipc_publish.clone().or(o.ipc_publish);
+        o.ipc_subscribe = m.ipc_subscribe.clone().or(o.ipc_subscribe);
+        if let Some(mib) = m.memory_mib {
+            o.limits.memory_bytes = o.limits.memory_bytes.min((mib as usize).saturating_mul(1 << 20));
+        }
+        if let Some(b) = m.kv_bytes {
+            o.limits.kv_bytes = b as usize;
+        }
+        if let Some(h) = m.handles {
+            o.limits.handles = h as usize;
+        }
+        o.config.extend(m.config.clone());
+        o.capabilities = m.capabilities();
+        if let Some(name) = &m.name {
+            o.principal = Some(name.clone());
+        }
+        o
+    }
 }
 
 impl CapsuleEngine {
@@ -185,12 +252,15 @@ impl CapsuleEngine {
                         state.bus = self.bus.clone();
                         state.network = self.network.clone();
                         state.net_policy = options.net_policy.clone();
+                        state.ipc_publish = options.ipc_publish.clone();
+                        state.ipc_subscribe = options.ipc_subscribe.clone();
+                        state.capabilities = options.capabilities.clone();
                         if let Some(d) = options.deadline {
                             if let Err(e) = cancel_after(cancel, d) {
                                 return RunOutcome::InstantiateFailed(format!("cannot start the deadline watchdog: {e}"));
                             }
                         }
-                        let outcome = self.run_in_store(state, loaded);
+                        let outcome = self.run_in_store(state, loaded, &options.entry);
                         lifecycle_audit(name, &principal, &outcome);
                         outcome
                     })
@@ -206,7 +276,7 @@ impl CapsuleEngine {
         outcome
     }
 
-    fn run_in_store(&self, state: CapsuleState, loaded: &Loaded) -> RunOutcome {
+    fn run_in_store(&self, state: CapsuleState, loaded: &Loaded, entry: &Entry) -> RunOutcome {
         let cancel = state.cancel.clone();
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| s);
@@ -225,9 +295,17 @@ impl CapsuleEngine {
                     Ok(i) => i,
                     Err(e) => return instantiate_failure(e, &cancel),
                 };
-                match instance.get_typed_func::<(), ()>(&mut store, "run") {
-                    Ok(run) => run.call(&mut store, ()),
-                    Err(_) => Ok(()),
+                match entry {
+                    Entry::Run => match instance.get_typed_func::<(), ()>(&mut store, "run") {
+                        Ok(run) => run.call(&mut store, ()).map(|()| {
+                            if store.data().host_calls.get() == 0 { RunOutcome::CompletedSilently } else { RunOutcome::Completed }
+                        }),
+                        Err(_) => Ok(RunOutcome::NoRun),
+                    },
+                    Entry::Hook { action, payload } => match instance.get_func(&mut store, "astrid-hook-trigger") {
+                        Some(func) => call_hook(&mut store, func, action, payload),
+                        None => Ok(RunOutcome::NoHook),
+                    },
                 }
             }
             Loaded::Module(module) => {
@@ -235,16 +313,19 @@ impl CapsuleEngine {
                     Ok(i) => i,
                     Err(e) => return instantiate_failure(e, &cancel),
                 };
-                let entry = ["run", "_start"].into_iter().find_map(|n| instance.get_typed_func::<(), ()>(&mut store, n).ok());
-                match entry {
-                    Some(f) => f.call(&mut store, ()),
-                    None => Ok(()),
+                if matches!(entry, Entry::Hook { .. }) {
+                    return RunOutcome::NoHook;
+                }
+                let start = ["run", "_start"].into_iter().find_map(|n| instance.get_typed_func::<(), ()>(&mut store, n).ok());
+                match start {
+                    Some(f) => f.call(&mut store, ()).map(|()| RunOutcome::Completed),
+                    None => Ok(RunOutcome::NoRun),
                 }
             }
         };
         match result {
             // A capsule that returns after its cancellation shut down gracefully.
-            Ok(()) => RunOutcome::Completed,
+            Ok(outcome) => outcome,
             Err(e) => classify(e, &cancel),
         }
     }
@@ -254,6 +335,33 @@ impl Drop for CapsuleEngine {
     fn drop(&mut self) {
         self.ticker_stop.cancel();
     }
+}
+
+/// Calls `astrid-hook-trigger(action, payload)` and reads the `capsule-result` record
+/// it returns (dynamically: the export is the SDK's, not in our host world).
+fn call_hook(store: &mut Store<CapsuleState>, func: wasmtime::component::Func, action: &str, payload: &[u8]) -> wasmtime::Result<RunOutcome> {
+    use wasmtime::component::Val;
+    let args = [Val::String(action.to_string()), Val::List(payload.iter().map(|b| Val::U8(*b)).collect())];
+    let mut results = [Val::Bool(false)];
+    func.call(&mut *store, &args, &mut results)?;
+    let Val::Record(fields) = &results[0] else {
+        wasmtime::bail!("astrid-hook-trigger returned {:?}, not the SDK's capsule-result record", results[0]);
+    };
+    let mut answer = (None, None);
+    for (name, value) in fields {
+        match (name.as_str(), value) {
+            ("action", Val::String(a)) => answer.0 = Some(a.clone()),
+            ("data", Val::Option(d)) => {
+                answer.1 = d.as_deref().map(|v| match v {
+                    Val::String(s) => s.clone(),
+                    other => format!("{other:?}"),
+                })
+            }
+            _ => {}
+        }
+    }
+    let action = answer.0.ok_or_else(|| wasmtime::format_err!("astrid-hook-trigger's result has no `action` field"))?;
+    Ok(RunOutcome::Answered { action, data: answer.1 })
 }
 
 fn instantiate_failure(e: wasmtime::Error, cancel: &CancelToken) -> RunOutcome {
@@ -294,7 +402,21 @@ fn classify(e: wasmtime::Error, cancel: &CancelToken) -> RunOutcome {
 
 fn lifecycle_audit(capsule: &str, principal: &str, outcome: &RunOutcome) {
     let (function, error) = match outcome {
-        RunOutcome::Completed => return,
+        RunOutcome::Completed | RunOutcome::CompletedSilently | RunOutcome::NoRun => return,
+        RunOutcome::NoHook => ("astrid:guest/astrid-hook-trigger", "the capsule exports no astrid-hook-trigger"),
+        RunOutcome::Answered { .. } => {
+            // The call itself is the record; the answer goes to the console.
+            tracing::event!(
+                target: "astrid.audit.io",
+                tracing::Level::INFO,
+                capsule_id = capsule,
+                principal,
+                function = "astrid:guest/astrid-hook-trigger",
+                outcome = "ok",
+                elapsed_ns = 0u64,
+            );
+            return;
+        }
         RunOutcome::Trapped(t) => ("astrid:capsule/trap", t.as_str()),
         RunOutcome::Cancelled => ("astrid:capsule/cancel", "cancelled"),
         RunOutcome::InstantiateFailed(t) => ("astrid:capsule/instantiate", t.as_str()),

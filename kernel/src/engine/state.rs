@@ -47,12 +47,17 @@ pub struct CapsuleState {
     pub bus: std::sync::Arc<crate::ipc::bus::Bus>,
     /// Live `astrid:ipc` subscriptions (at most 128).
     pub ipc_subscriptions: usize,
+    /// Topic patterns the capsule may publish to / subscribe within (`None`: all).
+    pub ipc_publish: Option<Vec<String>>,
+    pub ipc_subscribe: Option<Vec<String>>,
     /// The image's network (its loopback, and the NIC when there is one).
     pub network: std::sync::Arc<crate::net::Network>,
     /// What the capsule may do on the network.
     pub net_policy: crate::net::NetPolicy,
     /// Live sockets, against the per-capsule caps.
     pub net_counts: crate::net::NetCounts,
+    /// Host calls the capsule made (what tells an empty SDK stub `run` apart).
+    pub host_calls: std::cell::Cell<u64>,
     live_handles: usize,
     store_limits: StoreLimits,
 }
@@ -83,6 +88,8 @@ impl CapsuleState {
             kv: crate::kv::KvStore::new(limits.kv_bytes),
             bus: Default::default(),
             ipc_subscriptions: 0,
+            ipc_publish: None,
+            ipc_subscribe: None,
             network: Default::default(),
             net_policy: Default::default(),
             net_counts: Default::default(),
@@ -90,6 +97,7 @@ impl CapsuleState {
             config: Default::default(),
             capabilities: Vec::new(),
             ready_signalled: false,
+            host_calls: std::cell::Cell::new(0),
             live_handles: 0,
             store_limits,
         }

@@ -82,6 +82,7 @@ pub(crate) struct Counts {
 /// Emits the audit event of one io operation (target `astrid.audit.io`); the image's
 /// audit subscriber turns it into a chained record.
 pub(crate) fn audit(state: &CapsuleState, function: &str, started: Instant, counts: Counts, error: Option<&str>) {
+    state.host_calls.set(state.host_calls.get() + 1);
     let elapsed_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
     tracing::event!(
         target: "astrid.audit.io",

@@ -69,6 +69,22 @@ pub fn matches(pattern: &str, topic: &str) -> bool {
     }
 }
 
+/// Whether every topic `requested` can match is also matched by `allowed` (a
+/// subscription falls within what a manifest grants).
+pub fn covers(allowed: &str, requested: &str) -> bool {
+    let mut a = allowed.split('.');
+    let mut r = requested.split('.');
+    loop {
+        match (a.next(), r.next()) {
+            (Some("**"), _) => return true,
+            (Some("*"), Some(x)) if x != "**" => {}
+            (Some(x), Some(y)) if x == y => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
 struct Queue {
     messages: VecDeque<Message>,
     dropped: u64,

@@ -65,6 +65,8 @@ impl Host for CapsuleState {
         let n = payload.len() as u64;
         let result = if !bus::valid_topic(&topic) || payload.len() > bus::MAX_PAYLOAD {
             Err(ErrorCode::InvalidInput)
+        } else if self.ipc_publish.as_ref().is_some_and(|allowed| !allowed.iter().any(|p| bus::matches(p, &topic))) {
+            Err(ErrorCode::CapabilityDenied)
         } else {
             let message = Message {
                 topic,
@@ -87,6 +89,8 @@ impl Host for CapsuleState {
         let started = Instant::now();
         let result = if !bus::valid_pattern(&pattern) {
             Err(ErrorCode::InvalidInput)
+        } else if self.ipc_subscribe.as_ref().is_some_and(|allowed| !allowed.iter().any(|p| bus::covers(p, &pattern))) {
+            Err(ErrorCode::CapabilityDenied)
         } else if self.ipc_subscriptions >= MAX_SUBSCRIPTIONS {
             Err(ErrorCode::Quota)
         } else {

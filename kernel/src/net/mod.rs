@@ -305,6 +305,11 @@ enum WaitOr {
 
 fn io_code(e: &std::io::Error) -> ErrorCode {
     use std::io::ErrorKind as K;
+    // Kernel 0.11's connect answers EFAULT when the handshake ends in a reset (the
+    // socket fell back to CLOSED): that is a refused connection.
+    if cfg!(target_os = "hermit") && e.raw_os_error() == Some(14) {
+        return ErrorCode::ConnectionRefused;
+    }
     match e.kind() {
         K::ConnectionRefused => ErrorCode::ConnectionRefused,
         K::ConnectionReset | K::ConnectionAborted => ErrorCode::ConnectionReset,

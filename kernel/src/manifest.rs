@@ -1,0 +1,236 @@
+//! A capsule's manifest: the subset of the SDK's `Capsule.toml` the image enforces. It
+//! sits beside the capsule (`echo.wasm` → `echo.toml`, or `Capsule.toml` in a capsule
+//! crate) and travels into the image with it. Without one a capsule gets the defaults:
+//! the image's loopback only (bind, connect, UDP), every ipc topic, the image-wide
+//! limits, no capabilities to enumerate.
+//!
+//! ```toml
+//! [package]
+//! name = "echo"                      # the capsule's identity in the audit log
+//!
+//! [capabilities]
+//! net_bind = ["127.0.0.1:7700"]      # loopback listeners it may open (host:port, * for any)
+//! net_connect = ["10.0.2.2:8080"]    # where it may connect; naming an address lets it
+//!                                    # past the airlock to that address
+//! net_udp = ["bind:127.0.0.1:*", "127.0.0.1:5353"]
+//! ipc_publish = ["chat.**"]          # topic patterns it may publish to
+//! ipc_subscribe = ["chat.**"]        # patterns its subscriptions must fall within
+//!
+//! [limits]
+//! memory_mib = 32
+//! kv_bytes = 65536
+//! handles = 512
+//! connect_timeout_ms = 5000
+//!
+//! [config]                           # what astrid:sys get-config answers
+//! greeting = "hello"
+//! ```
+//!
+//! Keys the image does not know (the rest of a full `Capsule.toml`) are ignored and
+//! listed, so a capsule's real manifest works unchanged; a known key with a wrong
+//! shape is an error that names the key and the fix.
+
+use std::collections::BTreeMap;
+
+use toml::{Table, Value};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Manifest {
+    pub name: Option<String>,
+    pub net_bind: Option<Vec<String>>,
+    pub net_connect: Option<Vec<String>>,
+    pub net_udp: Option<Vec<String>>,
+    pub ipc_publish: Option<Vec<String>>,
+    pub ipc_subscribe: Option<Vec<String>>,
+    pub memory_mib: Option<u64>,
+    pub kv_bytes: Option<u64>,
+    pub handles: Option<u64>,
+    pub connect_timeout_ms: Option<u64>,
+    pub config: BTreeMap<String, String>,
+    /// Keys present but not enforced by the image (`table.key`).
+    pub ignored: Vec<String>,
+}
+
+fn strings(key: &str, v: &Value) -> Result<Vec<String>, String> {
+    let list = v.as_array().ok_or_else(|| format!("[capabilities] {key} must be a list of strings, like {key} = [\"127.0.0.1:*\"]"))?;
+    list.iter()
+        .map(|e| e.as_str().map(str::to_string).ok_or_else(|| format!("[capabilities] {key}: {e:?} is not a string")))
+        .collect()
+}
+
+fn number(key: &str, v: &Value) -> Result<u64, String> {
+    v.as_integer().and_then(|n| u64::try_from(n).ok()).ok_or_else(|| format!("[limits] {key} must be a non-negative whole number, not {v:?}"))
+}
+
+impl Manifest {
+    /// Parses a manifest's text; the error says what is wrong and how to fix it.
+    pub fn parse(text: &str) -> Result<Manifest, String> {
+        let table: Table = text.parse().map_err(|e: toml::de::Error| format!("not valid TOML: {}", e.message()))?;
+        let mut m = Manifest::default();
+        for (section, value) in &table {
+            let Some(entries) = value.as_table() else {
+                m.ignored.push(section.clone());
+                continue;
+            };
+            for (key, v) in entries {
+                match (section.as_str(), key.as_str()) {
+                    ("package", "name") => {
+                        let name = v.as_str().ok_or("[package] name must be a string")?;
+                        if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+                            return Err(format!("[package] name {name:?}: use 1 to 64 letters, digits, '-', '_' or '.'"));
+                        }
+                        m.name = Some(name.to_string());
+                    }
+                    ("capabilities", "net_bind") => m.net_bind = Some(strings(key, v)?),
+                    ("capabilities", "net_connect") => m.net_connect = Some(strings(key, v)?),
+                    ("capabilities", "net_udp") => m.net_udp = Some(strings(key, v)?),
+                    ("capabilities", "ipc_publish") => m.ipc_publish = Some(strings(key, v)?),
+                    ("capabilities", "ipc_subscribe") => m.ipc_subscribe = Some(strings(key, v)?),
+                    ("limits", "memory_mib") => m.memory_mib = Some(number(key, v)?),
+                    ("limits", "kv_bytes") => m.kv_bytes = Some(number(key, v)?),
+                    ("limits", "handles") => m.handles = Some(number(key, v)?),
+                    ("limits", "connect_timeout_ms") => m.connect_timeout_ms = Some(number(key, v)?),
+                    ("config", _) => {
+                        let text = match v {
+                            Value::String(s) => s.clone(),
+                            Value::Integer(n) => n.to_string(),
+                            Value::Float(f) => f.to_string(),
+                            Value::Boolean(b) => b.to_string(),
+                            _ => return Err(format!("[config] {key} must be a string, number or boolean")),
+                        };
+                        m.config.insert(key.clone(), text);
+                    }
+                    _ => m.ignored.push(format!("{section}.{key}")),
+                }
+            }
+        }
+        m.validate()?;
+        Ok(m)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        #[cfg(feature = "engine")]
+        {
+            for (key, list) in [("net_bind", &self.net_bind), ("net_connect", &self.net_connect)] {
+                for p in list.iter().flatten() {
+                    crate::net::addr::Pattern::parse(p).map_err(|e| format!("[capabilities] {key}: {e}"))?;
+                }
+            }
+            for p in self.net_udp.iter().flatten() {
+                crate::net::addr::Pattern::parse(p.strip_prefix("bind:").unwrap_or(p)).map_err(|e| format!("[capabilities] net_udp: {e}"))?;
+            }
+            for (key, list) in [("ipc_publish", &self.ipc_publish), ("ipc_subscribe", &self.ipc_subscribe)] {
+                for p in list.iter().flatten() {
+                    if !crate::ipc::bus::valid_pattern(p) {
+                        return Err(format!("[capabilities] {key}: {p:?} is not a topic pattern (dot-separated segments, `*` for one, a trailing `**` for the rest)"));
+                    }
+                }
+            }
+        }
+        if self.memory_mib == Some(0) {
+            return Err("[limits] memory_mib must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The capabilities `astrid:sys` enumerates: one `kind:entry` per allowlist entry.
+    pub fn capabilities(&self) -> Vec<String> {
+        let lists = [
+            ("net_bind", &self.net_bind),
+            ("net_connect", &self.net_connect),
+            ("net_udp", &self.net_udp),
+            ("ipc_publish", &self.ipc_publish),
+            ("ipc_subscribe", &self.ipc_subscribe),
+        ];
+        lists.iter().flat_map(|(kind, list)| list.iter().flatten().map(move |e| format!("{kind}:{e}"))).collect()
+    }
+
+    /// The manifest as it travels on the kernel command line (hex of the TOML text: the
+    /// command line cannot carry spaces, quotes or newlines).
+    pub fn encode(text: &str) -> String {
+        hex_encode(text.as_bytes())
+    }
+
+    pub fn decode(hex: &str) -> Result<String, String> {
+        String::from_utf8(hex_decode(hex)?).map_err(|_| "not UTF-8".into())
+    }
+}
+
+/// Bytes as lowercase hex: how binary values travel on the kernel command line.
+pub fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn hex_decode(hex: &str) -> Result<Vec<u8>, String> {
+    if hex.len() % 2 != 0 {
+        return Err("odd number of hex digits".into());
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| hex.get(i..i + 2).and_then(|d| u8::from_str_radix(d, 16).ok()).ok_or_else(|| format!("bad hex at {i}")))
+        .collect()
+}
+
+/// Where a capsule's manifest would be: `Capsule.toml` in a capsule crate directory,
+/// else `<stem>.toml` beside the file.
+pub fn path_for(capsule: &std::path::Path) -> Option<std::path::PathBuf> {
+    if capsule.is_dir() {
+        let p = capsule.join("Capsule.toml");
+        return p.is_file().then_some(p);
+    }
+    let p = capsule.with_extension("toml");
+    p.is_file().then_some(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_manifest_parses_and_unknown_keys_are_listed() {
+        let m = Manifest::parse(
+            r#"
+            [package]
+            name = "echo"
+            version = "1.0.0"
+            [capabilities]
+            net_bind = ["127.0.0.1:7700"]
+            net_connect = ["10.0.2.2:8080", "example.org:*"]
+            net_udp = ["bind:127.0.0.1:*"]
+            ipc_publish = ["chat.**"]
+            [limits]
+            memory_mib = 32
+            [config]
+            greeting = "hi"
+            port = 8080
+            [[tools]]
+            name = "x"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(m.name.as_deref(), Some("echo"));
+        assert_eq!(m.net_connect.as_ref().unwrap().len(), 2);
+        assert_eq!(m.memory_mib, Some(32));
+        assert_eq!(m.config.get("port").map(String::as_str), Some("8080"));
+        assert_eq!(m.ignored, vec!["package.version".to_string(), "tools".to_string()]);
+        assert!(m.capabilities().contains(&"net_bind:127.0.0.1:7700".to_string()));
+        let hex = Manifest::encode("[package]\nname = \"é\"\n");
+        assert_eq!(Manifest::decode(&hex).unwrap(), "[package]\nname = \"é\"\n");
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        for (text, says) in [
+            ("[capabilities]\nnet_connect = \"10.0.2.2:80\"", "must be a list"),
+            ("[capabilities]\nnet_connect = [\"nohost\"]", "host:port"),
+            ("[capabilities]\nipc_publish = [\"a..b\"]", "topic pattern"),
+            ("[limits]\nmemory_mib = -1", "non-negative"),
+            ("[limits]\nmemory_mib = 0", "at least 1"),
+            ("[package]\nname = \"a b\"", "letters"),
+            ("[package\nname=1", "not valid TOML"),
+        ] {
+            let e = Manifest::parse(text).unwrap_err();
+            assert!(e.contains(says), "{text:?}: {e}");
+        }
+    }
+}

@@ -1,0 +1,371 @@
+//! astrid:net end to end, with the sdk-net capsule (built with the unmodified astrid-sdk
+//! 0.7.2): hosted (a Linux process) and in the production astrid.img under QEMU TCG
+//! with user networking. Host-side peers are real sockets on this machine; every wait
+//! is bounded; every run's audit log must verify.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use astrid_kernel::audit;
+use astrid_kernel::engine::CodeTarget;
+use astrid_kernel::exit::GuestExit;
+use astrid_kernel::manifest::Manifest;
+use xtask::paths::Paths;
+use xtask::qemu::{self, Boot, NetMode};
+use xtask::{artifacts, capsule, compile};
+
+struct Fixtures {
+    hosted: PathBuf,
+    image: PathBuf,
+    wasm: PathBuf,
+    cwasm: PathBuf,
+}
+
+fn fixtures() -> &'static Fixtures {
+    static F: OnceLock<Fixtures> = OnceLock::new();
+    F.get_or_init(|| {
+        let paths = Paths::discover();
+        let art = common::artifacts();
+        let wasm = capsule::build(&paths, &paths.root.join("tests/capsules/sdk-net")).expect("building sdk-net");
+        let cwasm = paths.out.join("precompiled/sdk-net-test.cwasm");
+        std::fs::create_dir_all(cwasm.parent().unwrap()).unwrap();
+        compile::compile(&wasm, Some(&cwasm), CodeTarget::HermitImage).expect("precompiling sdk-net");
+        Fixtures { hosted: artifacts::ensure_hosted(&paths, false).expect("building hosted astrid"), image: art.astrid_img.clone(), wasm, cwasm }
+    })
+}
+
+struct Run {
+    status: i32,
+    console: String,
+}
+
+impl Run {
+    fn assert_status(&self, status: i32) -> &Self {
+        assert_eq!(self.status, status, "console:\n{}", self.console);
+        self
+    }
+    fn assert_says(&self, needle: &str) -> &Self {
+        assert!(self.console.contains(needle), "console lacks {needle:?}:\n{}", self.console);
+        self
+    }
+    fn assert_audit_verifies(&self) -> audit::Summary {
+        let lines = audit::extract(&self.console);
+        match audit::verify(lines.iter().copied()) {
+            Ok(summary) => summary,
+            Err(b) => panic!("audit log broken: {b}\nconsole:\n{}", self.console),
+        }
+    }
+}
+
+/// How a test runs the capsules: copies named for their role, with an optional
+/// manifest each, and the image-wide settings.
+#[derive(Default)]
+struct Setup<'a> {
+    /// (name, manifest text) per capsule.
+    capsules: Vec<(&'a str, Option<String>)>,
+    env: Vec<(&'a str, String)>,
+    net: Option<NetMode>,
+    /// (host port, guest port)
+    publish: Vec<(u16, u16)>,
+}
+
+fn stage(setup: &Setup<'_>, source: &Path, ext: &str) -> Vec<PathBuf> {
+    let dir = common::scratch().join(format!("net-{}", unique()));
+    std::fs::create_dir_all(&dir).unwrap();
+    setup
+        .capsules
+        .iter()
+        .map(|(name, manifest)| {
+            let to = dir.join(format!("{name}.{ext}"));
+            std::fs::copy(source, &to).unwrap();
+            if let Some(m) = manifest {
+                std::fs::write(dir.join(format!("{name}.toml")), m).unwrap();
+            }
+            to
+        })
+        .collect()
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The capsules as a Linux process (manifests found beside them; published ports on
+/// this machine's 127.0.0.1).
+fn hosted(setup: &Setup<'_>) -> std::process::Child {
+    let f = fixtures();
+    let files = stage(setup, &f.wasm, "wasm");
+    let mut cmd = Command::new("timeout");
+    cmd.arg("90").arg(&f.hosted).args(&files).envs(setup.env.iter().map(|(k, v)| (*k, v.as_str())));
+    if !setup.publish.is_empty() {
+        let ports: Vec<String> = setup.publish.iter().map(|(_, g)| g.to_string()).collect();
+        cmd.env("ASTRID_PUBLISH", ports.join(","));
+    }
+    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap()
+}
+
+fn finish_hosted(child: std::process::Child) -> Run {
+    let out = child.wait_with_output().unwrap();
+    Run {
+        status: out.status.code().unwrap_or(-1),
+        console: String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    }
+}
+
+/// The capsules in one boot of astrid.img under QEMU (manifests sent along as the run
+/// command sends them).
+fn in_image(setup: &Setup<'_>) -> Run {
+    let f = fixtures();
+    let art = common::artifacts();
+    let files = stage(setup, &f.cwasm, "cwasm");
+    let mut boot = Boot::new(art.loader.clone(), f.image.clone());
+    boot.capsules = files;
+    boot.kernel_args = setup.env.iter().map(|(k, v)| format!("env={k}={v}")).collect();
+    for (i, (_, manifest)) in setup.capsules.iter().enumerate() {
+        if let Some(m) = manifest {
+            boot.kernel_args.push(format!("env=ASTRID_MANIFEST_{i}={}", Manifest::encode(m)));
+        }
+    }
+    boot.net = setup.net.unwrap_or(NetMode::None);
+    boot.publish = setup.publish.clone();
+    boot.timeout = Duration::from_secs(150);
+    let out = qemu::run(&boot).expect("starting QEMU");
+    assert!(!out.timed_out, "guest hung; console:\n{}", out.console);
+    let status = match out.exit {
+        GuestExit::App(s) => i32::from(s),
+        other => panic!("no application status ({other:?}); console:\n{}", out.console),
+    };
+    Run { status, console: out.console }
+}
+
+fn one(scenario: &str) -> Setup<'static> {
+    Setup { capsules: vec![("probe", None)], env: vec![("ASTRID_CAPSULE_CONFIG", format!("scenario={scenario}"))], ..Setup::default() }
+}
+
+/// A scenario that must pass, hosted and in the image.
+fn both(setup: &Setup<'_>, expect: &[&str]) {
+    for run in [finish_hosted(hosted(setup)), in_image(setup)] {
+        run.assert_status(0);
+        for e in expect {
+            run.assert_says(e);
+        }
+        let summary = run.assert_audit_verifies();
+        assert!(summary.io_records > 0, "no io records:\n{}", run.console);
+    }
+}
+
+/// A port nothing listens on right now.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn two_capsules_talk_over_127_0_0_1_inside_the_image() {
+    let mut setup = one("pair");
+    setup.capsules.push(("second", None));
+    both(&setup, &["sdk-net server: answered the client", "sdk-net client: the server answered"]);
+}
+
+#[test]
+fn a_capsule_connects_to_its_own_listener() {
+    both(&one("self-connect"), &["sdk-net ok self-connect"]);
+}
+
+#[test]
+fn udp_datagrams_travel_on_the_image_loopback() {
+    both(&one("udp"), &["sdk-net ok udp"]);
+}
+
+#[test]
+fn without_a_manifest_a_capsule_stays_on_the_image_loopback() {
+    both(&one("policy"), &["sdk-net ok policy"]);
+}
+
+#[test]
+fn every_refused_interface_returns_its_typed_error_and_is_audited() {
+    let setup = one("refusals");
+    for run in [finish_hosted(hosted(&setup)), in_image(&setup)] {
+        run.assert_status(0).assert_says("sdk-net ok refusals");
+        run.assert_audit_verifies();
+        for f in ["astrid:fs/host.read-file", "astrid:http/host.http-request", "astrid:process/host.spawn", "astrid:approval/host.request-approval"] {
+            let line = run.console.lines().find(|l| l.contains(f)).unwrap_or_else(|| panic!("{f} not audited:\n{}", run.console));
+            assert!(line.contains("refused: "), "{f} audited without its refusal: {line}");
+        }
+    }
+}
+
+#[test]
+fn cancellation_wakes_a_capsule_blocked_in_accept() {
+    let mut setup = one("cancel-accept");
+    setup.env.push(("ASTRID_DEADLINE_MS", "400".into()));
+    both(&setup, &["sdk-net accept ended by the cancellation", "shut down after its cancellation"]);
+}
+
+#[test]
+fn cancellation_wakes_a_capsule_blocked_reading_a_socket() {
+    let mut setup = one("cancel-read");
+    setup.env.push(("ASTRID_DEADLINE_MS", "400".into()));
+    both(&setup, &["sdk-net blocking-read ended by the cancellation", "shut down after its cancellation"]);
+}
+
+/// The host side of the echo test: connects (retrying while the capsule starts),
+/// sends `data`, half-closes, and returns what came back.
+fn echo_client(port: u16, data: &[u8], until: Instant) -> Vec<u8> {
+    loop {
+        assert!(Instant::now() < until, "the capsule's echo server never answered on port {port}");
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        };
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let reader = {
+            let mut s = s.try_clone().unwrap();
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                let _ = s.read_to_end(&mut got);
+                got
+            })
+        };
+        if s.write_all(data).is_err() || s.shutdown(Shutdown::Write).is_err() {
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        }
+        let got = reader.join().unwrap();
+        // QEMU's forwarder accepts before the guest listens, then drops the connection.
+        if got.is_empty() {
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        }
+        return got;
+    }
+}
+
+#[test]
+fn a_host_client_is_echoed_through_a_published_port_by_splice_and_by_read_write() {
+    let data: Vec<u8> = (0..150_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+    for image in [false, true] {
+        let (host_port, guest_port) = if image { (free_port(), 7700) } else { let p = free_port(); (p, p) };
+        let mut setup = one("echo-server");
+        setup.env[0].1.push_str(&format!(";port={guest_port}"));
+        setup.net = Some(NetMode::Restricted);
+        setup.publish = vec![(host_port, guest_port)];
+        let client = {
+            let data = data.clone();
+            std::thread::spawn(move || {
+                let until = Instant::now() + Duration::from_secs(120);
+                [echo_client(host_port, &data, until), echo_client(host_port, &data, until)]
+            })
+        };
+        let run = if image { in_image(&setup) } else { finish_hosted(hosted(&setup)) };
+        let echoed = client.join().expect("the host client failed");
+        run.assert_status(0).assert_says("by splice").assert_says("by read-bytes/write-bytes");
+        for e in &echoed {
+            assert!(e == &data, "echo differs: {} bytes back of {}\n{}", e.len(), data.len(), run.console);
+        }
+        run.assert_audit_verifies();
+    }
+}
+
+/// A one-connection server on this machine's 127.0.0.1 that answers a line upper-cased;
+/// returns the port and a handle saying whether it served.
+fn upper_server() -> (u16, std::thread::JoinHandle<bool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handle = std::thread::spawn(move || {
+        let until = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < until {
+            match listener.accept() {
+                Ok((mut s, _)) => {
+                    s.set_nonblocking(false).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                    let mut line = Vec::new();
+                    let mut b = [0u8; 1];
+                    while !line.ends_with(b"\n") && s.read(&mut b).unwrap_or(0) == 1 {
+                        line.push(b[0]);
+                    }
+                    let _ = s.write_all(&line.to_ascii_uppercase());
+                    return true;
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+        false
+    });
+    (port, handle)
+}
+
+/// Stops `upper_server` by connecting to it ourselves; says whether anyone else did.
+fn served_someone_else(port: u16, handle: std::thread::JoinHandle<bool>) -> bool {
+    if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+        let _ = s.write_all(b"stop\n");
+        let mut reply = Vec::new();
+        let _ = s.read_to_end(&mut reply);
+        if reply == b"STOP\n" {
+            handle.join().unwrap();
+            return false;
+        }
+    }
+    handle.join().unwrap()
+}
+
+fn client_manifest(port: u16, extra: &str) -> String {
+    format!(
+        "[package]\nname = \"client\"\n[capabilities]\nnet_connect = [\"10.0.2.2:{port}\"]\n[limits]\nconnect_timeout_ms = 4000\n[config]\nscenario = \"connect-out\"\nhost = \"10.0.2.2\"\nport = {port}\n{extra}"
+    )
+}
+
+#[test]
+fn a_capsule_connects_out_to_a_host_server_when_its_manifest_allows_it() {
+    let (port, server) = upper_server();
+    let setup = Setup { capsules: vec![("client", Some(client_manifest(port, "")))], net: Some(NetMode::Outbound), ..Setup::default() };
+    let run = in_image(&setup);
+    run.assert_status(0).assert_says("[client] info: sdk-net the host answered \"HELLO FROM A CAPSULE\"");
+    assert!(server.join().unwrap(), "the host server was never reached");
+    let summary = run.assert_audit_verifies();
+    assert!(run.console.contains("\"capsule\":\"client\""), "the manifest's name is not the audit identity:\n{}", run.console);
+    assert!(summary.io_records > 0);
+}
+
+#[test]
+fn restricted_networking_lets_no_capsule_out_even_with_a_manifest() {
+    let (port, server) = upper_server();
+    let setup = Setup { capsules: vec![("client", Some(client_manifest(port, "")))], net: Some(NetMode::Restricted), ..Setup::default() };
+    let run = in_image(&setup);
+    run.assert_status(1).assert_says("sdk-net FAIL connect-out: connect to 10.0.2.2: ErrorCode::ConnectionRefused");
+    run.assert_audit_verifies();
+    assert!(!served_someone_else(port, server), "a capsule reached the host through restricted networking");
+}
+
+#[test]
+fn a_capsule_cannot_reach_a_listener_on_the_host_loopback() {
+    let (port, server) = upper_server();
+    let mut setup = one("host-loopback");
+    setup.env[0].1.push_str(&format!(";port={port}"));
+    // Even with outbound networking and a manifest naming the address.
+    setup.capsules[0].1 = Some(format!("[capabilities]\nnet_connect = [\"127.0.0.1:{port}\", \"localhost:{port}\", \"[::1]:{port}\"]\n"));
+    setup.net = Some(NetMode::Outbound);
+    for run in [finish_hosted(hosted(&setup)), in_image(&setup)] {
+        run.assert_status(0).assert_says("sdk-net ok host-loopback");
+        run.assert_audit_verifies();
+    }
+    assert!(!served_someone_else(port, server), "a capsule reached a listener on the host's loopback");
+}
+
+#[test]
+fn a_bad_manifest_is_refused_with_its_name_and_an_audit_record() {
+    let setup = Setup { capsules: vec![("bad", Some("[capabilities]\nnet_connect = \"10.0.2.2:80\"\n".into()))], ..Setup::default() };
+    for run in [finish_hosted(hosted(&setup)), in_image(&setup)] {
+        run.assert_status(65).assert_says("manifest").assert_says("net_connect must be a list");
+        run.assert_audit_verifies();
+        run.assert_says("astrid:capsule/load");
+    }
+}
