@@ -1,6 +1,7 @@
-//! astrid:net end to end, with the sdk-net capsule (built with the unmodified astrid-sdk
-//! 0.7.2): hosted (a Linux process) and in the production astrid.img under QEMU TCG
-//! with user networking. Host-side peers are real sockets on this machine; every wait
+//! The SDK capsule world end to end — astrid:net, astrid:ipc between capsules,
+//! manifests, the refused packages — with the sdk-probe capsule (built with the
+//! unmodified astrid-sdk 0.7.2): hosted (a Linux process) and in the production
+//! astrid.img under QEMU TCG with user networking. Host-side peers are real sockets on this machine; every wait
 //! is bounded; every run's audit log must verify.
 
 mod common;
@@ -32,10 +33,10 @@ fn fixtures() -> &'static Fixtures {
     F.get_or_init(|| {
         let paths = Paths::discover();
         let art = common::artifacts();
-        let wasm = capsule::build(&paths, &paths.root.join("tests/capsules/sdk-net")).expect("building sdk-net");
-        let cwasm = paths.out.join("precompiled/sdk-net-test.cwasm");
+        let wasm = capsule::build(&paths, &paths.root.join("tests/capsules/sdk-probe")).expect("building sdk-probe");
+        let cwasm = paths.out.join("precompiled/sdk-probe-test.cwasm");
         std::fs::create_dir_all(cwasm.parent().unwrap()).unwrap();
-        compile::compile(&wasm, Some(&cwasm), CodeTarget::HermitImage).expect("precompiling sdk-net");
+        compile::compile(&wasm, Some(&cwasm), CodeTarget::HermitImage).expect("precompiling sdk-probe");
         Fixtures { hosted: artifacts::ensure_hosted(&paths, false).expect("building hosted astrid"), image: art.astrid_img.clone(), wasm, cwasm }
     })
 }
@@ -146,6 +147,10 @@ fn in_image(setup: &Setup<'_>) -> Run {
     Run { status, console: out.console }
 }
 
+fn config(scenario: &str, extra: &str) -> Option<String> {
+    Some(format!("[config]\nscenario = \"{scenario}\"\n{extra}"))
+}
+
 fn one(scenario: &str) -> Setup<'static> {
     Setup { capsules: vec![("probe", None)], env: vec![("ASTRID_CAPSULE_CONFIG", format!("scenario={scenario}"))], ..Setup::default() }
 }
@@ -171,29 +176,29 @@ fn free_port() -> u16 {
 fn two_capsules_talk_over_127_0_0_1_inside_the_image() {
     let mut setup = one("pair");
     setup.capsules.push(("second", None));
-    both(&setup, &["sdk-net server: answered the client", "sdk-net client: the server answered"]);
+    both(&setup, &["sdk-probe server: answered the client", "sdk-probe client: the server answered"]);
 }
 
 #[test]
 fn a_capsule_connects_to_its_own_listener() {
-    both(&one("self-connect"), &["sdk-net ok self-connect"]);
+    both(&one("self-connect"), &["sdk-probe ok self-connect"]);
 }
 
 #[test]
 fn udp_datagrams_travel_on_the_image_loopback() {
-    both(&one("udp"), &["sdk-net ok udp"]);
+    both(&one("udp"), &["sdk-probe ok udp"]);
 }
 
 #[test]
 fn without_a_manifest_a_capsule_stays_on_the_image_loopback() {
-    both(&one("policy"), &["sdk-net ok policy"]);
+    both(&one("policy"), &["sdk-probe ok policy"]);
 }
 
 #[test]
 fn every_refused_interface_returns_its_typed_error_and_is_audited() {
     let setup = one("refusals");
     for run in [finish_hosted(hosted(&setup)), in_image(&setup)] {
-        run.assert_status(0).assert_says("sdk-net ok refusals");
+        run.assert_status(0).assert_says("sdk-probe ok refusals");
         run.assert_audit_verifies();
         for f in ["astrid:fs/host.read-file", "astrid:http/host.http-request", "astrid:process/host.spawn", "astrid:approval/host.request-approval"] {
             let line = run.console.lines().find(|l| l.contains(f)).unwrap_or_else(|| panic!("{f} not audited:\n{}", run.console));
@@ -206,14 +211,14 @@ fn every_refused_interface_returns_its_typed_error_and_is_audited() {
 fn cancellation_wakes_a_capsule_blocked_in_accept() {
     let mut setup = one("cancel-accept");
     setup.env.push(("ASTRID_DEADLINE_MS", "400".into()));
-    both(&setup, &["sdk-net accept ended by the cancellation", "shut down after its cancellation"]);
+    both(&setup, &["sdk-probe accept ended by the cancellation", "shut down after its cancellation"]);
 }
 
 #[test]
 fn cancellation_wakes_a_capsule_blocked_reading_a_socket() {
     let mut setup = one("cancel-read");
     setup.env.push(("ASTRID_DEADLINE_MS", "400".into()));
-    both(&setup, &["sdk-net blocking-read ended by the cancellation", "shut down after its cancellation"]);
+    both(&setup, &["sdk-probe blocking-read ended by the cancellation", "shut down after its cancellation"]);
 }
 
 /// The host side of the echo test: connects (retrying while the capsule starts),
@@ -328,7 +333,7 @@ fn a_capsule_connects_out_to_a_host_server_when_its_manifest_allows_it() {
     let (port, server) = upper_server();
     let setup = Setup { capsules: vec![("client", Some(client_manifest(port, "")))], net: Some(NetMode::Outbound), ..Setup::default() };
     let run = in_image(&setup);
-    run.assert_status(0).assert_says("[client] info: sdk-net the host answered \"HELLO FROM A CAPSULE\"");
+    run.assert_status(0).assert_says("[client] info: sdk-probe the host answered \"HELLO FROM A CAPSULE\"");
     assert!(server.join().unwrap(), "the host server was never reached");
     let summary = run.assert_audit_verifies();
     assert!(run.console.contains("\"capsule\":\"client\""), "the manifest's name is not the audit identity:\n{}", run.console);
@@ -340,7 +345,7 @@ fn restricted_networking_lets_no_capsule_out_even_with_a_manifest() {
     let (port, server) = upper_server();
     let setup = Setup { capsules: vec![("client", Some(client_manifest(port, "")))], net: Some(NetMode::Restricted), ..Setup::default() };
     let run = in_image(&setup);
-    run.assert_status(1).assert_says("sdk-net FAIL connect-out: connect to 10.0.2.2: ErrorCode::ConnectionRefused");
+    run.assert_status(1).assert_says("sdk-probe FAIL connect-out: connect to 10.0.2.2: ErrorCode::ConnectionRefused");
     run.assert_audit_verifies();
     assert!(!served_someone_else(port, server), "a capsule reached the host through restricted networking");
 }
@@ -354,7 +359,7 @@ fn a_capsule_cannot_reach_a_listener_on_the_host_loopback() {
     setup.capsules[0].1 = Some(format!("[capabilities]\nnet_connect = [\"127.0.0.1:{port}\", \"localhost:{port}\", \"[::1]:{port}\"]\n"));
     setup.net = Some(NetMode::Outbound);
     for run in [finish_hosted(hosted(&setup)), in_image(&setup)] {
-        run.assert_status(0).assert_says("sdk-net ok host-loopback");
+        run.assert_status(0).assert_says("sdk-probe ok host-loopback");
         run.assert_audit_verifies();
     }
     assert!(!served_someone_else(port, server), "a capsule reached a listener on the host's loopback");
@@ -367,5 +372,31 @@ fn a_bad_manifest_is_refused_with_its_name_and_an_audit_record() {
         run.assert_status(65).assert_says("manifest").assert_says("net_connect must be a list");
         run.assert_audit_verifies();
         run.assert_says("astrid:capsule/load");
+    }
+}
+
+#[test]
+fn two_capsules_ping_pong_over_ipc_while_a_third_waits_on_readiness_through_poll() {
+    let grants = "[capabilities]\nipc_publish = [\"trio.**\"]\nipc_subscribe = [\"trio.**\"]\n";
+    let setup = Setup {
+        capsules: vec![
+            ("ping", config("ipc-ping", grants)),
+            ("pong", config("ipc-pong", grants)),
+            ("watch", config("ipc-watch", grants)),
+        ],
+        env: vec![("ASTRID_DEADLINE_MS", "60000".into())],
+        ..Setup::default()
+    };
+    both(&setup, &["info: sdk-probe ok ipc-ping", "info: sdk-probe pong: answered 50 pings", "info: sdk-probe watch: saw 50 pings and 50 pongs"]);
+}
+
+#[test]
+fn a_manifest_grants_what_it_names_and_nothing_else() {
+    let manifest = "[package]\nname = \"gated\"\n[capabilities]\nipc_publish = [\"allowed.*\"]\nipc_subscribe = [\"allowed.**\"]\nnet_bind = [\"127.0.0.1:7400\"]\n[config]\nscenario = \"manifest-gates\"\ngreeting = \"from the manifest\"\n";
+    let setup = Setup { capsules: vec![("probe", Some(manifest.into()))], ..Setup::default() };
+    for run in [finish_hosted(hosted(&setup)), in_image(&setup)] {
+        run.assert_status(0).assert_says("[gated] info: sdk-probe the manifest's grants hold");
+        run.assert_audit_verifies();
+        assert!(run.console.contains("\"principal\":\"gated\""), "the manifest's name is not the principal:\n{}", run.console);
     }
 }

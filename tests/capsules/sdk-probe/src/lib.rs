@@ -1,9 +1,9 @@
-//! sdk-net: an Astrid SDK 0.7.2 capsule whose background `run` plays the scenario named
+//! sdk-probe: an Astrid SDK 0.7.2 capsule whose background `run` plays the scenario named
 //! by its `scenario` config key (ASTRID_CAPSULE_CONFIG or its manifest's `[config]`).
 //! It uses the SDK's wrappers where they exist and the SDK's raw `astrid_sys` bindings
 //! for what the wrappers do not expose (stream halves, pollables, splice). Every check
-//! that fails logs `sdk-net FAIL <scenario>: <why>` and traps; success logs
-//! `sdk-net ok <scenario>`.
+//! that fails logs `sdk-probe FAIL <scenario>: <why>` and traps; success logs
+//! `sdk-probe ok <scenario>`.
 
 use astrid_sdk::astrid_sys::astrid::io::poll;
 use astrid_sdk::astrid_sys::astrid::io::streams::StreamError;
@@ -14,12 +14,12 @@ use astrid_sdk::prelude::*;
 pub struct SdkNet;
 
 fn say(text: &str) {
-    log::info(format!("sdk-net {text}"));
+    log::info(format!("sdk-probe {text}"));
 }
 
 fn fail(scenario: &str, why: &str) -> ! {
-    log::error(format!("sdk-net FAIL {scenario}: {why}"));
-    panic!("sdk-net FAIL {scenario}: {why}");
+    log::error(format!("sdk-probe FAIL {scenario}: {why}"));
+    panic!("sdk-probe FAIL {scenario}: {why}");
 }
 
 macro_rules! check {
@@ -54,6 +54,10 @@ impl SdkNet {
             "udp" => udp(&scenario),
             "refusals" => refusals(&scenario),
             "policy" => policy(&scenario),
+            "ipc-ping" => ipc_ping(&scenario),
+            "ipc-pong" => ipc_pong(&scenario),
+            "ipc-watch" => ipc_watch(&scenario),
+            "manifest-gates" => manifest_gates(&scenario),
             other => fail(other, "unknown scenario (set the `scenario` config key)"),
         }
         say(&format!("ok {scenario}"));
@@ -343,4 +347,141 @@ fn refusals(s: &str) {
     check!(s, matches!(rc::connection_owner(&client), Ok(None)), "connection-owner");
     check!(s, matches!(rc::connection_principal(&client), Ok(None)), "connection-principal");
     say("fs, http, process, approval and bind-unix refused with their typed errors");
+}
+
+// ---- three capsules on the ipc bus: ping and pong play, a watcher waits through
+// astrid:io `poll` on its subscription's readiness pollable ----
+
+use astrid_sdk::astrid_sys::astrid::ipc::host as bus;
+
+/// Rounds of the ping-pong.
+const ROUNDS: u32 = 50;
+
+fn sub(s: &str, pattern: &str) -> bus::Subscription {
+    bus::subscribe(pattern).unwrap_or_else(|e| fail(s, &format!("subscribe {pattern}: {e:?}")))
+}
+
+fn publish(s: &str, topic: &str, payload: &str) {
+    bus::publish(topic, payload).unwrap_or_else(|e| fail(s, &format!("publish {topic}: {e:?}")));
+}
+
+/// Announces `who` as ready every 50 ms until `trio.start` arrives; returns the messages
+/// that came after it in the same delivery (they are the game's first moves). The
+/// announcements come back to a capsule subscribed to them: they do not end a wait.
+fn announce_until_start(s: &str, inbox: &bus::Subscription, who: &str) -> Vec<bus::IpcMessage> {
+    let now = astrid_sdk::time::monotonic;
+    let until = now() + std::time::Duration::from_secs(30);
+    while now() < until {
+        publish(s, &format!("trio.ready.{who}"), who);
+        let next = now() + std::time::Duration::from_millis(50);
+        while now() < next {
+            let left = (next - now()).as_millis() as u64;
+            match inbox.recv(left.max(1)) {
+                Ok(env) => {
+                    if let Some(i) = env.messages.iter().position(|m| m.topic == "trio.start") {
+                        return env.messages.into_iter().skip(i + 1).collect();
+                    }
+                }
+                Err(bus::ErrorCode::Timeout) => {}
+                Err(e) => fail(s, &format!("recv: {e:?}")),
+            }
+        }
+    }
+    fail(s, "no trio.start within 30 s");
+}
+
+fn ipc_ping(s: &str) {
+    let inbox = sub(s, "trio.**");
+    let mut ready = (false, false);
+    let started = astrid_sdk::time::monotonic();
+    while !(ready.0 && ready.1) {
+        check!(s, (astrid_sdk::time::monotonic() - started).as_secs() < 30, "pong and watcher never got ready");
+        if let Ok(env) = inbox.recv(1000) {
+            for m in &env.messages {
+                ready.0 |= m.topic == "trio.ready.pong";
+                ready.1 |= m.topic == "trio.ready.watch";
+            }
+        }
+    }
+    publish(s, "trio.start", "go");
+    let t0 = astrid_sdk::time::monotonic();
+    for round in 0..ROUNDS {
+        publish(s, "trio.ping", &round.to_string());
+        'wait: loop {
+            let env = inbox.recv(30_000).unwrap_or_else(|e| fail(s, &format!("round {round}: recv: {e:?}")));
+            for m in &env.messages {
+                if m.topic == "trio.pong" {
+                    check!(s, m.payload == round.to_string(), "round {round}: pong {:?}", m.payload);
+                    check!(s, m.source_id != "", "a message without its source");
+                    break 'wait;
+                }
+            }
+        }
+    }
+    let took = astrid_sdk::time::monotonic() - t0;
+    publish(s, "trio.done", &ROUNDS.to_string());
+    say(&format!("ping: {ROUNDS} rounds, {} us per round trip", took.as_micros() / u128::from(ROUNDS)));
+}
+
+fn ipc_pong(s: &str) {
+    let inbox = sub(s, "trio.*");
+    let mut pending = announce_until_start(s, &inbox, "pong");
+    let mut answered = 0;
+    while answered < ROUNDS {
+        if pending.is_empty() {
+            pending = inbox.recv(30_000).unwrap_or_else(|e| fail(s, &format!("recv: {e:?}"))).messages;
+        }
+        for m in std::mem::take(&mut pending).iter().filter(|m| m.topic == "trio.ping") {
+            publish(s, "trio.pong", &m.payload);
+            answered += 1;
+        }
+    }
+    say(&format!("pong: answered {answered} pings"));
+}
+
+fn ipc_watch(s: &str) {
+    let inbox = sub(s, "trio.**");
+    let mut pending = announce_until_start(s, &inbox, "watch");
+    let readiness = inbox.subscribe_readiness();
+    let (mut pings, mut pongs, mut wakes) = (0u32, 0u32, 0u32);
+    loop {
+        if pending.is_empty() {
+            // Wait for delivery through astrid:io poll, then drain without waiting.
+            let ready = poll::poll(&[&readiness]).unwrap_or_else(|e| fail(s, &format!("poll: {e:?}")));
+            check!(s, ready == vec![0], "poll answered {ready:?}");
+            wakes += 1;
+            let env = inbox.poll().unwrap_or_else(|e| fail(s, &format!("subscription poll: {e:?}")));
+            check!(s, env.dropped == 0, "{} messages dropped", env.dropped);
+            pending = env.messages;
+        }
+        for m in &std::mem::take(&mut pending) {
+            match m.topic.as_str() {
+                "trio.ping" => pings += 1,
+                "trio.pong" => pongs += 1,
+                "trio.done" => {
+                    check!(s, pings == ROUNDS && pongs == ROUNDS, "saw {pings} pings and {pongs} pongs of {ROUNDS}");
+                    say(&format!("watch: saw {pings} pings and {pongs} pongs in {wakes} wake-ups"));
+                    return;
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Run with a manifest granting `ipc_publish = ["allowed.*"]`, `ipc_subscribe =
+/// ["allowed.**"]` and `net_bind = ["127.0.0.1:7400"]`: what it grants works, the rest
+/// is `capability-denied`, and the capability queries answer from it.
+fn manifest_gates(s: &str) {
+    check!(s, bus::publish("allowed.x", "ok").is_ok(), "publish inside the grant");
+    check!(s, matches!(bus::publish("other.x", "no"), Err(bus::ErrorCode::CapabilityDenied)), "publish outside the grant");
+    check!(s, bus::subscribe("allowed.*").is_ok(), "a subscription within the grant");
+    check!(s, matches!(bus::subscribe("**"), Err(bus::ErrorCode::CapabilityDenied)), "a subscription wider than the grant");
+    check!(s, net::bind_tcp("127.0.0.1", 7400).is_ok(), "the granted bind");
+    check!(s, matches!(net::bind_tcp("127.0.0.1", 7401), Err(ErrorCode::CapabilityDenied)), "a bind outside the grant");
+    let caps = astrid_sdk::capabilities::enumerate();
+    check!(s, caps.iter().any(|c| c == "ipc_publish:allowed.*"), "capabilities {caps:?}");
+    check!(s, caps.iter().any(|c| c == "net_bind:127.0.0.1:7400"), "capabilities {caps:?}");
+    check!(s, astrid_sdk::env::var("greeting").unwrap_or_default() == "from the manifest", "manifest [config]");
+    say(&format!("the manifest's grants hold ({} capabilities)", caps.len()));
 }
