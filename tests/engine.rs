@@ -257,6 +257,28 @@ fn two_capsules_ping_pong_over_ipc_waiting_through_poll() {
     }
 }
 
+/// Regression: kernel 0.11 reprogrammed its one-shot timer for the latest blocked task,
+/// so on one CPU with nothing else interrupting (auditing off) a 100 ms wait queued
+/// behind a 30 s one slept 30 s and the pair stalled. Our kernel patch keeps the timer
+/// on the earliest wakeup.
+#[test]
+fn ipc_ping_pong_on_one_cpu_with_auditing_off_does_not_stall() {
+    let f = fixtures();
+    let dir = common::scratch().join("ipc-one-cpu");
+    std::fs::create_dir_all(&dir).unwrap();
+    let copy = |name: &str| {
+        let to = dir.join(name);
+        std::fs::copy(&f.probe_cwasm, &to).unwrap();
+        to
+    };
+    let (ping, pong) = (copy("ping.cwasm"), copy("pong.cwasm"));
+    let started = std::time::Instant::now();
+    let run = in_image_many(&f.image, &[&ping, &pong], &[("ASTRID_TEST_ARG", "bench-ipc"), ("ASTRID_AUDIT", "off")]);
+    run.assert_status(0).assert_says("ipc round trip: rtt_ns=");
+    // Generous for TCG, far below the 30 s the stall took.
+    assert!(started.elapsed() < Duration::from_secs(20), "took {:?}:\n{}", started.elapsed(), run.console);
+}
+
 #[test]
 fn sleep_is_woken_by_cancellation() {
     scenario("cancel-sleep");

@@ -180,6 +180,27 @@ const SEND_IN_CLOSE_WAIT: &[Patch] = &[Patch {
     )],
 }];
 
+/// Kernel 0.11 bug: blocking a task with a wakeup time reprograms the one-shot timer for
+/// *that* time even when an earlier wakeup is queued before it. With one CPU, a task
+/// waiting 100 ms behind another waiting 30 s slept the full 30 s (seen: two capsules'
+/// ipc round trips stalling until their 30 s timeouts; a second CPU or any other
+/// interrupt masked it). The fix: after inserting, program the timer for the earliest
+/// of the queue's first wakeup and the network's, as `add_network_timer` already does.
+const ONESHOT_TIMER_ORDER: &[Patch] = &[Patch {
+    file: "src/scheduler/task.rs",
+    why: "blocking a task keeps the one-shot timer on the earliest wakeup",
+    edits: &[
+        (
+            "\t\t\t\t\tcursor.insert_before(new_node);\n\n\t\t\t\t\tset_oneshot_timer();\n\t\t\t\t\treturn;",
+            "\t\t\t\t\tcursor.insert_before(new_node);\n\t\t\t\t\tlet _ = set_oneshot_timer;\n\t\t\t\t\tself.program_oneshot_timer();\n\t\t\t\t\treturn;",
+        ),
+        (
+            "\t\t\tset_oneshot_timer();\n\t\t}\n\n\t\tself.list.push_back(new_node);\n\t}",
+            "\t\t\tlet _ = set_oneshot_timer;\n\t\t\tself.list.push_back(new_node);\n\t\t\tself.program_oneshot_timer();\n\t\t\treturn;\n\t\t}\n\n\t\tself.list.push_back(new_node);\n\t}\n\n\t/// astrid.img fix: the one-shot timer fires at the earliest of the first blocked\n\t/// task's wakeup and the network's.\n\tfn program_oneshot_timer(&self) {\n\t\tlet next = self.list.front().and_then(|t| t.wakeup_time);\n\t\t#[cfg(any(feature = \"tcp\", feature = \"udp\"))]\n\t\tlet next = match (self.network_wakeup_time, next) {\n\t\t\t(Some(a), Some(b)) => Some(a.min(b)),\n\t\t\t(a, b) => a.or(b),\n\t\t};\n\t\tarch::set_oneshot_timer(next);\n\t}",
+        ),
+    ],
+}];
+
 /// For PVM hosts: start XCR0 from X87 instead of reading it (`xgetbv`), and write it
 /// without the read-back check the `x86_64` crate's `XCr0::write` performs.
 const NO_XGETBV: &[Patch] = &[Patch {
@@ -192,7 +213,7 @@ const NO_XGETBV: &[Patch] = &[Patch {
 }];
 
 /// Bump when a patch changes, so cached patched copies are rebuilt.
-const PATCH_LEVEL: u32 = 3;
+const PATCH_LEVEL: u32 = 4;
 
 fn patched_source(paths: &Paths, pristine: &Path, variant: Variant) -> Result<PathBuf> {
     let dst = paths.out.join(format!("kernel-source-{}", variant.name()));
@@ -206,7 +227,7 @@ fn patched_source(paths: &Paths, pristine: &Path, variant: Variant) -> Result<Pa
         fs::remove_dir_all(&dst)?;
     }
     copy_dir(pristine, &dst)?;
-    let mut patches: Vec<&Patch> = FUTEX_WAKE_RACE.iter().chain(SEND_IN_CLOSE_WAIT).collect();
+    let mut patches: Vec<&Patch> = FUTEX_WAKE_RACE.iter().chain(SEND_IN_CLOSE_WAIT).chain(ONESHOT_TIMER_ORDER).collect();
     if variant == Variant::Pvm {
         patches.extend(NO_XGETBV);
     }

@@ -141,6 +141,10 @@ struct RunArgs {
     /// Write the audit records of the run to FILE (check it with `audit verify FILE`).
     #[arg(long, value_name = "FILE")]
     audit_log: Option<PathBuf>,
+    /// An image setting (ASTRID_*, as the README lists: ASTRID_AUDIT=off,
+    /// ASTRID_MEMORY_MIB, ASTRID_KV_QUOTA_BYTES, …). Repeatable.
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    env: Vec<(String, String)>,
     /// The guest's network (QEMU): `restricted` (default) attaches a NIC on user
     /// networking that lets nothing out; `outbound` lets capsules whose manifest allows
     /// it connect out (the host is 10.0.2.2); `none` attaches no NIC. Loopback
@@ -161,6 +165,13 @@ enum NetArg {
     None,
     Restricted,
     Outbound,
+}
+
+fn parse_env(text: &str) -> std::result::Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if k.starts_with("ASTRID_") && !text.contains([',', ' ']) => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{text:?} is not ASTRID_KEY=VALUE (no spaces or commas)")),
+    }
 }
 
 fn parse_config(text: &str) -> std::result::Result<String, String> {
@@ -317,6 +328,7 @@ fn run(paths: &Paths, args: RunArgs) -> Result<u8> {
     if let Some(a) = &args.test_arg {
         guest_env.push(("ASTRID_TEST_ARG".into(), a.clone()));
     }
+    guest_env.extend(args.env.iter().cloned());
     for (i, text) in manifests.iter().enumerate() {
         if let Some(text) = text {
             guest_env.push((format!("ASTRID_MANIFEST_{i}"), astrid_kernel::manifest::Manifest::encode(text)));
