@@ -14,7 +14,10 @@ use crate::platform::{self, FutexWait};
 /// Runs the named benchmark; `None` if there is no such benchmark.
 pub fn run(name: &str, var: &impl Fn(&str) -> Option<String>) -> Option<Result<String, String>> {
     Some(match name {
-        "futex" => Ok(futex_pingpong(2000)),
+        "futex" => Ok(futex_pingpong(2000, None)),
+        // The same with a (never reached) deadline on every wait: what timed waits cost.
+        "futex-timed" => Ok(futex_pingpong(2000, Some(std::time::Duration::from_secs(30)))),
+        "wait" => Ok(wait_pingpong(2000)),
         "memcpy" => Ok(memcpy(64 << 20)),
         "sink-serial" => sink(Box::new(ConsoleSink::stdout()), 5000, "serial"),
         "sink-file" => match var("ASTRID_AUDIT_FILE") {
@@ -28,7 +31,7 @@ pub fn run(name: &str, var: &impl Fn(&str) -> Option<String>) -> Option<Result<S
 }
 
 /// Round trips of two threads waking each other through a futex word.
-fn futex_pingpong(rounds: u32) -> String {
+fn futex_pingpong(rounds: u32, timeout: Option<std::time::Duration>) -> String {
     let word = Arc::new(AtomicU32::new(0));
     let other = Arc::clone(&word);
     // The word counts turns: odd values are the partner's to answer.
@@ -40,8 +43,8 @@ fn futex_pingpong(rounds: u32) -> String {
                 if v == want {
                     break;
                 }
-                if platform::futex_wait(&other, v, None) == FutexWait::TimedOut {
-                    unreachable!("no timeout given");
+                if platform::futex_wait(&other, v, timeout) == FutexWait::TimedOut {
+                    unreachable!("the partner answers long before the timeout");
                 }
             }
             other.store(want + 1, Ordering::Release);
@@ -58,12 +61,42 @@ fn futex_pingpong(rounds: u32) -> String {
             if v == want {
                 break;
             }
-            platform::futex_wait(&word, v, None);
+            platform::futex_wait(&word, v, timeout);
         }
     }
     let elapsed = started.elapsed();
     let _ = partner.join();
-    format!("bench futex: rtt_ns={}", elapsed.as_nanos() / u128::from(rounds))
+    let name = if timeout.is_some() { "futex-timed" } else { "futex" };
+    format!("bench {name}: rtt_ns={}", elapsed.as_nanos() / u128::from(rounds))
+}
+
+/// Round trips of two threads through two pipes of the wait primitive (registration,
+/// event words, notifiers and a deadline on every wait, as capsule waits have).
+fn wait_pingpong(rounds: u32) -> String {
+    use crate::wait::{CancelToken, pipe};
+    let (to_partner, partner_in) = pipe(16);
+    let (to_me, my_in) = pipe(16);
+    let deadline = || Some(Instant::now() + std::time::Duration::from_secs(30));
+    let partner = std::thread::spawn(move || {
+        let cancel = CancelToken::new();
+        for _ in 0..rounds {
+            if partner_in.read_blocking(1, &cancel, deadline()).is_err() {
+                return;
+            }
+            let _ = to_me.write(b"o");
+        }
+    });
+    let cancel = CancelToken::new();
+    let started = Instant::now();
+    for _ in 0..rounds {
+        let _ = to_partner.write(b"i");
+        if my_in.read_blocking(1, &cancel, deadline()).is_err() {
+            break;
+        }
+    }
+    let elapsed = started.elapsed();
+    let _ = partner.join();
+    format!("bench wait: rtt_ns={}", elapsed.as_nanos() / u128::from(rounds))
 }
 
 /// Copies `total` bytes in 64 KiB chunks between two reused buffers.

@@ -236,6 +236,15 @@ fn run_capsules(capsules: &[CapsuleBytes], manifests: &[Option<Manifest>], var: 
     for s in statuses {
         status = worst(status, s);
     }
+    // Connections leaving the image may still be sending what capsules wrote.
+    if crate::net::kernel::sending() > 0 {
+        let open = crate::net::kernel::sending();
+        println!("astrid: waiting for {open} connection(s) to finish sending (at most {} s)", crate::net::kernel::DEFAULT_LINGER.as_secs());
+        let left = crate::net::kernel::wait_until_sent(std::time::Instant::now() + crate::net::kernel::DEFAULT_LINGER);
+        if left > 0 {
+            println!("astrid: {left} connection(s) still open after {} s: closing them unsent", crate::net::kernel::DEFAULT_LINGER.as_secs());
+        }
+    }
     match log.map(AuditLog::close) {
         None => println!("astrid: audit off (ASTRID_AUDIT=off)"),
         Some(Ok(n)) => println!("astrid: audit log closed: {n} records"),

@@ -5,6 +5,7 @@ pub mod artifacts;
 pub mod audit_cmd;
 pub mod bench;
 pub mod bench_engine;
+pub mod bench_net;
 pub mod capsule;
 pub mod compile;
 pub mod hermit_app;

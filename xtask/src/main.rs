@@ -265,6 +265,30 @@ fn dispatch(cmd: Cmd) -> Result<u8> {
                 let rows = engine.run()?;
                 xtask::bench_engine::print(&rows);
             }
+            if only.as_deref().is_none_or(|o| o == "net") {
+                let probe_wasm = capsule::build(&paths, &paths.root.join("tests/capsules/io-probe"))?;
+                let sdk_wasm = capsule::build(&paths, &paths.root.join("tests/capsules/sdk-probe"))?;
+                let pre = paths.out.join("precompiled");
+                std::fs::create_dir_all(&pre)?;
+                let net = xtask::bench_net::NetBench {
+                    art: &art,
+                    hosted_bin: artifacts::ensure_hosted(&paths, true)?,
+                    testing_img: artifacts::ensure_testing(&paths)?,
+                    probe_native: compile::compile(&probe_wasm, Some(&pre.join("io-probe-native.cwasm")), CodeTarget::Native)?,
+                    probe_hermit: compile::compile(&probe_wasm, Some(&pre.join("io-probe-hermit.cwasm")), CodeTarget::HermitImage)?,
+                    sdk_native: compile::compile(&sdk_wasm, Some(&pre.join("sdk-probe-native.cwasm")), CodeTarget::Native)?,
+                    sdk_hermit: compile::compile(&sdk_wasm, Some(&pre.join("sdk-probe-hermit.cwasm")), CodeTarget::HermitImage)?,
+                    scratch: paths.out.join("bench-scratch"),
+                    runs: runs.clamp(1, 5),
+                };
+                let rows = net.run_all()?;
+                println!("capsule-world benchmarks (medians; image = astrid.img under QEMU TCG, one CPU)");
+                println!("| figure | hosted (Linux process) | astrid.img (QEMU TCG) |");
+                println!("|---|---|---|");
+                for r in &rows {
+                    println!("| {} | {} | {} |", r.what, r.hosted, r.image);
+                }
+            }
             Ok(0)
         }
     }

@@ -36,12 +36,53 @@ const CHUNK: usize = 64 << 10;
 /// closed the stream (`set-linger` changes it).
 pub const DEFAULT_LINGER: Duration = Duration::from_secs(30);
 
+/// Kernel connections not yet closed: the image waits for them before it exits, so
+/// bytes a capsule wrote are not cut off on their way (a capsule may finish before the
+/// network does; a socket is closed once its writer pump has sent everything).
+static SENDING: Sending = Sending { count: std::sync::atomic::AtomicUsize::new(0), notifier: Notifier::new() };
+
+struct Sending {
+    count: std::sync::atomic::AtomicUsize,
+    notifier: Notifier,
+}
+
+impl Readiness for Sending {
+    fn is_ready(&self) -> bool {
+        self.count.load(Ordering::SeqCst) == 0
+    }
+    fn notifier(&self) -> Option<&Notifier> {
+        Some(&self.notifier)
+    }
+}
+
+/// Kernel connections still open (sending what capsules wrote, or closing).
+pub fn sending() -> usize {
+    SENDING.count.load(Ordering::SeqCst)
+}
+
+/// Waits until every connection has sent what its capsule wrote, or `deadline`.
+/// Returns how many are still sending.
+pub fn wait_until_sent(deadline: Instant) -> usize {
+    let _ = wait::wait_one(&SENDING, &CancelToken::new(), Some(deadline));
+    sending()
+}
+
 /// The kernel socket behind a connection.
 pub struct Link {
-    stream: TcpStream,
+    /// Closed in `drop`, before the count of open connections goes down.
+    stream: std::mem::ManuallyDrop<TcpStream>,
     /// Why the connection failed (reset, I/O error), for the capsule's next read.
     error: Mutex<Option<std::io::ErrorKind>>,
     linger_ms: AtomicU64,
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        // SAFETY: dropped exactly once, here; nothing uses the stream afterwards.
+        unsafe { std::mem::ManuallyDrop::drop(&mut self.stream) };
+        SENDING.count.fetch_sub(1, Ordering::SeqCst);
+        SENDING.notifier.notify();
+    }
 }
 
 impl Link {
@@ -79,7 +120,8 @@ pub fn attach(stream: TcpStream) -> std::io::Result<Conn> {
     // Kernel 0.11 answers `getsockname` on connected sockets; fall back to the
     // unspecified address where it cannot.
     let local = stream.local_addr().unwrap_or_else(|_| SocketAddr::new(super::local::loopback_like(peer.ip()), 0));
-    let link = Arc::new(Link { stream, error: Mutex::new(None), linger_ms: AtomicU64::new(DEFAULT_LINGER.as_millis() as u64) });
+    SENDING.count.fetch_add(1, Ordering::SeqCst);
+    let link = Arc::new(Link { stream: std::mem::ManuallyDrop::new(stream), error: Mutex::new(None), linger_ms: AtomicU64::new(DEFAULT_LINGER.as_millis() as u64) });
     let (to_capsule, capsule_source) = crate::sources::pipe(PIPE_BYTES);
     let (capsule_sink, from_capsule) = crate::sources::pipe(PIPE_BYTES);
     spawn("astrid-net-rx", {
@@ -113,7 +155,7 @@ fn reader_pump(link: &Link, to_capsule: &PipeSink) {
             }
             Ok(room) => room.min(CHUNK),
         };
-        match (&link.stream).read(&mut buf[..room]) {
+        match (&*link.stream).read(&mut buf[..room]) {
             Ok(0) => return,
             Ok(n) => {
                 let _ = pipe.write(&buf[..n]);
@@ -147,7 +189,7 @@ fn writer_pump(link: &Link, from_capsule: &PipeSource) {
         };
         let mut rest = &bytes[..];
         while !rest.is_empty() {
-            match (&link.stream).write(rest) {
+            match (&*link.stream).write(rest) {
                 Ok(0) => {
                     link.fail(std::io::ErrorKind::BrokenPipe);
                     pipe.close();

@@ -67,17 +67,20 @@ impl SdkNet {
 
 /// Accepts connections on 127.0.0.1:`port` (published to the host by the run command)
 /// and echoes each until the client's end of file: the first through `splice` from
-/// `read-stream` to `write-stream` (bytes move in the host), the others through
-/// `read-bytes`/`write-bytes`. `connections` says how many (default 2).
+/// `read-stream` to `write-stream` (bytes move in the host), the second through
+/// `read-bytes`/`write-bytes`; `modes` (e.g. `rw+splice+rw`) chooses otherwise.
 fn echo_server(s: &str) {
     let listener = net::bind_tcp("127.0.0.1", port("port", 7700)).unwrap_or_else(|e| fail(s, &format!("bind: {e:?}")));
     let addr = listener.local_addr().unwrap_or_else(|e| fail(s, &format!("local-addr: {e:?}")));
     say(&format!("listening on {addr}"));
-    let connections: u32 = config("connections").parse().unwrap_or(2);
-    for i in 0..connections {
+    // One echo mode per connection, in order (`modes=rw;splice` is not possible: the
+    // config list separator; use `modes=rw+splice`).
+    let modes = config("modes");
+    let modes: Vec<&str> = if modes.is_empty() { vec!["splice", "rw"] } else { modes.split('+').collect() };
+    for mode in modes {
         let stream = listener.accept().unwrap_or_else(|e| fail(s, &format!("accept: {e:?}")));
         let peer = stream.peer_addr().unwrap_or_else(|e| fail(s, &format!("peer-addr: {e:?}")));
-        let moved = if i == 0 {
+        let moved = if mode == "splice" {
             let (input, output) = (stream.read_stream(), stream.write_stream());
             let mut moved = 0u64;
             loop {
