@@ -74,6 +74,8 @@ struct Setup<'a> {
     net: Option<NetMode>,
     /// (host port, guest port)
     publish: Vec<(u16, u16)>,
+    /// A directory for the kv stores (shared as /root in the image).
+    kv_dir: Option<PathBuf>,
 }
 
 fn stage(setup: &Setup<'_>, source: &Path, ext: &str) -> Vec<PathBuf> {
@@ -110,6 +112,9 @@ fn hosted(setup: &Setup<'_>) -> std::process::Child {
         let ports: Vec<String> = setup.publish.iter().map(|(_, g)| g.to_string()).collect();
         cmd.env("ASTRID_PUBLISH", ports.join(","));
     }
+    if let Some(dir) = &setup.kv_dir {
+        cmd.env("ASTRID_KV_DIR", dir);
+    }
     cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap()
 }
 
@@ -136,6 +141,10 @@ fn in_image(setup: &Setup<'_>) -> Run {
         }
     }
     boot.net = setup.net.unwrap_or(NetMode::None);
+    if let Some(dir) = &setup.kv_dir {
+        boot.shared_dir = Some((dir.clone(), xtask::setup::ensure_virtiofsd(&Paths::discover()).expect("virtiofsd")));
+        boot.kernel_args.push("env=ASTRID_KV_DIR=/root".into());
+    }
     boot.publish = setup.publish.clone();
     boot.timeout = Duration::from_secs(150);
     let out = qemu::run(&boot).expect("starting QEMU");
@@ -400,5 +409,22 @@ fn a_manifest_grants_what_it_names_and_nothing_else() {
         run.assert_status(0).assert_says("[gated] info: sdk-probe the manifest's grants hold");
         run.assert_audit_verifies();
         assert!(run.console.contains("\"principal\":\"gated\""), "the manifest's name is not the principal:\n{}", run.console);
+    }
+}
+
+#[test]
+fn a_persisted_kv_store_survives_a_reboot() {
+    for image in [false, true] {
+        let dir = common::scratch().join(format!("kv-{image}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let manifest = "[package]\nname = \"counter\"\n[config]\nscenario = \"kv-boots\"\n";
+        let setup = Setup { capsules: vec![("probe", Some(manifest.into()))], kv_dir: Some(dir.clone()), ..Setup::default() };
+        for boot in 1..=2 {
+            let run = if image { in_image(&setup) } else { finish_hosted(hosted(&setup)) };
+            run.assert_status(0).assert_says(&format!("sdk-probe boot {boot}"));
+            run.assert_audit_verifies();
+        }
+        assert!(dir.join("counter.kv0").is_file() && dir.join("counter.kv1").is_file(), "no journals named for the principal in {}", dir.display());
     }
 }

@@ -120,6 +120,7 @@ fn run_capsules(capsules: &[CapsuleBytes], manifests: &[Option<Manifest>], var: 
         let seed = crate::sys::Seed::from_hex(&hex).map_err(|e| fail(Status::Usage, &e))?;
         crate::sys::random::seed(Ok(seed));
     }
+    options.kv_dir = var("ASTRID_KV_DIR").map(std::path::PathBuf::from);
     if let Some(action) = var("ASTRID_HOOK") {
         let payload = match var("ASTRID_HOOK_PAYLOAD") {
             Some(hex) => crate::manifest::hex_decode(&hex)

@@ -138,6 +138,11 @@ struct RunArgs {
     /// there as DIR/audit.log: the virtio audit sink, beside the serial one.
     #[arg(long, value_name = "DIR")]
     audit_dir: Option<PathBuf>,
+    /// Keep each capsule's astrid:kv store in DIR across runs (one journal pair per
+    /// principal). Under QEMU DIR is shared as /root over virtio-fs, as --audit-dir is
+    /// (give both the same DIR to use both).
+    #[arg(long, value_name = "DIR")]
+    kv_dir: Option<PathBuf>,
     /// Write the audit records of the run to FILE (check it with `audit verify FILE`).
     #[arg(long, value_name = "FILE")]
     audit_log: Option<PathBuf>,
@@ -398,9 +403,16 @@ fn run(paths: &Paths, args: RunArgs) -> Result<u8> {
             let mut boot = Boot::new(art.loader, image);
             boot.capsules = capsules;
             boot.kernel_args = guest_env.iter().map(|(k, v)| format!("env={k}={v}")).collect();
+            if let (Some(a), Some(k)) = (&args.audit_dir, &args.kv_dir) {
+                ensure!(a == k, "--audit-dir and --kv-dir share one directory as /root under QEMU: give both the same DIR");
+            }
             if let Some(dir) = &args.audit_dir {
                 boot.shared_dir = Some((dir.clone(), setup::ensure_virtiofsd(paths)?));
                 boot.kernel_args.push("env=ASTRID_AUDIT_FILE=/root/audit.log".into());
+            }
+            if let Some(dir) = &args.kv_dir {
+                boot.shared_dir = Some((dir.clone(), setup::ensure_virtiofsd(paths)?));
+                boot.kernel_args.push("env=ASTRID_KV_DIR=/root".into());
             }
             boot.app_args = args.app_args;
             boot.net = match args.net {
@@ -473,6 +485,10 @@ fn run(paths: &Paths, args: RunArgs) -> Result<u8> {
             if let Some(dir) = &args.audit_dir {
                 std::fs::create_dir_all(dir)?;
                 guest_env.push(("ASTRID_AUDIT_FILE".into(), dir.join("audit.log").display().to_string()));
+            }
+            if let Some(dir) = &args.kv_dir {
+                std::fs::create_dir_all(dir)?;
+                guest_env.push(("ASTRID_KV_DIR".into(), dir.display().to_string()));
             }
             // Hosted: published ports listen on this machine's 127.0.0.1 directly (host
             // and guest port are one), and only `outbound` lets capsules out.

@@ -115,6 +115,8 @@ pub struct RunOptions {
     pub capabilities: Vec<String>,
     /// The export to call.
     pub entry: Entry,
+    /// Where each capsule's kv store persists (`ASTRID_KV_DIR`), keyed by principal.
+    pub kv_dir: Option<std::path::PathBuf>,
 }
 
 impl RunOptions {
@@ -255,6 +257,19 @@ impl CapsuleEngine {
                         state.ipc_publish = options.ipc_publish.clone();
                         state.ipc_subscribe = options.ipc_subscribe.clone();
                         state.capabilities = options.capabilities.clone();
+                        if let Some(dir) = &options.kv_dir {
+                            match crate::kv::journal::Journal::open(dir, &principal, options.limits.kv_bytes) {
+                                Ok((journal, store)) => {
+                                    state.kv = store;
+                                    state.kv_journal = Some(journal);
+                                }
+                                Err(e) => {
+                                    let outcome = RunOutcome::InstantiateFailed(format!("its kv store cannot be loaded: {e}"));
+                                    lifecycle_audit(name, &principal, &outcome);
+                                    return outcome;
+                                }
+                            }
+                        }
                         if let Some(d) = options.deadline {
                             if let Err(e) = cancel_after(cancel, d) {
                                 return RunOutcome::InstantiateFailed(format!("cannot start the deadline watchdog: {e}"));

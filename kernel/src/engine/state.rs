@@ -43,6 +43,8 @@ pub struct CapsuleState {
     pub ready_signalled: bool,
     /// The capsule's `astrid:kv` store.
     pub kv: crate::kv::KvStore,
+    /// Where its changes are persisted (`ASTRID_KV_DIR`), if anywhere.
+    pub kv_journal: Option<crate::kv::journal::Journal>,
     /// The image's message bus, shared by every capsule.
     pub bus: std::sync::Arc<crate::ipc::bus::Bus>,
     /// Live `astrid:ipc` subscriptions (at most 128).
@@ -86,6 +88,7 @@ impl CapsuleState {
             cancel,
             table: ResourceTable::new(),
             kv: crate::kv::KvStore::new(limits.kv_bytes),
+            kv_journal: None,
             bus: Default::default(),
             ipc_subscriptions: 0,
             ipc_publish: None,

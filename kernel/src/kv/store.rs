@@ -17,6 +17,8 @@ pub enum KvError {
     TooLarge,
     Quota,
     CasMismatch,
+    /// The change could not be persisted (and was undone in memory).
+    Persist(String),
 }
 
 #[derive(Debug)]

@@ -58,6 +58,7 @@ impl SdkNet {
             "ipc-pong" => ipc_pong(&scenario),
             "ipc-watch" => ipc_watch(&scenario),
             "manifest-gates" => manifest_gates(&scenario),
+            "kv-boots" => kv_boots(&scenario),
             other => fail(other, "unknown scenario (set the `scenario` config key)"),
         }
         say(&format!("ok {scenario}"));
@@ -487,4 +488,26 @@ fn manifest_gates(s: &str) {
     check!(s, caps.iter().any(|c| c == "net_bind:127.0.0.1:7400"), "capabilities {caps:?}");
     check!(s, astrid_sdk::env::var("greeting").unwrap_or_default() == "from the manifest", "manifest [config]");
     say(&format!("the manifest's grants hold ({} capabilities)", caps.len()));
+}
+
+/// Counts its runs in astrid:kv: with the store persisted (`--kv-dir`) the count goes
+/// up across boots; what it deletes stays deleted.
+fn kv_boots(s: &str) {
+    use astrid_sdk::astrid_sys::astrid::kv::host as kv;
+    let before = kv::kv_get("boots").unwrap_or_else(|e| fail(s, &format!("get: {e:?}")));
+    let n: u32 = before.map(|b| String::from_utf8_lossy(&b).parse().unwrap_or(0)).unwrap_or(0) + 1;
+    check!(s, kv::kv_get("scratch.gone").unwrap().is_none(), "a cleared key came back");
+    check!(s, kv::kv_get("deleted").unwrap().is_none(), "a deleted key came back");
+    kv::kv_set("boots", n.to_string().as_bytes()).unwrap_or_else(|e| fail(s, &format!("set: {e:?}")));
+    kv::kv_set("big", &vec![n as u8; 200_000]).unwrap();
+    kv::kv_set("deleted", b"x").unwrap();
+    kv::kv_delete("deleted").unwrap();
+    kv::kv_set("scratch.gone", b"y").unwrap();
+    check!(s, kv::kv_clear_prefix("scratch.").unwrap() == 1, "clear-prefix");
+    check!(s, kv::kv_cas("boots", Some(n.to_string().as_bytes()), n.to_string().as_bytes()).is_ok(), "cas");
+    if n > 1 {
+        let big = kv::kv_get("big").unwrap().unwrap_or_default();
+        check!(s, big.len() == 200_000 && big.iter().all(|b| *b == n as u8), "the big value");
+    }
+    say(&format!("boot {n}"));
 }
