@@ -428,3 +428,20 @@ fn a_persisted_kv_store_survives_a_reboot() {
         assert!(dir.join("counter.kv0").is_file() && dir.join("counter.kv1").is_file(), "no journals named for the principal in {}", dir.display());
     }
 }
+
+#[test]
+fn a_handle_from_one_capsule_cannot_be_used_by_another() {
+    let setup = Setup {
+        capsules: vec![("owner", config("handle-owner", "")), ("thief", config("handle-thief", ""))],
+        env: vec![("ASTRID_DEADLINE_MS", "60000".into())],
+        ..Setup::default()
+    };
+    for run in [finish_hosted(hosted(&setup)), in_image(&setup)] {
+        // The thief traps on the foreign handle number; the owner's handle stays its own.
+        run.assert_status(1).assert_says("sdk-probe thief: trying handle").assert_says("unknown handle index");
+        run.assert_says("sdk-probe ok handle-owner");
+        assert!(!run.console.contains("a foreign handle worked"), "{}", run.console);
+        let summary = run.assert_audit_verifies();
+        assert_eq!(summary.capsules_ended, 2);
+    }
+}

@@ -59,6 +59,8 @@ impl SdkNet {
             "ipc-watch" => ipc_watch(&scenario),
             "manifest-gates" => manifest_gates(&scenario),
             "kv-boots" => kv_boots(&scenario),
+            "handle-owner" => handle_owner(&scenario),
+            "handle-thief" => handle_thief(&scenario),
             other => fail(other, "unknown scenario (set the `scenario` config key)"),
         }
         say(&format!("ok {scenario}"));
@@ -510,4 +512,36 @@ fn kv_boots(s: &str) {
         check!(s, big.len() == 200_000 && big.iter().all(|b| *b == n as u8), "the big value");
     }
     say(&format!("boot {n}"));
+}
+
+/// Owns a listener and tells the bus its handle number; its own use of the handle keeps
+/// working whatever another capsule does with that number.
+fn handle_owner(s: &str) {
+    let keep: Vec<net::TcpListener> = (0..3).map(|_| net::bind_tcp("127.0.0.1", 0).unwrap()).collect();
+    let handle = keep[2].handle();
+    let inbox = sub(s, "handles.ack");
+    for _ in 0..100 {
+        publish(s, "handles.listener", &handle.to_string());
+        if inbox.recv(100).is_ok() {
+            break;
+        }
+    }
+    // Give the other capsule time to try (and trap).
+    let _ = astrid_sdk::time::sleep(std::time::Duration::from_millis(500));
+    let addr = keep[2].local_addr().unwrap_or_else(|e| fail(s, &format!("own handle after the attempt: {e:?}")));
+    say(&format!("owner: handle {handle} still mine ({addr})"));
+}
+
+/// Takes the handle number another capsule announced and uses it as its own: the image
+/// must stop it (a trap), never reach the other capsule's listener.
+fn handle_thief(s: &str) {
+    let inbox = sub(s, "handles.listener");
+    let env = inbox.recv(30_000).unwrap_or_else(|e| fail(s, &format!("recv: {e:?}")));
+    let n: u32 = env.messages[0].payload.parse().unwrap();
+    publish(s, "handles.ack", "got it");
+    say(&format!("thief: trying handle {n}"));
+    // SAFETY: deliberately not ours — the point of the test.
+    let stolen = unsafe { net::TcpListener::from_handle(n) };
+    let got = stolen.local_addr();
+    fail(s, &format!("a foreign handle worked: {got:?}"));
 }
