@@ -445,3 +445,50 @@ fn a_handle_from_one_capsule_cannot_be_used_by_another() {
         assert_eq!(summary.capsules_ended, 2);
     }
 }
+
+#[test]
+fn a_capsule_exchanges_udp_with_the_host_when_its_manifest_allows_it() {
+    let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    server.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let port = server.local_addr().unwrap().port();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let answered = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut n = 0;
+            let mut buf = [0u8; 1500];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok((len, from)) = server.recv_from(&mut buf) {
+                    let _ = server.send_to(&buf[..len].to_ascii_uppercase(), from);
+                    n += 1;
+                }
+            }
+            n
+        })
+    };
+    let manifest = format!(
+        "[capabilities]\nnet_udp = [\"bind:0.0.0.0:*\", \"10.0.2.2:{port}\"]\n[config]\nscenario = \"udp-out\"\nhost = \"10.0.2.2\"\nport = {port}\n"
+    );
+    let setup = Setup { capsules: vec![("udp", Some(manifest))], net: Some(NetMode::Outbound), ..Setup::default() };
+    let run = in_image(&setup);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    run.assert_status(0).assert_says("got the host's answer");
+    run.assert_audit_verifies();
+    assert!(answered.join().unwrap() > 0);
+    // Without the grant the same capsule may not bind outside the image.
+    let denied = Setup {
+        capsules: vec![("udp", config("udp-out", &format!("host = \"10.0.2.2\"\nport = {port}\n")))],
+        net: Some(NetMode::Outbound),
+        ..Setup::default()
+    };
+    in_image(&denied).assert_status(1).assert_says("sdk-probe FAIL udp-out: bind: ErrorCode::CapabilityDenied");
+}
+
+#[test]
+fn cancellation_wakes_a_capsule_blocked_in_recv_or_sleep() {
+    for (scenario, says) in [("cancel-recv", "recv ended by the cancellation"), ("cancel-sleep", "sleep ended by the cancellation")] {
+        let mut setup = one(scenario);
+        setup.env.push(("ASTRID_DEADLINE_MS", "400".into()));
+        both(&setup, &[says, "shut down after its cancellation"]);
+    }
+}

@@ -16,7 +16,7 @@ use crate::{process, toolchain};
 pub const KERNEL_VERSION: &str = "0.11.0";
 
 /// The feature set of the image's kernel; README.md explains each one.
-pub const FEATURES: &[&str] = &["smp", "fsgsbase", "mmap", "pci", "acpi", "tcp", "dhcpv4", "fuse"];
+pub const FEATURES: &[&str] = &["smp", "fsgsbase", "mmap", "pci", "acpi", "tcp", "udp", "dhcpv4", "fuse"];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Variant {

@@ -312,3 +312,75 @@ pub fn publish(port: u16, bind_ip: std::net::IpAddr, loopback: Arc<super::local:
         }
     })
 }
+
+/// A UDP socket on the kernel's stack (a capsule bound to the unspecified address, to
+/// talk to the world outside the image). A receive thread waits in the kernel (`poll`)
+/// and queues each datagram for the capsule; sends go straight to the kernel.
+pub struct UdpLink {
+    socket: std::net::UdpSocket,
+    pub queue: Arc<super::local::UdpQueue>,
+}
+
+/// Next port tried for a UDP bind to port 0 (kernel 0.11 allocates none).
+static NEXT_UDP_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(49152);
+
+/// Binds a kernel UDP socket on `ip:port` (port 0: the first free one of the ephemeral
+/// range) and starts its receive thread.
+pub fn udp_bind(ip: std::net::IpAddr, port: u16) -> std::io::Result<Arc<UdpLink>> {
+    let socket = if port != 0 {
+        std::net::UdpSocket::bind(SocketAddr::new(ip, port))?
+    } else {
+        let mut found = None;
+        for _ in 0..16_384 {
+            let p = NEXT_UDP_PORT.fetch_add(1, Ordering::Relaxed);
+            let p = if p < 49152 {
+                NEXT_UDP_PORT.store(49153, Ordering::Relaxed);
+                49152
+            } else {
+                p
+            };
+            if let Ok(s) = std::net::UdpSocket::bind(SocketAddr::new(ip, p)) {
+                found = Some(s);
+                break;
+            }
+        }
+        found.ok_or_else(|| std::io::Error::new(std::io::ErrorKind::AddrInUse, "no free UDP port in 49152-65535"))?
+    };
+    let local = socket.local_addr().unwrap_or(SocketAddr::new(ip, port));
+    let link = Arc::new(UdpLink { socket, queue: Arc::new(super::local::UdpQueue::new(local)) });
+    let weak = Arc::downgrade(&link);
+    spawn("astrid-net-udp", move || udp_receiver(&weak))?;
+    Ok(link)
+}
+
+/// Queues arriving datagrams until the capsule drops the socket.
+fn udp_receiver(link: &std::sync::Weak<UdpLink>) {
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let Some(l) = link.upgrade() else { return };
+        match platform::poll_fd(l.socket.as_raw_fd(), POLLIN, IDLE) {
+            Ok(ev) if ev & POLLIN != 0 => {
+                if let Ok((n, from)) = l.socket.recv_from(&mut buf) {
+                    l.queue.deliver(super::local::Datagram { data: buf[..n].to_vec(), from });
+                }
+            }
+            Ok(_) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+impl UdpLink {
+    /// Sends one datagram; a send that cannot go within a second fails.
+    pub fn send_to(&self, data: &[u8], to: SocketAddr) -> std::io::Result<usize> {
+        let until = Instant::now() + Duration::from_secs(1);
+        loop {
+            match self.socket.send_to(data, to) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < until => {
+                    platform::poll_fd(self.socket.as_raw_fd(), POLLOUT, Duration::from_millis(50))?;
+                }
+                other => return other,
+            }
+        }
+    }
+}

@@ -131,6 +131,8 @@ pub struct TcpStream {
 /// `astrid:net/host.udp-socket`.
 pub struct UdpSocket {
     queue: Arc<UdpQueue>,
+    /// The kernel socket, for a socket bound outside the image's loopback.
+    kernel: Option<Arc<kernel::UdpLink>>,
     peer: Option<SocketAddr>,
     read_timeout: Option<Duration>,
 }
@@ -420,7 +422,7 @@ impl Host for CapsuleState {
                 } else {
                     match self.network.loopback.bind_udp(ip, port) {
                         Ok(queue) => {
-                            let socket = self.push(UdpSocket { queue, peer: None, read_timeout: None })?;
+                            let socket = self.push(UdpSocket { queue, kernel: None, peer: None, read_timeout: None })?;
                             self.net_counts.udp += 1;
                             Ok(socket)
                         }
@@ -428,8 +430,28 @@ impl Host for CapsuleState {
                     }
                 }
             }
-            // UDP is served on the image's loopback; the kernel is built without UDP.
+            // Outside the image: the unspecified address (a socket that talks to the
+            // world through the NIC), where the manifest grants it.
+            Some(Destination::External(ip)) if ip.is_unspecified() => {
+                if !allowed(&self.net_policy.udp_bind, &host, port) {
+                    Err(ErrorCode::CapabilityDenied)
+                } else if !self.network.external {
+                    Err(ErrorCode::Unknown("this image has no network interface for UDP outside it (scripts/run --net)".into()))
+                } else if self.net_counts.udp >= MAX_UDP {
+                    Err(ErrorCode::Quota)
+                } else {
+                    match kernel::udp_bind(ip, port) {
+                        Ok(link) => {
+                            let socket = self.push(UdpSocket { queue: link.queue.clone(), kernel: Some(link), peer: None, read_timeout: None })?;
+                            self.net_counts.udp += 1;
+                            Ok(socket)
+                        }
+                        Err(e) => Err(io_code(&e)),
+                    }
+                }
+            }
             Some(_) if !allowed(&self.net_policy.udp_bind, &host, port) => Err(ErrorCode::CapabilityDenied),
+            // A specific non-loopback address: the guest's address is DHCP's to give.
             Some(_) => Err(ErrorCode::AddressNotAvailable),
             None => Err(ErrorCode::AddressNotAvailable),
         };
@@ -775,25 +797,39 @@ impl HostTcpStream for CapsuleState {
 }
 
 impl CapsuleState {
-    /// Resolves a UDP destination the capsule may send to (loopback only).
-    fn udp_target(&self, host: &str, port: u16) -> Result<SocketAddr, ErrorCode> {
-        let dest = addr::classify(host).ok_or(ErrorCode::AddressNotAvailable)?;
+    /// Resolves a UDP destination the capsule may send to from `this`: loopback
+    /// destinations from a socket on the image's loopback, others (allowed by the
+    /// manifest and the airlock) from a socket bound outside it.
+    fn udp_target(&self, this: &Resource<UdpSocket>, host: &str, port: u16) -> wasmtime::Result<Result<SocketAddr, ErrorCode>> {
+        let outside = self.table.get(this)?.kernel.is_some();
+        let Some(dest) = addr::classify(host) else { return Ok(Err(ErrorCode::AddressNotAvailable)) };
         if !allowed(&self.net_policy.udp_send, host, port) {
-            return Err(ErrorCode::CapabilityDenied);
+            return Ok(Err(ErrorCode::CapabilityDenied));
         }
-        match dest {
-            Destination::Loopback(ip) => Ok(SocketAddr::new(ip, port)),
-            // The kernel is built without UDP: datagrams travel on the image's loopback.
+        Ok(match dest {
+            Destination::Loopback(ip) if !outside => Ok(SocketAddr::new(ip, port)),
+            Destination::External(ip) if outside => {
+                if addr::airlock_blocks(ip) && !self.net_policy.udp_send.iter().any(|p| p.names_address(ip)) {
+                    Err(ErrorCode::AirlockRejected)
+                } else {
+                    Ok(SocketAddr::new(ip, port))
+                }
+            }
+            // Loopback is reached from a loopback socket, the world from an outside one.
             _ => Err(ErrorCode::AddressNotAvailable),
-        }
+        })
     }
 
     fn udp_send(&mut self, this: &Resource<UdpSocket>, data: Vec<u8>, to: SocketAddr) -> wasmtime::Result<Result<u32, ErrorCode>> {
         if data.len() > local::MAX_DATAGRAM {
             return Ok(Err(ErrorCode::Unknown(format!("a datagram of {} bytes is over the {}-byte limit", data.len(), local::MAX_DATAGRAM))));
         }
-        let from = self.table.get(this)?.queue.addr;
+        let s = self.table.get(this)?;
         let n = data.len() as u32;
+        if let Some(link) = &s.kernel {
+            return Ok(link.send_to(&data, to).map(|_| n).map_err(|e| io_code(&e)));
+        }
+        let from = s.queue.addr;
         // Delivered or lost (no socket there, its queue full): UDP does not say.
         self.network.loopback.send_udp(to.port(), Datagram { data, from });
         Ok(Ok(n))
@@ -803,7 +839,7 @@ impl CapsuleState {
         let s = self.table.get(this)?;
         let (queue, peer, until) = (s.queue.clone(), s.peer, deadline(s.read_timeout));
         loop {
-            let mut got = queue.take(|d| peer.is_none_or(|p| p.port() == d.from.port()));
+            let mut got = queue.take(|d| peer.is_none_or(|p| p.port() == d.from.port() && (addr::is_loopback(p.ip()) || p.ip() == d.from.ip())));
             if let Some(d) = &mut got {
                 d.data.truncate(max as usize);
                 return Ok(Ok(got));
@@ -821,7 +857,7 @@ impl HostUdpSocket for CapsuleState {
     fn send_to(&mut self, this: Resource<UdpSocket>, data: Vec<u8>, peer_host: String, peer_port: u16) -> wasmtime::Result<Result<u32, ErrorCode>> {
         let started = Instant::now();
         let n = data.len() as u64;
-        let result = match self.udp_target(&peer_host, peer_port) {
+        let result = match self.udp_target(&this, &peer_host, peer_port)? {
             Ok(to) => self.udp_send(&this, data, to)?,
             Err(e) => Err(e),
         };
@@ -839,7 +875,7 @@ impl HostUdpSocket for CapsuleState {
 
     fn connect(&mut self, this: Resource<UdpSocket>, peer_host: String, peer_port: u16) -> wasmtime::Result<Result<(), ErrorCode>> {
         let started = Instant::now();
-        let result = match self.udp_target(&peer_host, peer_port) {
+        let result = match self.udp_target(&this, &peer_host, peer_port)? {
             Ok(to) => {
                 self.table.get_mut(&this)?.peer = Some(to);
                 Ok(())

@@ -60,6 +60,9 @@ impl SdkNet {
             "manifest-gates" => manifest_gates(&scenario),
             "kv-boots" => kv_boots(&scenario),
             "handle-owner" => handle_owner(&scenario),
+            "udp-out" => udp_out(&scenario),
+            "cancel-recv" => cancel_recv(&scenario),
+            "cancel-sleep" => cancel_sleep(&scenario),
             "handle-thief" => handle_thief(&scenario),
             other => fail(other, "unknown scenario (set the `scenario` config key)"),
         }
@@ -544,4 +547,45 @@ fn handle_thief(s: &str) {
     let stolen = unsafe { net::TcpListener::from_handle(n) };
     let got = stolen.local_addr();
     fail(s, &format!("a foreign handle worked: {got:?}"));
+}
+
+/// UDP outside the image (manifest: `bind:0.0.0.0:*` and the server): sends a line to a
+/// server on the host until it answers it upper-cased.
+fn udp_out(s: &str) {
+    let host = config("host");
+    let p = port("port", 0);
+    let sock = net::udp_bind("0.0.0.0", 0).unwrap_or_else(|e| fail(s, &format!("bind: {e:?}")));
+    let local = sock.local_addr().unwrap();
+    sock.set_read_timeout(Some(500)).unwrap();
+    for attempt in 0..40 {
+        // The first sends may go before DHCP has finished: they fail or get lost.
+        let _ = sock.send_to(b"hello over udp", &host, p);
+        if let Ok(Some(d)) = sock.recv_from(1500) {
+            check!(s, d.data == b"HELLO OVER UDP", "reply {:?}", String::from_utf8_lossy(&d.data));
+            check!(s, d.peer_port == p, "reply from port {}", d.peer_port);
+            say(&format!("udp: {local} got the host's answer after {} send(s)", attempt + 1));
+            return;
+        }
+    }
+    fail(s, "no UDP answer from the host");
+}
+
+/// Blocks in an ipc `recv` until the run's deadline cancels it.
+fn cancel_recv(s: &str) {
+    let inbox = sub(s, "nobody.sends.this");
+    say("waiting in recv");
+    match inbox.recv(60_000) {
+        Err(bus::ErrorCode::Closed) => say("recv ended by the cancellation"),
+        other => fail(s, &format!("recv: {:?}", other.map(|e| e.messages.len()))),
+    }
+}
+
+/// Blocks in `sleep-ns` until the run's deadline cancels it.
+fn cancel_sleep(s: &str) {
+    use astrid_sdk::astrid_sys::astrid::sys::host as sys;
+    say("sleeping");
+    match sys::sleep_ns(60_000_000_000) {
+        Err(sys::ErrorCode::Cancelled) => say("sleep ended by the cancellation"),
+        other => fail(s, &format!("sleep: {other:?}")),
+    }
 }
