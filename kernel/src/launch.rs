@@ -29,7 +29,7 @@ fn run(args: &[String], var: &impl Fn(&str) -> Option<String>) -> Result<Status,
             Some(Err(e)) => Err(fail(Status::Software, &format!("benchmark {name}: {e}"))),
             None => Err(fail(
                 Status::Usage,
-                &format!("ASTRID_BENCH={name:?}: no such benchmark (futex, memcpy, sink-serial, sink-file)"),
+                &format!("ASTRID_BENCH={name:?}: no such benchmark (futex, futex-timed, wait, memcpy, sink-serial, sink-file)"),
             )),
         };
     }

@@ -60,7 +60,7 @@ enum Cmd {
         /// Runs per figure (the boot benchmark uses at least 10).
         #[arg(long, default_value_t = 10)]
         runs: usize,
-        /// Only this group: `boot` or `engine`.
+        /// Only this group: `boot`, `engine` or `net`.
         #[arg(long)]
         only: Option<String>,
     },
