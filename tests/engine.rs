@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::Run;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -43,29 +45,6 @@ fn fixtures() -> &'static Fixtures {
     })
 }
 
-struct Run {
-    status: i32,
-    console: String,
-}
-
-impl Run {
-    fn assert_status(&self, status: i32) -> &Self {
-        assert_eq!(self.status, status, "console:\n{}", self.console);
-        self
-    }
-    fn assert_says(&self, needle: &str) -> &Self {
-        assert!(self.console.contains(needle), "console lacks {needle:?}:\n{}", self.console);
-        self
-    }
-    /// The run's audit log verifies, and closes with the count of what came before.
-    fn assert_audit_verifies(&self) -> audit::Summary {
-        let lines = audit::extract(&self.console);
-        match audit::verify(lines.iter().copied()) {
-            Ok(summary) => summary,
-            Err(b) => panic!("audit log broken: {b}\nconsole:\n{}", self.console),
-        }
-    }
-}
 
 fn hosted(capsule: &Path, env: &[(&str, &str)]) -> Run {
     hosted_many(&[capsule], env)

@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::Run;
+
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -13,7 +15,6 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use astrid_kernel::audit;
 use astrid_kernel::engine::CodeTarget;
 use astrid_kernel::exit::GuestExit;
 use astrid_kernel::manifest::Manifest;
@@ -41,28 +42,6 @@ fn fixtures() -> &'static Fixtures {
     })
 }
 
-struct Run {
-    status: i32,
-    console: String,
-}
-
-impl Run {
-    fn assert_status(&self, status: i32) -> &Self {
-        assert_eq!(self.status, status, "console:\n{}", self.console);
-        self
-    }
-    fn assert_says(&self, needle: &str) -> &Self {
-        assert!(self.console.contains(needle), "console lacks {needle:?}:\n{}", self.console);
-        self
-    }
-    fn assert_audit_verifies(&self) -> audit::Summary {
-        let lines = audit::extract(&self.console);
-        match audit::verify(lines.iter().copied()) {
-            Ok(summary) => summary,
-            Err(b) => panic!("audit log broken: {b}\nconsole:\n{}", self.console),
-        }
-    }
-}
 
 /// How a test runs the capsules: copies named for their role, with an optional
 /// manifest each, and the image-wide settings.

@@ -26,3 +26,30 @@ pub fn scratch_file(name: &str, bytes: &[u8]) -> PathBuf {
     std::fs::write(&path, bytes).unwrap();
     path
 }
+
+/// What one boot or hosted run printed and how it ended.
+pub struct Run {
+    pub status: i32,
+    pub console: String,
+}
+
+impl Run {
+    pub fn assert_status(&self, status: i32) -> &Self {
+        assert_eq!(self.status, status, "console:\n{}", self.console);
+        self
+    }
+
+    pub fn assert_says(&self, needle: &str) -> &Self {
+        assert!(self.console.contains(needle), "console lacks {needle:?}:\n{}", self.console);
+        self
+    }
+
+    /// The run's audit log verifies, and closes with the count of what came before.
+    pub fn assert_audit_verifies(&self) -> astrid_kernel::audit::Summary {
+        let lines = astrid_kernel::audit::extract(&self.console);
+        match astrid_kernel::audit::verify(lines.iter().copied()) {
+            Ok(summary) => summary,
+            Err(b) => panic!("audit log broken: {b}\nconsole:\n{}", self.console),
+        }
+    }
+}

@@ -210,7 +210,8 @@ impl EngineBench<'_> {
     }
 }
 
-fn median_of(runs: usize, mut f: impl FnMut() -> Result<f64>) -> Result<f64> {
+/// The median of `runs` calls of `f`.
+pub fn median_of(runs: usize, mut f: impl FnMut() -> Result<f64>) -> Result<f64> {
     let mut v = Vec::new();
     for _ in 0..runs.max(1) {
         v.push(f()?);

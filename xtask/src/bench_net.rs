@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 
 use crate::artifacts::Artifacts;
-use crate::bench_engine::{Row, figure};
+use crate::bench_engine::{Row, figure, median_of as median};
 use crate::qemu::{self, Boot, NetMode};
 
 /// Bytes the client sends (and gets back) per echo connection.
@@ -191,12 +191,3 @@ fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn median(runs: usize, mut f: impl FnMut() -> Result<f64>) -> Result<f64> {
-    let mut v = Vec::new();
-    for _ in 0..runs.max(1) {
-        v.push(f()?);
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    Ok(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
-}

@@ -159,6 +159,23 @@ fn host_loopback(s: &str) {
     say(&format!("127.0.0.1:{p} is the image's own: connection refused"));
 }
 
+/// The next length-prefixed frame: `read` does not wait, so wait for the stream to be
+/// readable through astrid:io `poll` until a whole frame is there.
+fn read_frame(s: &str, stream: &net::TcpStream) -> Vec<u8> {
+    loop {
+        match stream.read() {
+            Ok(NetReadStatus::Data(d)) => return d,
+            Ok(NetReadStatus::Pending) => {
+                let p = stream.subscribe_readable();
+                if let Err(e) = poll::poll(&[&p]) {
+                    fail(s, &format!("poll: {e:?}"));
+                }
+            }
+            other => fail(s, &format!("read: {other:?}")),
+        }
+    }
+}
+
 /// Two capsules over 127.0.0.1: whoever binds port 7300 first serves, the other
 /// connects (retrying until the server is up) and they exchange framed messages.
 fn pair(s: &str) {
@@ -168,18 +185,7 @@ fn pair(s: &str) {
                 Ok(Some(stream)) => stream,
                 other => fail(s, &format!("accept: {:?}", other.map(|o| o.is_some()))),
             };
-            let frame = loop {
-                match stream.read() {
-                    Ok(NetReadStatus::Data(d)) => break d,
-                    Ok(NetReadStatus::Pending) => {
-                        let p = stream.subscribe_readable();
-                        if let Err(e) = poll::poll(&[&p]) {
-                            fail(s, &format!("poll: {e:?}"));
-                        }
-                    }
-                    other => fail(s, &format!("read: {other:?}")),
-                }
-            };
+            let frame = read_frame(s, &stream);
             check!(s, frame == b"ping over loopback", "server got {frame:?}");
             stream.write(b"pong over loopback").unwrap_or_else(|e| fail(s, &format!("write: {e:?}")));
             say("server: answered the client");
@@ -198,18 +204,7 @@ fn pair(s: &str) {
             check!(s, stream.peer_addr().ok().as_deref() == Some("127.0.0.1:7300"), "peer {:?}", stream.peer_addr());
             stream.write(b"ping over loopback").unwrap_or_else(|e| fail(s, &format!("write: {e:?}")));
             stream.set_read_timeout(Some(30_000)).unwrap();
-            let reply = loop {
-                match stream.read() {
-                    Ok(NetReadStatus::Data(d)) => break d,
-                    Ok(NetReadStatus::Pending) => {
-                        let p = stream.subscribe_readable();
-                        if let Err(e) = poll::poll(&[&p]) {
-                            fail(s, &format!("poll: {e:?}"));
-                        }
-                    }
-                    other => fail(s, &format!("read: {other:?}")),
-                }
-            };
+            let reply = read_frame(s, &stream);
             check!(s, reply == b"pong over loopback", "client got {reply:?}");
             say("client: the server answered");
         }
