@@ -382,7 +382,7 @@ fn two_capsules_ping_pong_over_ipc_while_a_third_waits_on_readiness_through_poll
 
 #[test]
 fn a_manifest_grants_what_it_names_and_nothing_else() {
-    let manifest = "[package]\nname = \"gated\"\n[capabilities]\nipc_publish = [\"allowed.*\"]\nipc_subscribe = [\"allowed.**\"]\nnet_bind = [\"127.0.0.1:7400\"]\n[config]\nscenario = \"manifest-gates\"\ngreeting = \"from the manifest\"\n";
+    let manifest = "[package]\nname = \"gated\"\n[capabilities]\nipc_publish = [\"allowed.*\"]\nipc_subscribe = [\"allowed.**\"]\nnet_bind = [\"127.0.0.1:7400\"]\nnet_connect = [\"93.184.216.34:443\", \"10.0.2.2:*\"]\n[config]\nscenario = \"manifest-gates\"\ngreeting = \"from the manifest\"\n";
     let setup = Setup { capsules: vec![("probe", Some(manifest.into()))], ..Setup::default() };
     for run in [finish_hosted(hosted(&setup)), in_image(&setup)] {
         run.assert_status(0).assert_says("[gated] info: sdk-probe the manifest's grants hold");

@@ -468,8 +468,9 @@ impl Host for CapsuleState {
             },
             _ => (host.clone(), None),
         };
-        let policy_port = port.unwrap_or(0);
-        let permitted = self.net_policy.connect.iter().chain(&self.net_policy.udp_send).any(|p| p.host.is_none() || p.matches(&name, policy_port) || port.is_none() && p.matches(&name, p.port.unwrap_or(0)));
+        // Allowed when an entry of net_connect or net_udp could reach the name (on the
+        // port given, or on any of its ports when none is).
+        let permitted = self.net_policy.connect.iter().chain(&self.net_policy.udp_send).any(|p| p.matches(&name, port.or(p.port).unwrap_or(0)));
         let result = if !permitted {
             Err(ErrorCode::CapabilityDenied)
         } else {

@@ -483,6 +483,12 @@ fn manifest_gates(s: &str) {
     check!(s, matches!(bus::subscribe("**"), Err(bus::ErrorCode::CapabilityDenied)), "a subscription wider than the grant");
     check!(s, net::bind_tcp("127.0.0.1", 7400).is_ok(), "the granted bind");
     check!(s, matches!(net::bind_tcp("127.0.0.1", 7401), Err(ErrorCode::CapabilityDenied)), "a bind outside the grant");
+    // lookup-host answers for what net_connect names, with the port given, and the
+    // airlock strips private addresses.
+    let found = net::lookup_host("93.184.216.34:443").unwrap_or_else(|e| fail(s, &format!("lookup: {e:?}")));
+    check!(s, found == vec!["93.184.216.34:443".to_string()], "lookup answered {found:?}");
+    check!(s, net::lookup_host("10.0.2.2").map(|v| v.is_empty()).unwrap_or(false), "a private address was not stripped");
+    check!(s, matches!(net::lookup_host("1.1.1.1"), Err(ErrorCode::CapabilityDenied)), "a lookup the manifest does not name");
     let caps = astrid_sdk::capabilities::enumerate();
     check!(s, caps.iter().any(|c| c == "ipc_publish:allowed.*"), "capabilities {caps:?}");
     check!(s, caps.iter().any(|c| c == "net_bind:127.0.0.1:7400"), "capabilities {caps:?}");
