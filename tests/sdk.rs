@@ -335,7 +335,14 @@ fn restricted_networking_lets_no_capsule_out_even_with_a_manifest() {
     let (port, server) = upper_server();
     let setup = Setup { capsules: vec![("client", Some(client_manifest(port, "")))], net: Some(NetMode::Restricted), ..Setup::default() };
     let run = in_image(&setup);
-    run.assert_status(1).assert_says("sdk-probe FAIL connect-out: connect to 10.0.2.2: ErrorCode::ConnectionRefused");
+    // QEMU's restricted networking resets the attempt (refused); a timeout would be as
+    // good: what matters is that nothing reached the host.
+    run.assert_status(1).assert_says("sdk-probe FAIL connect-out: connect to 10.0.2.2: ErrorCode::");
+    assert!(
+        run.console.contains("ErrorCode::ConnectionRefused") || run.console.contains("ErrorCode::Timeout"),
+        "{}",
+        run.console
+    );
     run.assert_audit_verifies();
     assert!(!served_someone_else(port, server), "a capsule reached the host through restricted networking");
 }
