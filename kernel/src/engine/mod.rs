@@ -380,8 +380,10 @@ fn call_hook(store: &mut Store<CapsuleState>, func: wasmtime::component::Func, a
 }
 
 fn instantiate_failure(e: wasmtime::Error, cancel: &CancelToken) -> RunOutcome {
+    // The whole chain: a linker error says which import is missing at its top.
+    let full = format!("{e:#}");
     match classify(e, cancel) {
-        RunOutcome::Trapped(t) => RunOutcome::InstantiateFailed(t),
+        RunOutcome::Trapped(_) => RunOutcome::InstantiateFailed(full),
         other => other,
     }
 }
@@ -410,7 +412,9 @@ fn classify(e: wasmtime::Error, cancel: &CancelToken) -> RunOutcome {
         Some(Trap::AllocationTooLarge) => "memory limit reached".to_string(),
         Some(Trap::Interrupt) => "interrupted".to_string(),
         Some(t) => t.to_string(),
-        None => format!("{e:#}"),
+        // A host-side error (a bad handle, a host function's failure): its root cause is
+        // the part a capsule author can act on; the context above it is a wasm backtrace.
+        None => e.root_cause().to_string(),
     };
     RunOutcome::Trapped(what)
 }
