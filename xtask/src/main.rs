@@ -101,8 +101,10 @@ struct RunArgs {
     /// Guest memory in MiB (QEMU; uhyve takes uhyve.toml).
     #[arg(long, default_value_t = 512)]
     memory: u32,
-    /// Guest CPUs (QEMU).
-    #[arg(long, default_value_t = 1)]
+    /// Guest CPUs (QEMU). Two by default: on one CPU under heavy host load a capsule
+    /// spinning in pure compute can starve the image's deadline watchdogs (README, known
+    /// limits).
+    #[arg(long, default_value_t = 2)]
     cpus: u32,
     /// Give up after this many seconds (exit status 124).
     #[arg(long, default_value_t = 600)]
