@@ -423,7 +423,23 @@ mod tests {
         let tiny_limit = |k: &str| (k == "ASTRID_MAX_CAPSULE_BYTES").then(|| "4".to_string());
         assert_eq!(main(&[component.clone()], tiny_limit), Status::DataErr);
         let bad_limit = |k: &str| (k == "ASTRID_MAX_CAPSULE_BYTES").then(|| "lots".to_string());
-        assert_eq!(main(&[component], bad_limit), Status::Usage);
+        assert_eq!(main(&[component.clone()], bad_limit), Status::Usage);
+        // Settings of this milestone: each bad value is a usage error or a refused capsule.
+        for (key, value, status) in [
+            ("ASTRID_NET", "everywhere", Status::Usage),
+            ("ASTRID_PUBLISH", "0", Status::Usage),
+            ("ASTRID_PUBLISH", "http", Status::Usage),
+            ("ASTRID_HOOK_PAYLOAD", "zz", Status::Usage),
+            ("ASTRID_MANIFEST_0", "zz", Status::DataErr),
+            ("ASTRID_MANIFEST_0", &crate::manifest::Manifest::encode("[limits]\nmemory_mib = 0\n"), Status::DataErr),
+        ] {
+            let vars = |k: &str| match k {
+                "ASTRID_HOOK" => (key == "ASTRID_HOOK_PAYLOAD").then(|| "greet".to_string()),
+                k if k == key => Some(value.to_string()),
+                _ => None,
+            };
+            assert_eq!(main(&[component.clone()], vars), status, "{key}={value}");
+        }
     }
 
     #[test]

@@ -254,16 +254,22 @@ fn dispatch(cmd: Cmd) -> Result<u8> {
                 let figures = bench::boot(&art, runs.max(10))?;
                 bench::print_boot(&figures);
             }
-            if only.as_deref().is_none_or(|o| o == "engine") {
-                let probe_wasm = capsule::build(&paths, &paths.root.join("tests/capsules/io-probe"))?;
-                let pre = paths.out.join("precompiled");
-                std::fs::create_dir_all(&pre)?;
+            let engine_group = only.as_deref().is_none_or(|o| o == "engine");
+            let net_group = only.as_deref().is_none_or(|o| o == "net");
+            // What both groups use, built and precompiled once.
+            let (probe, hosted_bin, testing_img) = if engine_group || net_group {
+                (Some(precompiled(&paths, "io-probe")?), artifacts::ensure_hosted(&paths, true)?, artifacts::ensure_testing(&paths)?)
+            } else {
+                (None, Default::default(), Default::default())
+            };
+            if engine_group {
+                let (probe_wasm, probe_native, probe_hermit) = probe.clone().expect("built above");
                 let engine = xtask::bench_engine::EngineBench {
                     art: &art,
-                    hosted_bin: artifacts::ensure_hosted(&paths, true)?,
-                    testing_img: artifacts::ensure_testing(&paths)?,
-                    probe_native: compile::compile(&probe_wasm, Some(&pre.join("io-probe-native.cwasm")), CodeTarget::Native)?,
-                    probe_hermit: compile::compile(&probe_wasm, Some(&pre.join("io-probe-hermit.cwasm")), CodeTarget::HermitImage)?,
+                    hosted_bin: hosted_bin.clone(),
+                    testing_img: testing_img.clone(),
+                    probe_native,
+                    probe_hermit,
                     probe_wasm,
                     virtiofsd: setup::ensure_virtiofsd(&paths)?,
                     scratch: paths.out.join("bench-scratch"),
@@ -272,19 +278,17 @@ fn dispatch(cmd: Cmd) -> Result<u8> {
                 let rows = engine.run()?;
                 xtask::bench_engine::print(&rows);
             }
-            if only.as_deref().is_none_or(|o| o == "net") {
-                let probe_wasm = capsule::build(&paths, &paths.root.join("tests/capsules/io-probe"))?;
-                let sdk_wasm = capsule::build(&paths, &paths.root.join("tests/capsules/sdk-probe"))?;
-                let pre = paths.out.join("precompiled");
-                std::fs::create_dir_all(&pre)?;
+            if net_group {
+                let (_, probe_native, probe_hermit) = probe.expect("built above");
+                let (_, sdk_native, sdk_hermit) = precompiled(&paths, "sdk-probe")?;
                 let net = xtask::bench_net::NetBench {
                     art: &art,
-                    hosted_bin: artifacts::ensure_hosted(&paths, true)?,
-                    testing_img: artifacts::ensure_testing(&paths)?,
-                    probe_native: compile::compile(&probe_wasm, Some(&pre.join("io-probe-native.cwasm")), CodeTarget::Native)?,
-                    probe_hermit: compile::compile(&probe_wasm, Some(&pre.join("io-probe-hermit.cwasm")), CodeTarget::HermitImage)?,
-                    sdk_native: compile::compile(&sdk_wasm, Some(&pre.join("sdk-probe-native.cwasm")), CodeTarget::Native)?,
-                    sdk_hermit: compile::compile(&sdk_wasm, Some(&pre.join("sdk-probe-hermit.cwasm")), CodeTarget::HermitImage)?,
+                    hosted_bin,
+                    testing_img,
+                    probe_native,
+                    probe_hermit,
+                    sdk_native,
+                    sdk_hermit,
                     scratch: paths.out.join("bench-scratch"),
                     runs: runs.clamp(1, 5),
                 };
@@ -299,6 +303,17 @@ fn dispatch(cmd: Cmd) -> Result<u8> {
             Ok(0)
         }
     }
+}
+
+/// A test capsule of `tests/capsules/NAME` built, and precompiled for this machine and
+/// for astrid.img: (wasm, native, hermit).
+fn precompiled(paths: &Paths, name: &str) -> Result<(PathBuf, PathBuf, PathBuf)> {
+    let wasm = capsule::build(paths, &paths.root.join("tests/capsules").join(name))?;
+    let pre = paths.out.join("precompiled");
+    std::fs::create_dir_all(&pre)?;
+    let native = compile::compile(&wasm, Some(&pre.join(format!("{name}-native.cwasm"))), CodeTarget::Native)?;
+    let hermit = compile::compile(&wasm, Some(&pre.join(format!("{name}-hermit.cwasm"))), CodeTarget::HermitImage)?;
+    Ok((wasm, native, hermit))
 }
 
 fn run(paths: &Paths, args: RunArgs) -> Result<u8> {

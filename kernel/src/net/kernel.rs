@@ -300,10 +300,24 @@ pub fn resolve(name: &str, deadline: Instant, cancel: &CancelToken) -> Option<Ve
 pub fn publish(port: u16, bind_ip: std::net::IpAddr, loopback: Arc<super::local::Loopback>) -> std::io::Result<()> {
     let listener = std::net::TcpListener::bind(SocketAddr::new(bind_ip, port))?;
     spawn("astrid-net-publish", move || {
+        // A failed accept is retried a little later; a listener that keeps failing is
+        // given up, with a message, rather than retried for ever.
+        let mut failures = 0u32;
         loop {
-            let Ok((stream, _)) = listener.accept() else {
-                std::thread::sleep(Duration::from_millis(20));
-                continue;
+            let stream = match listener.accept() {
+                Ok((stream, _)) => {
+                    failures = 0;
+                    stream
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures >= 50 {
+                        println!("astrid: error: published port {port} stopped accepting: {e}");
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
             };
             let Ok(conn) = attach(stream) else { continue };
             if let Some(queue) = loopback.listener(port) {
