@@ -31,7 +31,7 @@ pub struct Conn {
     pub local: SocketAddr,
     pub peer: SocketAddr,
     /// The kernel socket behind it, for connections that leave the image.
-    pub kernel: Option<Arc<super::kernel::Link>>,
+    pub kernel: Option<Arc<super::link::Link>>,
 }
 
 /// Two connected ends joined by a pair of pipes.

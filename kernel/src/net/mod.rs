@@ -3,7 +3,7 @@
 //! - Loopback (`localhost`, 127.0.0.0/8, ::1) belongs to the image (`local.rs`):
 //!   listeners, connections and datagrams between capsules of one image are joined in
 //!   memory and never reach the kernel's network stack.
-//! - Everything else leaves through the kernel's TCP (`kernel.rs`) where the capsule's
+//! - Everything else leaves through the kernel's TCP (`link.rs`) where the capsule's
 //!   policy (its manifest's `net_connect`) allows it and the airlock (`addr.rs`) does
 //!   not stop it. Listeners are loopback-only, as the WIT says; the run command's
 //!   `--publish PORT` carries outside connections to a capsule listening on
@@ -15,7 +15,7 @@
 //! - Unix-domain sockets do not exist in the image: `bind-unix` is `capability-denied`.
 
 pub mod addr;
-pub mod kernel;
+pub mod link;
 pub mod local;
 
 use std::net::{IpAddr, SocketAddr};
@@ -132,7 +132,7 @@ pub struct TcpStream {
 pub struct UdpSocket {
     queue: Arc<UdpQueue>,
     /// The kernel socket, for a socket bound outside the image's loopback.
-    kernel: Option<Arc<kernel::UdpLink>>,
+    kernel: Option<Arc<link::UdpLink>>,
     peer: Option<SocketAddr>,
     read_timeout: Option<Duration>,
 }
@@ -276,7 +276,7 @@ impl CapsuleState {
                 if !self.network.external {
                     return Err(ErrorCode::NameUnresolvable);
                 }
-                let ips = kernel::resolve(&name, Instant::now() + RESOLVE_TIMEOUT, &self.cancel).unwrap_or_default();
+                let ips = link::resolve(&name, Instant::now() + RESOLVE_TIMEOUT, &self.cancel).unwrap_or_default();
                 if ips.is_empty() {
                     return Err(ErrorCode::NameUnresolvable);
                 }
@@ -389,7 +389,7 @@ impl Host for CapsuleState {
             }
             Route::External(to) => {
                 let until = Instant::now() + self.net_policy.connect_timeout;
-                let pending = match kernel::connect(to, until) {
+                let pending = match link::connect(to, until) {
                     Ok(p) => p,
                     Err(e) => return self.net_done(F, started, None, Err(io_code(&e))),
                 };
@@ -399,7 +399,7 @@ impl Host for CapsuleState {
                     Err(WaitError::TimedOut) => return self.net_done(F, started, None, Err(ErrorCode::Timeout)),
                 }
                 let result = match pending.take() {
-                    Some(Ok(stream)) => match kernel::attach(stream) {
+                    Some(Ok(stream)) => match link::attach(stream) {
                         Ok(conn) => Ok(self.push_stream(conn)?),
                         Err(e) => Err(io_code(&e)),
                     },
@@ -440,7 +440,7 @@ impl Host for CapsuleState {
                 } else if self.net_counts.udp >= MAX_UDP {
                     Err(ErrorCode::Quota)
                 } else {
-                    match kernel::udp_bind(ip, port) {
+                    match link::udp_bind(ip, port) {
                         Ok(link) => {
                             let socket = self.push(UdpSocket { queue: link.queue.clone(), kernel: Some(link), peer: None, read_timeout: None })?;
                             self.net_counts.udp += 1;
@@ -480,7 +480,7 @@ impl Host for CapsuleState {
                 Some(Destination::Loopback(_)) => Ok(Vec::new()),
                 Some(Destination::External(ip)) => Ok(if addr::airlock_blocks(ip) { Vec::new() } else { vec![ip] }),
                 Some(Destination::Name(n)) if self.network.external => {
-                    match kernel::resolve(&n, Instant::now() + RESOLVE_TIMEOUT, &self.cancel) {
+                    match link::resolve(&n, Instant::now() + RESOLVE_TIMEOUT, &self.cancel) {
                         Some(ips) if !ips.is_empty() => Ok(ips.into_iter().filter(|ip| !addr::airlock_blocks(*ip)).collect()),
                         _ => Err(ErrorCode::NameUnresolvable),
                     }
