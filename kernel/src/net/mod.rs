@@ -15,6 +15,8 @@
 //! - Unix-domain sockets do not exist in the image: `bind-unix` is `capability-denied`.
 
 pub mod addr;
+pub mod codec;
+pub mod error;
 pub mod link;
 pub mod local;
 
@@ -30,6 +32,9 @@ use crate::io::{Counts, InputStream, OutputStream, Pollable, audit};
 use crate::sources::{PipeSink, PipeSource};
 use crate::wait::{self, Readiness, WaitError};
 use addr::{Destination, Pattern};
+use codec::{Frame, FrameReader};
+pub use codec::MAX_FRAME;
+pub use error::NetError;
 use local::{AcceptQueue, BindError, Conn, Datagram, Loopback, UdpQueue};
 
 /// Streams, listeners and UDP sockets one capsule may hold.
@@ -38,8 +43,6 @@ pub const MAX_LISTENERS: usize = 4;
 pub const MAX_UDP: usize = 4;
 /// Longest `poll-accept` wait (the WIT's cap).
 pub const MAX_POLL_ACCEPT: Duration = Duration::from_secs(60);
-/// Largest length-prefixed frame (the WIT's 10 MB).
-pub const MAX_FRAME: usize = 10 * 1024 * 1024;
 /// How long a name lookup may take.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -123,7 +126,7 @@ pub struct TcpStream {
     conn: Conn,
     options: StreamOptions,
     /// A length-prefixed frame being assembled by `read`.
-    frame: Vec<u8>,
+    frames: FrameReader,
     read_shut: bool,
     write_shut: bool,
 }
@@ -174,7 +177,7 @@ impl CapsuleState {
     }
 
     fn push_stream(&mut self, conn: Conn) -> wasmtime::Result<Resource<TcpStream>> {
-        let stream = self.push(TcpStream { conn, options: StreamOptions::default(), frame: Vec::new(), read_shut: false, write_shut: false })?;
+        let stream = self.push(TcpStream { conn, options: StreamOptions::default(), frames: FrameReader::default(), read_shut: false, write_shut: false })?;
         self.net_counts.streams += 1;
         Ok(stream)
     }
@@ -575,28 +578,11 @@ impl HostTcpStream for CapsuleState {
         }
         // Non-blocking: assemble what has arrived; a whole frame is `data`.
         let reader = s.conn.source.clone();
-        let result = loop {
-            let need = if s.frame.len() < 4 {
-                4 - s.frame.len()
-            } else {
-                let len = u32::from_be_bytes(s.frame[..4].try_into().unwrap()) as usize;
-                if len > MAX_FRAME {
-                    s.frame.clear();
-                    break Err(ErrorCode::Unknown(format!("frame of {len} bytes is over the 10 MB limit")));
-                }
-                if s.frame.len() == 4 + len {
-                    let data = s.frame.split_off(4);
-                    s.frame.clear();
-                    break Ok(NetReadStatus::Data(data));
-                }
-                4 + len - s.frame.len()
-            };
-            match reader.reader().read(need) {
-                Ok(bytes) if bytes.is_empty() => break Ok(NetReadStatus::Pending),
-                Ok(bytes) => s.frame.extend_from_slice(&bytes),
-                Err(_) if s.frame.is_empty() => break Ok(NetReadStatus::Closed),
-                Err(_) => break Err(ErrorCode::Unknown("the peer closed the stream in the middle of a frame".into())),
-            }
+        let result = match s.frames.poll(|need| reader.reader().read(need)) {
+            Ok(Frame::Data(data)) => Ok(NetReadStatus::Data(data)),
+            Ok(Frame::Pending) => Ok(NetReadStatus::Pending),
+            Ok(Frame::Closed) => Ok(NetReadStatus::Closed),
+            Err(e) => Err(ErrorCode::Unknown(e.to_string())),
         };
         let n = match &result {
             Ok(NetReadStatus::Data(d)) => d.len() as u64,
@@ -607,12 +593,10 @@ impl HostTcpStream for CapsuleState {
 
     fn write(&mut self, this: Resource<TcpStream>, data: Vec<u8>) -> wasmtime::Result<Result<(), ErrorCode>> {
         let started = Instant::now();
-        if data.len() > MAX_FRAME {
-            return self.net_done("astrid:net/host.tcp-stream.write", started, None, Err(ErrorCode::Unknown("frame over the 10 MB limit".into())));
-        }
-        let mut framed = Vec::with_capacity(4 + data.len());
-        framed.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        framed.extend_from_slice(&data);
+        let framed = match codec::encode(&data) {
+            Ok(framed) => framed,
+            Err(e) => return self.net_done("astrid:net/host.tcp-stream.write", started, None, Err(ErrorCode::Unknown(e.to_string()))),
+        };
         let result = self.stream_write(&this, &framed, true)?.map(|_| ());
         finish!(self, "astrid:net/host.tcp-stream.write", started, Some(data.len() as u64), result)
     }
