@@ -204,7 +204,8 @@ impl CapsuleEngine {
         for &port in publish {
             // In the image the NIC's address; in hosted mode the host's loopback.
             let ip = if cfg!(target_os = "hermit") { std::net::Ipv4Addr::UNSPECIFIED } else { std::net::Ipv4Addr::LOCALHOST };
-            crate::net::link::publish(port, ip.into(), loopback.clone())?;
+            let lo = loopback.clone();
+            crate::net::link::publish(port, ip.into(), move |conn| lo.hand_over(port, conn))?;
         }
         self.network = std::sync::Arc::new(crate::net::Network { loopback, external });
         Ok(())

@@ -46,6 +46,14 @@ pub fn is_loopback(ip: IpAddr) -> bool {
     }
 }
 
+/// The loopback address of the family of `ip`.
+pub fn loopback_like(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+    }
+}
+
 /// Ranges the airlock keeps capsules away from: loopback, private (RFC 1918, CGNAT,
 /// unique local), link-local, multicast, broadcast, unspecified, documentation.
 pub fn airlock_blocks(ip: IpAddr) -> bool {

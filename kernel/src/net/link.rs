@@ -23,10 +23,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::local::{Conn, PIPE_BYTES};
+use super::NetError;
+use super::addr;
+use super::conn::{Conn, Datagram, EPHEMERAL, Ephemeral, KernelStream, PIPE_BYTES, UdpQueue};
 use crate::platform::{self, POLLERR, POLLHUP, POLLIN, POLLOUT};
 use crate::sources::{PipeSink, PipeSource};
-use crate::wait::{self, CancelToken, Notifier, Readiness};
+use crate::wait::{self, CancelToken, Notifier, Readiness, WaitError};
 
 /// Longest single kernel wait of a pump: how soon it notices the capsule went away.
 const IDLE: Duration = Duration::from_millis(250);
@@ -35,6 +37,28 @@ const CHUNK: usize = 64 << 10;
 /// How long unsent bytes may wait for a peer that stopped reading once the capsule has
 /// closed the stream (`set-linger` changes it).
 pub const DEFAULT_LINGER: Duration = Duration::from_secs(30);
+/// How long a name lookup may take.
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Stack of each helper thread (pumps, connects, lookups, receivers): they hold a
+/// chunk buffer on the heap and little else.
+const THREAD_STACK: usize = 64 << 10;
+/// Pause between connect attempts while the kernel has no address yet (before DHCP).
+const CONNECT_RETRY: Duration = Duration::from_millis(20);
+/// Pause after a failed accept on a published port before the next one.
+const ACCEPT_RETRY: Duration = Duration::from_millis(20);
+/// Accepts on a published port that may fail in a row before it is given up.
+const ACCEPT_FAILURES: u32 = 50;
+/// How long a UDP send may wait for room in the kernel's socket buffer.
+const UDP_SEND_PATIENCE: Duration = Duration::from_secs(1);
+/// Longest single kernel wait of a UDP send for room.
+const UDP_SEND_POLL: Duration = Duration::from_millis(50);
+/// Receive buffer of a kernel UDP socket: the largest datagram IP carries.
+const UDP_RECEIVE_BYTES: usize = 65_536;
+/// Hermit 0.11's errno for "no address yet" (EIO) from a connect before DHCP finished.
+const HERMIT_EIO: i32 = 5;
+/// Hermit 0.11's errno EFAULT from a connect whose handshake ended in a reset (the
+/// socket fell back to CLOSED): a refused connection.
+const HERMIT_EFAULT: i32 = 14;
 
 /// Kernel connections not yet closed: the image waits for them before it exits, so
 /// bytes a capsule wrote are not cut off on their way (a capsule may finish before the
@@ -85,25 +109,26 @@ impl Drop for Link {
     }
 }
 
-impl Link {
-    pub fn set_nodelay(&self, on: bool) -> std::io::Result<()> {
+impl KernelStream for Link {
+    fn set_nodelay(&self, on: bool) -> std::io::Result<()> {
         self.stream.set_nodelay(on)
     }
 
-    pub fn set_ttl(&self, ttl: u32) -> std::io::Result<()> {
+    fn set_ttl(&self, ttl: u32) -> std::io::Result<()> {
         self.stream.set_ttl(ttl)
     }
 
-    pub fn set_linger(&self, linger: Option<Duration>) {
+    fn set_linger(&self, linger: Option<Duration>) {
         let ms = linger.unwrap_or(DEFAULT_LINGER).as_millis().min(u128::from(u64::MAX)) as u64;
         self.linger_ms.store(ms, Ordering::Relaxed);
     }
 
-    /// The failure that ended the connection, if it did not end cleanly.
-    pub fn failure(&self) -> Option<std::io::ErrorKind> {
+    fn failure(&self) -> Option<std::io::ErrorKind> {
         *self.error.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
 
+impl Link {
     fn fail(&self, kind: std::io::ErrorKind) {
         self.error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(kind);
     }
@@ -119,7 +144,7 @@ pub fn attach(stream: TcpStream) -> std::io::Result<Conn> {
     let peer = stream.peer_addr()?;
     // Kernel 0.11 answers `getsockname` on connected sockets; fall back to the
     // unspecified address where it cannot.
-    let local = stream.local_addr().unwrap_or_else(|_| SocketAddr::new(super::local::loopback_like(peer.ip()), 0));
+    let local = stream.local_addr().unwrap_or_else(|_| SocketAddr::new(addr::loopback_like(peer.ip()), 0));
     SENDING.count.fetch_add(1, Ordering::SeqCst);
     let link = Arc::new(Link { stream: std::mem::ManuallyDrop::new(stream), error: Mutex::new(None), linger_ms: AtomicU64::new(DEFAULT_LINGER.as_millis() as u64) });
     let (to_capsule, capsule_source) = crate::sources::pipe(PIPE_BYTES);
@@ -132,11 +157,11 @@ pub fn attach(stream: TcpStream) -> std::io::Result<Conn> {
         let link = Arc::clone(&link);
         move || writer_pump(&link, &from_capsule)
     })?;
-    Ok(Conn { source: capsule_source, sink: capsule_sink, local, peer, kernel: Some(link) })
+    Ok(Conn { source: capsule_source, sink: capsule_sink, local, peer, kernel: Some(link as Arc<dyn KernelStream>) })
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
-    std::thread::Builder::new().name(name.into()).stack_size(64 << 10).spawn(f).map(|_| ())
+    std::thread::Builder::new().name(name.into()).stack_size(THREAD_STACK).spawn(f).map(|_| ())
 }
 
 /// Socket → capsule. Ends at the peer's end of file, a failure, or when the capsule
@@ -241,18 +266,50 @@ impl PendingConnect {
     }
 }
 
+/// Connects to `addr`, waiting until `deadline` or the capsule's cancellation, and
+/// wraps the socket as a capsule connection.
+pub fn connect(addr: SocketAddr, deadline: Instant, cancel: &CancelToken) -> Result<Conn, NetError> {
+    let pending = start_connect(addr, deadline).map_err(|e| io_error(&e))?;
+    match wait::wait_one(&*pending, cancel, Some(deadline)) {
+        Ok(()) => {}
+        Err(WaitError::Cancelled) => return Err(NetError::Cancelled),
+        Err(WaitError::TimedOut) => return Err(NetError::Timeout),
+    }
+    match pending.take() {
+        Some(Ok(stream)) => attach(stream).map_err(|e| io_error(&e)),
+        Some(Err(e)) => Err(io_error(&e)),
+        None => Err(NetError::other("the connect finished without a result")),
+    }
+}
+
+/// What a kernel socket's error means to a capsule.
+pub fn io_error(e: &std::io::Error) -> NetError {
+    use std::io::ErrorKind as K;
+    if cfg!(target_os = "hermit") && e.raw_os_error() == Some(HERMIT_EFAULT) {
+        return NetError::ConnectionRefused;
+    }
+    match e.kind() {
+        K::ConnectionRefused => NetError::ConnectionRefused,
+        K::ConnectionReset | K::ConnectionAborted => NetError::ConnectionReset,
+        K::TimedOut => NetError::Timeout,
+        K::AddrInUse => NetError::AddressInUse,
+        K::AddrNotAvailable => NetError::AddressNotAvailable,
+        _ => NetError::Other(e.to_string()),
+    }
+}
+
 /// Starts connecting to `addr` until `deadline`. Kernel 0.11 fails a connect at once
 /// while DHCP has not finished (EIO): that is retried until the deadline. A connect the
 /// capsule gave up on finishes on its own and its socket is closed.
-pub fn connect(addr: SocketAddr, deadline: Instant) -> std::io::Result<Arc<PendingConnect>> {
+fn start_connect(addr: SocketAddr, deadline: Instant) -> std::io::Result<Arc<PendingConnect>> {
     let pending = Arc::new(PendingConnect { slot: Mutex::new(None), notifier: Notifier::new() });
     let result = Arc::clone(&pending);
     spawn("astrid-net-connect", move || {
         let outcome = loop {
             match TcpStream::connect(addr) {
                 Ok(s) => break Ok(s),
-                Err(e) if retryable(&e) && Instant::now() + Duration::from_millis(20) < deadline => {
-                    std::thread::sleep(Duration::from_millis(20));
+                Err(e) if retryable(&e) && Instant::now() + CONNECT_RETRY < deadline => {
+                    std::thread::sleep(CONNECT_RETRY);
                 }
                 Err(e) => break Err(e),
             }
@@ -265,7 +322,7 @@ pub fn connect(addr: SocketAddr, deadline: Instant) -> std::io::Result<Arc<Pendi
 
 /// Kernel 0.11 answers EIO (no address yet) before DHCP completes.
 fn retryable(e: &std::io::Error) -> bool {
-    cfg!(target_os = "hermit") && e.kind() != std::io::ErrorKind::ConnectionRefused && e.raw_os_error() == Some(5)
+    cfg!(target_os = "hermit") && e.kind() != std::io::ErrorKind::ConnectionRefused && e.raw_os_error() == Some(HERMIT_EIO)
 }
 
 /// Resolves a name through the platform (the kernel's resolver in the image, where it
@@ -295,9 +352,9 @@ pub fn resolve(name: &str, deadline: Instant, cancel: &CancelToken) -> Option<Ve
 }
 
 /// Publishes loopback port `port` on the NIC (what `--publish` asks for): a thread
-/// accepts kernel connections on `port` and hands each to the capsule listening on
-/// 127.0.0.1:`port` in the image; with none listening, the connection is closed.
-pub fn publish(port: u16, bind_ip: std::net::IpAddr, loopback: Arc<super::local::Loopback>) -> std::io::Result<()> {
+/// accepts kernel connections on `bind_ip:port` and gives each to `hand_over` (which
+/// passes it to the capsule listening on 127.0.0.1:`port` in the image, or drops it).
+pub fn publish(port: u16, bind_ip: std::net::IpAddr, hand_over: impl Fn(Conn) + Send + 'static) -> std::io::Result<()> {
     let listener = std::net::TcpListener::bind(SocketAddr::new(bind_ip, port))?;
     spawn("astrid-net-publish", move || {
         // A failed accept is retried a little later; a listener that keeps failing is
@@ -311,18 +368,16 @@ pub fn publish(port: u16, bind_ip: std::net::IpAddr, loopback: Arc<super::local:
                 }
                 Err(e) => {
                     failures += 1;
-                    if failures >= 50 {
+                    if failures >= ACCEPT_FAILURES {
                         println!("astrid: error: published port {port} stopped accepting: {e}");
                         return;
                     }
-                    std::thread::sleep(Duration::from_millis(20));
+                    std::thread::sleep(ACCEPT_RETRY);
                     continue;
                 }
             };
             let Ok(conn) = attach(stream) else { continue };
-            if let Some(queue) = loopback.listener(port) {
-                let _ = queue.offer(conn);
-            }
+            hand_over(conn);
         }
     })
 }
@@ -332,11 +387,11 @@ pub fn publish(port: u16, bind_ip: std::net::IpAddr, loopback: Arc<super::local:
 /// and queues each datagram for the capsule; sends go straight to the kernel.
 pub struct UdpLink {
     socket: std::net::UdpSocket,
-    pub queue: Arc<super::local::UdpQueue>,
+    pub queue: Arc<UdpQueue>,
 }
 
-/// Next port tried for a UDP bind to port 0 (kernel 0.11 allocates none).
-static NEXT_UDP_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(49152);
+/// Ports for kernel UDP binds to port 0 (kernel 0.11 allocates none).
+static UDP_PORTS: Ephemeral = Ephemeral::new();
 
 /// Binds a kernel UDP socket on `ip:port` (port 0: the first free one of the ephemeral
 /// range) and starts its receive thread.
@@ -344,24 +399,10 @@ pub fn udp_bind(ip: std::net::IpAddr, port: u16) -> std::io::Result<Arc<UdpLink>
     let socket = if port != 0 {
         std::net::UdpSocket::bind(SocketAddr::new(ip, port))?
     } else {
-        let mut found = None;
-        for _ in 0..16_384 {
-            let p = NEXT_UDP_PORT.fetch_add(1, Ordering::Relaxed);
-            let p = if p < 49152 {
-                NEXT_UDP_PORT.store(49153, Ordering::Relaxed);
-                49152
-            } else {
-                p
-            };
-            if let Ok(s) = std::net::UdpSocket::bind(SocketAddr::new(ip, p)) {
-                found = Some(s);
-                break;
-            }
-        }
-        found.ok_or_else(|| std::io::Error::new(std::io::ErrorKind::AddrInUse, "no free UDP port in 49152-65535"))?
+        UDP_PORTS.allocate(|p| std::net::UdpSocket::bind(SocketAddr::new(ip, p)).ok()).ok_or_else(|| std::io::Error::new(std::io::ErrorKind::AddrInUse, format!("no free UDP port in {}-{}", EPHEMERAL.start(), EPHEMERAL.end())))?
     };
     let local = socket.local_addr().unwrap_or(SocketAddr::new(ip, port));
-    let link = Arc::new(UdpLink { socket, queue: Arc::new(super::local::UdpQueue::new(local)) });
+    let link = Arc::new(UdpLink { socket, queue: Arc::new(UdpQueue::new(local)) });
     let weak = Arc::downgrade(&link);
     spawn("astrid-net-udp", move || udp_receiver(&weak))?;
     Ok(link)
@@ -369,13 +410,13 @@ pub fn udp_bind(ip: std::net::IpAddr, port: u16) -> std::io::Result<Arc<UdpLink>
 
 /// Queues arriving datagrams until the capsule drops the socket.
 fn udp_receiver(link: &std::sync::Weak<UdpLink>) {
-    let mut buf = vec![0u8; 65_536];
+    let mut buf = vec![0u8; UDP_RECEIVE_BYTES];
     loop {
         let Some(l) = link.upgrade() else { return };
         match platform::poll_fd(l.socket.as_raw_fd(), POLLIN, IDLE) {
             Ok(ev) if ev & POLLIN != 0 => {
                 if let Ok((n, from)) = l.socket.recv_from(&mut buf) {
-                    l.queue.deliver(super::local::Datagram { data: buf[..n].to_vec(), from });
+                    l.queue.deliver(Datagram { data: buf[..n].to_vec(), from });
                 }
             }
             Ok(_) => {}
@@ -387,11 +428,11 @@ fn udp_receiver(link: &std::sync::Weak<UdpLink>) {
 impl UdpLink {
     /// Sends one datagram; a send that cannot go within a second fails.
     pub fn send_to(&self, data: &[u8], to: SocketAddr) -> std::io::Result<usize> {
-        let until = Instant::now() + Duration::from_secs(1);
+        let until = Instant::now() + UDP_SEND_PATIENCE;
         loop {
             match self.socket.send_to(data, to) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < until => {
-                    platform::poll_fd(self.socket.as_raw_fd(), POLLOUT, Duration::from_millis(50))?;
+                    platform::poll_fd(self.socket.as_raw_fd(), POLLOUT, UDP_SEND_POLL)?;
                 }
                 other => return other,
             }

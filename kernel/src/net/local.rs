@@ -4,46 +4,18 @@
 //! in memory: listeners and UDP sockets register their port, a connect finds the
 //! listener and gets a pair of pipes, a datagram is queued on the socket bound to its
 //! port. Ports are one space for all loopback addresses. Ports a capsule asks for with
-//! `0` come from the image's ephemeral range (the kernel allocates none).
+//! `0` come from the image's ephemeral range (`conn::Ephemeral`).
 
 use std::collections::{HashMap, VecDeque};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, Weak};
 
-use crate::sources::{PipeSink, PipeSource};
+use super::NetError;
+use super::conn::{Conn, Datagram, Ephemeral, UdpQueue, conn_pair};
 use crate::wait::{Notifier, Readiness};
 
-/// Bytes in flight in each direction of an in-image connection.
-pub const PIPE_BYTES: usize = 256 << 10;
 /// Connections a listener queues before further connects are refused.
 pub const BACKLOG: usize = 128;
-/// Datagrams a UDP socket queues before further ones are dropped (as UDP does).
-pub const UDP_QUEUE: usize = 256;
-/// The largest UDP payload (IPv4's).
-pub const MAX_DATAGRAM: usize = 65_507;
-/// The ephemeral range ports are allocated from (IANA's).
-const EPHEMERAL: std::ops::RangeInclusive<u16> = 49152..=65535;
-
-/// One side of a connected byte stream, as a capsule sees it.
-pub struct Conn {
-    pub source: Arc<PipeSource>,
-    pub sink: Arc<PipeSink>,
-    pub local: SocketAddr,
-    pub peer: SocketAddr,
-    /// The kernel socket behind it, for connections that leave the image.
-    pub kernel: Option<Arc<super::link::Link>>,
-}
-
-/// Two connected ends joined by a pair of pipes.
-pub fn conn_pair(a: SocketAddr, b: SocketAddr) -> (Conn, Conn) {
-    let (to_b, from_a) = crate::sources::pipe(PIPE_BYTES);
-    let (to_a, from_b) = crate::sources::pipe(PIPE_BYTES);
-    (
-        Conn { source: from_b, sink: to_b, local: a, peer: b, kernel: None },
-        Conn { source: from_a, sink: to_a, local: b, peer: a, kernel: None },
-    )
-}
-
 /// Connections waiting for `accept`, and whether the listener still exists.
 pub struct AcceptQueue {
     state: Mutex<(VecDeque<Conn>, bool)>,
@@ -73,6 +45,17 @@ impl AcceptQueue {
         self.lock().0.pop_front()
     }
 
+    /// A queued connection (`None`: none yet); `closed` once the listener is closed
+    /// and none is left.
+    pub fn take_or_closed(&self) -> Result<Option<Conn>, NetError> {
+        let mut state = self.lock();
+        match state.0.pop_front() {
+            Some(conn) => Ok(Some(conn)),
+            None if !state.1 => Err(NetError::Closed),
+            None => Ok(None),
+        }
+    }
+
     /// Closes the listener: queued connections are dropped (their peers see end of
     /// file) and later connects are refused.
     pub fn close(&self) {
@@ -96,63 +79,6 @@ impl Readiness for AcceptQueue {
     }
 }
 
-/// A datagram with its sender.
-pub struct Datagram {
-    pub data: Vec<u8>,
-    pub from: SocketAddr,
-}
-
-/// The receive queue of a UDP socket bound on loopback.
-pub struct UdpQueue {
-    queue: Mutex<VecDeque<Datagram>>,
-    notifier: Notifier,
-    pub addr: SocketAddr,
-}
-
-impl UdpQueue {
-    pub fn new(addr: SocketAddr) -> UdpQueue {
-        UdpQueue { queue: Mutex::new(VecDeque::new()), notifier: Notifier::new(), addr }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Datagram>> {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Queues a datagram; a full queue drops it, as a full socket buffer would.
-    pub fn deliver(&self, datagram: Datagram) -> bool {
-        {
-            let mut q = self.lock();
-            if q.len() >= UDP_QUEUE {
-                return false;
-            }
-            q.push_back(datagram);
-        }
-        self.notifier.notify();
-        true
-    }
-
-    /// The first queued datagram that `filter` accepts; others before it are discarded
-    /// (a connected socket drops datagrams from other peers).
-    pub fn take(&self, filter: impl Fn(&Datagram) -> bool) -> Option<Datagram> {
-        let mut q = self.lock();
-        while let Some(d) = q.pop_front() {
-            if filter(&d) {
-                return Some(d);
-            }
-        }
-        None
-    }
-}
-
-impl Readiness for UdpQueue {
-    fn is_ready(&self) -> bool {
-        !self.lock().is_empty()
-    }
-    fn notifier(&self) -> Option<&Notifier> {
-        Some(&self.notifier)
-    }
-}
-
 /// Why a bind failed.
 #[derive(Debug, PartialEq, Eq)]
 pub enum BindError {
@@ -165,7 +91,7 @@ pub enum BindError {
 pub struct Loopback {
     tcp: Mutex<HashMap<u16, Weak<AcceptQueue>>>,
     udp: Mutex<HashMap<u16, Weak<UdpQueue>>>,
-    next_port: Mutex<u16>,
+    ports: Ephemeral,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -173,29 +99,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Loopback {
-    /// A free port from the ephemeral range, going round it once; `taken` says which are
-    /// in use.
-    fn ephemeral(&self, taken: impl Fn(u16) -> bool) -> Option<u16> {
-        let mut next = lock(&self.next_port);
-        let span = usize::from(EPHEMERAL.end() - EPHEMERAL.start()) + 1;
-        for _ in 0..span {
-            if !EPHEMERAL.contains(&*next) {
-                *next = *EPHEMERAL.start();
-            }
-            let port = *next;
-            *next = next.wrapping_add(1);
-            if !taken(port) {
-                return Some(port);
-            }
-        }
-        None
-    }
-
     fn claim<T>(&self, map: &Mutex<HashMap<u16, Weak<T>>>, ip: IpAddr, port: u16, make: impl FnOnce(SocketAddr) -> T) -> Result<Arc<T>, BindError> {
         let mut map = lock(map);
         map.retain(|_, w| w.strong_count() > 0);
         let port = match port {
-            0 => self.ephemeral(|p| map.contains_key(&p)).ok_or(BindError::NoFreePort)?,
+            0 => self.ports.allocate(|p| (!map.contains_key(&p)).then_some(p)).ok_or(BindError::NoFreePort)?,
             p if map.contains_key(&p) => return Err(BindError::InUse),
             p => p,
         };
@@ -227,10 +135,18 @@ impl Loopback {
     /// nothing listens there or its backlog is full (connection refused).
     pub fn connect(&self, from_ip: IpAddr, to: SocketAddr) -> Option<Conn> {
         let listener = self.listener(to.port())?;
-        let local_port = self.ephemeral(|_| false)?;
+        let local_port = self.ports.next();
         let (mine, theirs) = conn_pair(SocketAddr::new(from_ip, local_port), SocketAddr::new(to.ip(), to.port()));
         listener.offer(theirs).ok()?;
         Some(mine)
+    }
+
+    /// Hands a connection from outside the image (a published port's) to the listener
+    /// on `port`; with none there, or its backlog full, the connection is closed.
+    pub fn hand_over(&self, port: u16, conn: Conn) {
+        if let Some(queue) = self.listener(port) {
+            let _ = queue.offer(conn);
+        }
     }
 
     /// Registers a UDP socket on `ip:port` (port 0: an ephemeral one).
@@ -246,18 +162,12 @@ impl Loopback {
     }
 }
 
-/// The loopback address of the family of `ip`.
-pub fn loopback_like(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::conn::EPHEMERAL;
     use crate::sources::{ByteSink, ByteSource};
+    use std::net::Ipv4Addr;
 
     fn lo() -> IpAddr {
         IpAddr::V4(Ipv4Addr::LOCALHOST)

@@ -16,6 +16,7 @@
 
 pub mod addr;
 pub mod codec;
+pub mod conn;
 pub mod error;
 pub mod link;
 pub mod local;
@@ -35,7 +36,8 @@ use addr::{Destination, Pattern};
 use codec::{Frame, FrameReader};
 pub use codec::MAX_FRAME;
 pub use error::NetError;
-use local::{AcceptQueue, BindError, Conn, Datagram, Loopback, UdpQueue};
+use conn::{Conn, Datagram, UdpQueue};
+use local::{AcceptQueue, BindError, Loopback};
 
 /// Streams, listeners and UDP sockets one capsule may hold.
 pub const MAX_STREAMS: usize = 8;
@@ -150,11 +152,7 @@ fn deadline(timeout: Option<Duration>) -> Option<Instant> {
 
 /// Where a stream's end of file came from: a reset connection, or a clean close.
 fn closed_code(conn: &Conn) -> ErrorCode {
-    match conn.kernel.as_ref().and_then(|k| k.failure()) {
-        Some(std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::BrokenPipe) => ErrorCode::ConnectionReset,
-        Some(kind) => ErrorCode::Unknown(format!("connection failed: {kind}")),
-        None => ErrorCode::Closed,
-    }
+    code(conn.end_error())
 }
 
 fn error_text(e: &ErrorCode) -> String {
@@ -309,19 +307,22 @@ enum WaitOr {
 }
 
 fn io_code(e: &std::io::Error) -> ErrorCode {
-    use std::io::ErrorKind as K;
-    // Kernel 0.11's connect answers EFAULT when the handshake ends in a reset (the
-    // socket fell back to CLOSED): that is a refused connection.
-    if cfg!(target_os = "hermit") && e.raw_os_error() == Some(14) {
-        return ErrorCode::ConnectionRefused;
-    }
-    match e.kind() {
-        K::ConnectionRefused => ErrorCode::ConnectionRefused,
-        K::ConnectionReset | K::ConnectionAborted => ErrorCode::ConnectionReset,
-        K::TimedOut => ErrorCode::Timeout,
-        K::AddrInUse => ErrorCode::AddressInUse,
-        K::AddrNotAvailable => ErrorCode::AddressNotAvailable,
-        _ => ErrorCode::Unknown(e.to_string()),
+    code(link::io_error(e))
+}
+
+fn code(e: NetError) -> ErrorCode {
+    match e {
+        NetError::Closed | NetError::Cancelled => ErrorCode::Closed,
+        NetError::CapabilityDenied => ErrorCode::CapabilityDenied,
+        NetError::AirlockRejected => ErrorCode::AirlockRejected,
+        NetError::ConnectionRefused => ErrorCode::ConnectionRefused,
+        NetError::ConnectionReset => ErrorCode::ConnectionReset,
+        NetError::Timeout => ErrorCode::Timeout,
+        NetError::AddressInUse => ErrorCode::AddressInUse,
+        NetError::AddressNotAvailable => ErrorCode::AddressNotAvailable,
+        NetError::NameUnresolvable => ErrorCode::NameUnresolvable,
+        NetError::Quota => ErrorCode::Quota,
+        other @ (NetError::NoInterface | NetError::NoUdpInterface | NetError::Other(_)) => ErrorCode::Unknown(other.to_string()),
     }
 }
 
@@ -384,7 +385,7 @@ impl Host for CapsuleState {
         };
         match route {
             Route::Loopback(to) => {
-                let result = match self.network.loopback.connect(local::loopback_like(to.ip()), to) {
+                let result = match self.network.loopback.connect(addr::loopback_like(to.ip()), to) {
                     Some(conn) => Ok(self.push_stream(conn)?),
                     None => Err(ErrorCode::ConnectionRefused),
                 };
@@ -392,22 +393,10 @@ impl Host for CapsuleState {
             }
             Route::External(to) => {
                 let until = Instant::now() + self.net_policy.connect_timeout;
-                let pending = match link::connect(to, until) {
-                    Ok(p) => p,
-                    Err(e) => return self.net_done(F, started, None, Err(io_code(&e))),
-                };
-                match wait::wait_one(&*pending, &self.cancel, Some(until)) {
-                    Ok(()) => {}
-                    Err(WaitError::Cancelled) => return self.net_cancelled(F, started),
-                    Err(WaitError::TimedOut) => return self.net_done(F, started, None, Err(ErrorCode::Timeout)),
-                }
-                let result = match pending.take() {
-                    Some(Ok(stream)) => match link::attach(stream) {
-                        Ok(conn) => Ok(self.push_stream(conn)?),
-                        Err(e) => Err(io_code(&e)),
-                    },
-                    Some(Err(e)) => Err(io_code(&e)),
-                    None => Err(ErrorCode::Unknown("the connect finished without a result".into())),
+                let result = match link::connect(to, until, &self.cancel) {
+                    Ok(conn) => Ok(self.push_stream(conn)?),
+                    Err(NetError::Cancelled) => return self.net_cancelled(F, started),
+                    Err(e) => Err(code(e)),
                 };
                 self.net_done(F, started, None, result)
             }
@@ -806,8 +795,8 @@ impl CapsuleState {
     }
 
     fn udp_send(&mut self, this: &Resource<UdpSocket>, data: Vec<u8>, to: SocketAddr) -> wasmtime::Result<Result<u32, ErrorCode>> {
-        if data.len() > local::MAX_DATAGRAM {
-            return Ok(Err(ErrorCode::Unknown(format!("a datagram of {} bytes is over the {}-byte limit", data.len(), local::MAX_DATAGRAM))));
+        if data.len() > conn::MAX_DATAGRAM {
+            return Ok(Err(ErrorCode::Unknown(format!("a datagram of {} bytes is over the {}-byte limit", data.len(), conn::MAX_DATAGRAM))));
         }
         let s = self.table.get(this)?;
         let n = data.len() as u32;
