@@ -238,12 +238,12 @@ fn run_capsules(capsules: &[CapsuleBytes], manifests: &[Option<Manifest>], var: 
         status = worst(status, s);
     }
     // Connections leaving the image may still be sending what capsules wrote.
-    if crate::net::link::sending() > 0 {
-        let open = crate::net::link::sending();
-        println!("astrid: waiting for {open} connection(s) to finish sending (at most {} s)", crate::net::link::DEFAULT_LINGER.as_secs());
-        let left = crate::net::link::wait_until_sent(std::time::Instant::now() + crate::net::link::DEFAULT_LINGER);
+    let open = crate::net::sending();
+    if open > 0 {
+        println!("astrid: waiting for {open} connection(s) to finish sending (at most {} s)", crate::net::DEFAULT_LINGER.as_secs());
+        let left = crate::net::drain(crate::net::DEFAULT_LINGER);
         if left > 0 {
-            println!("astrid: {left} connection(s) still open after {} s: closing them unsent", crate::net::link::DEFAULT_LINGER.as_secs());
+            println!("astrid: {left} connection(s) still open after {} s: closing them unsent", crate::net::DEFAULT_LINGER.as_secs());
         }
     }
     match log.map(AuditLog::close) {

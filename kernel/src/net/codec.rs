@@ -171,7 +171,7 @@ mod tests {
 
     #[test]
     fn a_prefix_split_from_its_body() {
-        let mut s = Pieces::new(&[&[0, 0], &[0, 2, b'h'], &[b'i']], true);
+        let mut s = Pieces::new(&[&[0, 0], &[0, 2, b'h'], b"i"], true);
         let mut r = FrameReader::default();
         assert_eq!(r.poll(|n| s.read(n)), Ok(Frame::Data(b"hi".to_vec())));
         assert_eq!(r.poll(|n| s.read(n)), Ok(Frame::Pending));

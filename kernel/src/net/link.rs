@@ -92,7 +92,7 @@ pub fn wait_until_sent(deadline: Instant) -> usize {
 }
 
 /// The kernel socket behind a connection.
-pub struct Link {
+struct Link {
     /// Closed in `drop`, before the count of open connections goes down.
     stream: std::mem::ManuallyDrop<TcpStream>,
     /// Why the connection failed (reset, I/O error), for the capsule's next read.
@@ -246,7 +246,7 @@ fn writer_pump(link: &Link, from_capsule: &PipeSource) {
 }
 
 /// A connect running on a helper thread, which the capsule waits for.
-pub struct PendingConnect {
+struct PendingConnect {
     slot: Mutex<Option<std::io::Result<TcpStream>>>,
     notifier: Notifier,
 }
@@ -261,7 +261,7 @@ impl Readiness for PendingConnect {
 }
 
 impl PendingConnect {
-    pub fn take(&self) -> Option<std::io::Result<TcpStream>> {
+    fn take(&self) -> Option<std::io::Result<TcpStream>> {
         self.slot.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
