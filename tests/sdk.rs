@@ -190,7 +190,7 @@ fn every_refused_interface_returns_its_typed_error_and_is_audited() {
         run.assert_audit_verifies();
         for f in ["astrid:fs/host.read-file", "astrid:http/host.http-request", "astrid:process/host.spawn", "astrid:approval/host.request-approval"] {
             let line = run.console.lines().find(|l| l.contains(f)).unwrap_or_else(|| panic!("{f} not audited:\n{}", run.console));
-            assert!(line.contains("refused: "), "{f} audited without its refusal: {line}");
+            assert!(line.contains("\"outcome\":\"refused\""), "{f} audited without its refusal: {line}");
         }
     }
 }

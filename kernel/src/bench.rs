@@ -73,9 +73,9 @@ fn futex_pingpong(rounds: u32, timeout: Option<std::time::Duration>) -> String {
 /// Round trips of two threads through two pipes of the wait primitive (registration,
 /// event words, notifiers and a deadline on every wait, as capsule waits have).
 fn wait_pingpong(rounds: u32) -> String {
-    use crate::wait::{CancelToken, pipe};
-    let (to_partner, partner_in) = pipe(16);
-    let (to_me, my_in) = pipe(16);
+    use crate::wait::{CancelToken, byte_pipe};
+    let (to_partner, partner_in) = byte_pipe(16);
+    let (to_me, my_in) = byte_pipe(16);
     let deadline = || Some(Instant::now() + std::time::Duration::from_secs(30));
     let partner = std::thread::spawn(move || {
         let cancel = CancelToken::new();

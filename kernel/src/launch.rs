@@ -96,7 +96,7 @@ fn run_capsules(capsules: &[CapsuleBytes], manifests: &[Option<Manifest>], var: 
     use std::time::Duration;
 
     use crate::audit::AuditLog;
-    use crate::engine::state::CapsuleLimits;
+    use crate::host::CapsuleLimits;
     use crate::engine::{CapsuleEngine, RunOptions, RunOutcome};
     use crate::wait::CancelToken;
 
@@ -121,6 +121,7 @@ fn run_capsules(capsules: &[CapsuleBytes], manifests: &[Option<Manifest>], var: 
         crate::sys::random::seed(Ok(seed));
     }
     options.kv_dir = var("ASTRID_KV_DIR").map(std::path::PathBuf::from);
+    options.test_argument = var("ASTRID_TEST_ARG").unwrap_or_default();
     if let Some(action) = var("ASTRID_HOOK") {
         let payload = match var("ASTRID_HOOK_PAYLOAD") {
             Some(hex) => crate::manifest::hex_decode(&hex)

@@ -9,7 +9,7 @@ pub mod capsule;
 #[cfg(feature = "engine")]
 pub mod engine;
 #[cfg(feature = "engine")]
-pub mod io;
+pub mod host;
 #[cfg(feature = "engine")]
 pub mod ipc;
 pub mod sources;
@@ -21,9 +21,6 @@ pub mod manifest;
 #[cfg(feature = "engine")]
 pub mod net;
 pub mod platform;
-#[cfg(feature = "engine")]
-pub mod refusals;
-#[cfg(feature = "engine")]
 pub mod sys;
 pub mod wait;
 pub mod wasm;

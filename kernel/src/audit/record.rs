@@ -8,14 +8,26 @@ use serde::{Deserialize, Serialize};
 pub const FN_CAPSULE_END: &str = "astrid:audit/capsule-end";
 /// `fn` of the last record of a log; `count` is how many records precede it.
 pub const FN_CLOSE: &str = "astrid:audit/close";
+/// Longest string a record keeps from a field a capsule can influence (error text,
+/// ids): the host layer cuts it there, at a character boundary.
+pub const MAX_FIELD_BYTES: usize = 1024;
 /// `prev` of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
+/// How an operation ended: one vocabulary for every package.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
+    /// It did what was asked.
     Ok,
+    /// It answered with the WIT's error (`error` names the case).
     Error,
+    /// Its wait was ended by the capsule's cancellation (`error`: what the capsule got).
+    Cancelled,
+    /// The image does not serve it: a typed refusal (`error`: why).
+    Refused,
+    /// It stopped the capsule (`error`: the cause).
+    Trap,
 }
 
 /// What the io layer reports about one operation, before the chain numbers and links it.

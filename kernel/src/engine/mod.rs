@@ -4,9 +4,6 @@
 //! compute), every trap turned into an audited, clean outcome.
 
 pub mod config;
-pub mod state;
-#[cfg(any(test, feature = "testing"))]
-mod testing;
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -15,9 +12,9 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Precompiled, Store, Trap, UpdateDeadline};
 
 pub use config::{CodeTarget, engine_config};
-use state::{CapsuleLimits, CapsuleState};
 
-use crate::audit::AuditHandle;
+use crate::audit::{AuditHandle, IoEvent, Outcome};
+use crate::host::{CapsuleLimits, CapsuleState, Identity, Shared, Spec};
 use crate::wait::{self, CancelToken};
 
 /// How often the epoch advances: the latency with which a capsule in pure compute
@@ -45,10 +42,8 @@ pub struct CapsuleEngine {
     linker: Linker<CapsuleState>,
     module_linker: wasmtime::Linker<CapsuleState>,
     ticker_stop: CancelToken,
-    /// The message bus the capsules of this image share.
-    bus: std::sync::Arc<crate::ipc::bus::Bus>,
-    /// The network the capsules of this image share.
-    network: std::sync::Arc<crate::net::Network>,
+    /// What the capsules of this image share: the message bus and the network.
+    shared: Shared,
 }
 
 /// Which of the capsule's exports a run calls.
@@ -117,6 +112,8 @@ pub struct RunOptions {
     pub entry: Entry,
     /// Where each capsule's kv store persists (`ASTRID_KV_DIR`), keyed by principal.
     pub kv_dir: Option<std::path::PathBuf>,
+    /// What the testing package's `test-argument` answers (`ASTRID_TEST_ARG`).
+    pub test_argument: String,
 }
 
 impl RunOptions {
@@ -166,17 +163,7 @@ impl CapsuleEngine {
     pub fn new() -> wasmtime::Result<Self> {
         let engine = wasmtime::Engine::new(&engine_config(CodeTarget::Native)?)?;
         let mut linker = Linker::new(&engine);
-        crate::io::add_to_linker(&mut linker)?;
-        crate::io::astrid::sys::host::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
-        crate::io::astrid::kv::host::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
-        crate::refusals::add_to_linker(&mut linker)?;
-        crate::io::astrid::ipc::host::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
-        crate::net::add_to_linker(&mut linker)?;
-        #[cfg(any(test, feature = "testing"))]
-        crate::io::astrid_unikernel::testing::sources::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
-            &mut linker,
-            |s| s,
-        )?;
+        crate::host::add_to_linker(&mut linker)?;
         let module_linker = wasmtime::Linker::new(&engine);
         let ticker_stop = CancelToken::new();
         let weak = engine.weak();
@@ -193,7 +180,7 @@ impl CapsuleEngine {
                 }
             }
         })?;
-        Ok(CapsuleEngine { engine, linker, module_linker, ticker_stop, bus: Default::default(), network: Default::default() })
+        Ok(CapsuleEngine { engine, linker, module_linker, ticker_stop, shared: Shared::default() })
     }
 
     /// Sets up the image's network: whether connections may leave through a NIC (or
@@ -207,7 +194,7 @@ impl CapsuleEngine {
             let lo = loopback.clone();
             crate::net::link::publish(port, ip.into(), move |conn| lo.hand_over(port, conn))?;
         }
-        self.network = std::sync::Arc::new(crate::net::Network { loopback, external });
+        self.shared.network = std::sync::Arc::new(crate::net::Network { loopback, external });
         Ok(())
     }
 
@@ -241,45 +228,34 @@ impl CapsuleEngine {
     /// Runs one capsule to its end on a thread of its own, auditing through `audit`.
     /// Without an audit handle nothing is recorded (the benchmarks' audit-off side).
     pub fn run(&self, name: &str, loaded: &Loaded, options: &RunOptions, cancel: &CancelToken, audit: Option<&AuditHandle>) -> RunOutcome {
-        let layer = audit.map(|a| crate::audit::AuditLayer::new(a.clone()));
-        let subscriber = tracing_subscriber::layer::SubscriberExt::with(tracing_subscriber::registry(), layer);
         let principal = options.principal.clone().unwrap_or_else(|| name.to_string());
+        let identity = Identity { capsule: name.into(), principal: principal.as_str().into() };
         let outcome = std::thread::scope(|scope| {
             let handle = std::thread::Builder::new()
                 .name(format!("capsule {name}"))
                 .stack_size(config::RUNNER_STACK)
                 .spawn_scoped(scope, || {
-                    tracing::subscriber::with_default(subscriber, || {
-                        let mut state = CapsuleState::new(name, &principal, cancel.clone(), options.limits.clone());
-                        state.config = options.config.clone();
-                        state.bus = self.bus.clone();
-                        state.network = self.network.clone();
-                        state.net_policy = options.net_policy.clone();
-                        state.ipc_publish = options.ipc_publish.clone();
-                        state.ipc_subscribe = options.ipc_subscribe.clone();
-                        state.capabilities = options.capabilities.clone();
-                        if let Some(dir) = &options.kv_dir {
-                            match crate::kv::journal::Journal::open(dir, &principal, options.limits.kv_bytes) {
-                                Ok((journal, store)) => {
-                                    state.kv = store;
-                                    state.kv_journal = Some(journal);
-                                }
-                                Err(e) => {
-                                    let outcome = RunOutcome::InstantiateFailed(format!("its kv store cannot be loaded: {e}"));
-                                    lifecycle_audit(name, &principal, &outcome);
-                                    return outcome;
-                                }
-                            }
-                        }
-                        if let Some(d) = options.deadline {
-                            if let Err(e) = cancel_after(cancel, d) {
-                                return RunOutcome::InstantiateFailed(format!("cannot start the deadline watchdog: {e}"));
-                            }
-                        }
-                        let outcome = self.run_in_store(state, loaded, &options.entry);
-                        lifecycle_audit(name, &principal, &outcome);
-                        outcome
-                    })
+                    let spec = Spec {
+                        identity: identity.clone(),
+                        cancel: cancel.clone(),
+                        limits: &options.limits,
+                        audit: audit.cloned(),
+                        config: options.config.clone(),
+                        capabilities: options.capabilities.clone(),
+                        ipc_publish: options.ipc_publish.clone(),
+                        ipc_subscribe: options.ipc_subscribe.clone(),
+                        net_policy: options.net_policy.clone(),
+                        kv_dir: options.kv_dir.as_deref(),
+                        test_argument: options.test_argument.clone(),
+                    };
+                    let outcome = match CapsuleState::new(spec, &self.shared) {
+                        Err(why) => RunOutcome::InstantiateFailed(why),
+                        Ok(state) => match options.deadline.map(|d| wait::cancel_after(cancel, d)) {
+                            Some(Err(e)) => RunOutcome::InstantiateFailed(format!("cannot start the deadline watchdog: {e}")),
+                            _ => self.run_in_store(state, loaded, &options.entry),
+                        },
+                    };
+                    outcome
                 });
             match handle {
                 Ok(h) => h.join().unwrap_or_else(|_| RunOutcome::Trapped("the capsule thread panicked".into())),
@@ -287,13 +263,15 @@ impl CapsuleEngine {
             }
         });
         if let Some(audit) = audit {
+            // A record the log refuses here is reported by the log's close.
+            let _ = lifecycle_record(&identity, &outcome).map(|event| audit.record(event));
             let _ = audit.capsule_end(name);
         }
         outcome
     }
 
     fn run_in_store(&self, state: CapsuleState, loaded: &Loaded, entry: &Entry) -> RunOutcome {
-        let cancel = state.cancel.clone();
+        let cancel = state.core.cancel.clone();
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| s);
         store.set_epoch_deadline(1);
@@ -314,7 +292,7 @@ impl CapsuleEngine {
                 match entry {
                     Entry::Run => match instance.get_typed_func::<(), ()>(&mut store, "run") {
                         Ok(run) => run.call(&mut store, ()).map(|()| {
-                            if store.data().host_calls.get() == 0 { RunOutcome::CompletedSilently } else { RunOutcome::Completed }
+                            if store.data().core.calls() == 0 { RunOutcome::CompletedSilently } else { RunOutcome::Completed }
                         }),
                         Err(_) => Ok(RunOutcome::NoRun),
                     },
@@ -394,10 +372,10 @@ fn classify(e: wasmtime::Error, cancel: &CancelToken) -> RunOutcome {
     if e.downcast_ref::<Cancelled>().is_some() || cancel.is_cancelled() && e.downcast_ref::<Trap>().is_none() {
         return RunOutcome::Cancelled;
     }
-    if let Some(m) = e.downcast_ref::<state::MemoryCapReached>() {
+    if let Some(m) = e.downcast_ref::<crate::host::MemoryCapReached>() {
         return RunOutcome::Trapped(m.to_string());
     }
-    if let Some(q) = e.downcast_ref::<state::QuotaExceeded>() {
+    if let Some(q) = e.downcast_ref::<crate::host::QuotaExceeded>() {
         return RunOutcome::Trapped(q.to_string());
     }
     let what = match e.downcast_ref::<Trap>() {
@@ -420,48 +398,19 @@ fn classify(e: wasmtime::Error, cancel: &CancelToken) -> RunOutcome {
     RunOutcome::Trapped(what)
 }
 
-fn lifecycle_audit(capsule: &str, principal: &str, outcome: &RunOutcome) {
-    let (function, error) = match outcome {
-        RunOutcome::Completed | RunOutcome::CompletedSilently | RunOutcome::NoRun => return,
-        RunOutcome::NoHook => ("astrid:guest/astrid-hook-trigger", "the capsule exports no astrid-hook-trigger"),
-        RunOutcome::Answered { .. } => {
-            // The call itself is the record; the answer goes to the console.
-            tracing::event!(
-                target: "astrid.audit.io",
-                tracing::Level::INFO,
-                capsule_id = capsule,
-                principal,
-                function = "astrid:guest/astrid-hook-trigger",
-                outcome = "ok",
-                elapsed_ns = 0u64,
-            );
-            return;
-        }
-        RunOutcome::Trapped(t) => ("astrid:capsule/trap", t.as_str()),
-        RunOutcome::Cancelled => ("astrid:capsule/cancel", "cancelled"),
-        RunOutcome::InstantiateFailed(t) => ("astrid:capsule/instantiate", t.as_str()),
+/// The record of how a capsule's run ended, where it says more than its calls did.
+fn lifecycle_record(id: &Identity, outcome: &RunOutcome) -> Option<IoEvent> {
+    let (function, outcome, error) = match outcome {
+        RunOutcome::Completed | RunOutcome::CompletedSilently | RunOutcome::NoRun => return None,
+        RunOutcome::NoHook => ("astrid:guest/astrid-hook-trigger", Outcome::Error, Some("the capsule exports no astrid-hook-trigger")),
+        // The call itself is the record; the answer goes to the console.
+        RunOutcome::Answered { .. } => ("astrid:guest/astrid-hook-trigger", Outcome::Ok, None),
+        RunOutcome::Trapped(t) => ("astrid:capsule/trap", Outcome::Trap, Some(t.as_str())),
+        RunOutcome::Cancelled => ("astrid:capsule/cancel", Outcome::Cancelled, Some("cancelled")),
+        RunOutcome::InstantiateFailed(t) => ("astrid:capsule/instantiate", Outcome::Error, Some(t.as_str())),
     };
-    tracing::event!(
-        target: "astrid.audit.io",
-        tracing::Level::INFO,
-        capsule_id = capsule,
-        principal,
-        function,
-        outcome = "error",
-        elapsed_ns = 0u64,
-        error,
-    );
-}
-
-/// Cancels `token` after `delay`, from a host thread: the `--deadline` watchdog, and
-/// the testing package's cancel from the host side.
-pub fn cancel_after(token: &CancelToken, delay: Duration) -> wasmtime::Result<()> {
-    let token = token.clone();
-    let deadline = Instant::now() + delay;
-    std::thread::Builder::new().name("astrid-canceller".into()).spawn(move || {
-        if wait::wait_any(&[], &token, Some(deadline)) == Err(wait::WaitError::TimedOut) {
-            token.cancel();
-        }
-    })?;
-    Ok(())
+    let mut event = IoEvent::ok(&id.capsule, &id.principal, function, 0);
+    event.outcome = outcome;
+    event.error = error.map(|e| crate::host::envelope::clip(e.to_string(), crate::audit::MAX_FIELD_BYTES));
+    Some(event)
 }

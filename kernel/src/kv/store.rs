@@ -1,5 +1,5 @@
 //! A capsule's key-value store: ordered keys, byte values, a size quota. Pure data
-//! structure; the WIT glue (`kv/mod.rs`) maps its errors onto `astrid:kv`'s.
+//! structure; the host file (`host/kv.rs`) maps its errors onto `astrid:kv`'s.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;

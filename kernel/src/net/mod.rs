@@ -16,13 +16,12 @@
 //!
 //! Layout: `policy` decides, `socket` holds a capsule's sockets over `conn` (what the
 //! loopback `local` and the kernel `link` share) and `codec` (frames); none of them
-//! knows the WIT. `host` is the WIT's host functions, each a call to those.
+//! knows the WIT. The WIT's host functions are `host/net.rs`, each a call to those.
 
 pub mod addr;
 pub mod codec;
 pub mod conn;
 pub mod error;
-pub mod host;
 pub mod link;
 pub mod local;
 pub mod policy;
@@ -33,10 +32,13 @@ use std::time::{Duration, Instant};
 
 pub use codec::MAX_FRAME;
 pub use error::NetError;
-pub use host::{UnixListener, add_to_linker};
 pub use link::{DEFAULT_LINGER, sending};
 pub use policy::{MAX_LISTENERS, MAX_POLL_ACCEPT, MAX_STREAMS, MAX_UDP, NetCounts, NetPolicy};
 pub use socket::{TcpListener, TcpStream, UdpSocket};
+
+/// `astrid:net/host.unix-listener`: the image has no Unix-domain sockets, so none is
+/// ever handed out.
+pub enum UnixListener {}
 
 /// The network of one image: its loopback, and whether a NIC (or the host, in hosted
 /// mode) is there for connections that leave.

@@ -11,16 +11,16 @@ use crate::wait::{Notifier, Readiness};
 
 const PERMIT: usize = 4096;
 
-pub struct ConsoleSink {
+pub struct ConsoleOutput {
     label: String,
     /// Whether the next byte this capsule writes starts a line.
     at_line_start: Mutex<bool>,
 }
 
-impl ConsoleSink {
+impl ConsoleOutput {
     /// A console sink whose lines start with `[capsule] `.
     pub fn new(capsule: &str) -> Self {
-        ConsoleSink { label: format!("[{capsule}] "), at_line_start: Mutex::new(true) }
+        ConsoleOutput { label: format!("[{capsule}] "), at_line_start: Mutex::new(true) }
     }
 
     fn labelled(&self, bytes: &[u8]) -> Vec<u8> {
@@ -37,7 +37,7 @@ impl ConsoleSink {
     }
 }
 
-impl Readiness for ConsoleSink {
+impl Readiness for ConsoleOutput {
     fn is_ready(&self) -> bool {
         true
     }
@@ -46,7 +46,7 @@ impl Readiness for ConsoleSink {
     }
 }
 
-impl ByteSink for ConsoleSink {
+impl ByteSink for ConsoleOutput {
     fn check_write(&self) -> Result<usize, StreamFailure> {
         Ok(PERMIT)
     }
@@ -65,7 +65,7 @@ mod tests {
 
     #[test]
     fn capsule_output_cannot_start_a_console_line() {
-        let sink = ConsoleSink::new("demo");
+        let sink = ConsoleOutput::new("demo");
         let mut out = sink.labelled(b"@@au");
         out.extend(sink.labelled(b"dit {\"seq\":0}\nok\n@@audit x"));
         let out = String::from_utf8(out).unwrap();

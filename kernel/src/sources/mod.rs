@@ -1,4 +1,4 @@
-//! Byte sources and sinks behind astrid:io streams, and the pollables they hand out.
+//! Byte sources and sinks behind astrid:io streams, and the streams capsules hold.
 //! A source knows nothing about WIT: it reads or writes bytes without blocking and
 //! reports readiness through the wait primitive. A new producer (a socket, an ipc
 //! subscription) is one more implementation of these traits.
@@ -6,10 +6,12 @@
 mod console;
 mod null;
 mod pipe;
+pub mod stream;
 
-pub use console::ConsoleSink;
+pub use console::ConsoleOutput;
 pub use null::{NullSink, ZeroSource};
 pub use pipe::{PipeSink, PipeSource, pipe};
+pub use stream::{Ended, InputStream, IoError, OutputStream, READ_CEILING};
 
 use crate::wait::Readiness;
 

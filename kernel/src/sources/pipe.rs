@@ -11,25 +11,17 @@ pub struct PipeSink(PipeWriter);
 
 /// A pipe holding at most `capacity` bytes.
 pub fn pipe(capacity: usize) -> (Arc<PipeSink>, Arc<PipeSource>) {
-    let (w, r) = wait::pipe(capacity);
+    let (w, r) = wait::byte_pipe(capacity);
     (Arc::new(PipeSink(w)), Arc::new(PipeSource(r)))
 }
 
 impl PipeSource {
-    pub fn new(reader: PipeReader) -> Self {
-        PipeSource(reader)
-    }
-
     pub fn reader(&self) -> &PipeReader {
         &self.0
     }
 }
 
 impl PipeSink {
-    pub fn new(writer: PipeWriter) -> Self {
-        PipeSink(writer)
-    }
-
     pub fn writer(&self) -> &PipeWriter {
         &self.0
     }

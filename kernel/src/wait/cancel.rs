@@ -46,3 +46,17 @@ impl Readiness for CancelToken {
         Some(&self.inner.notifier)
     }
 }
+
+/// Cancels `token` after `delay`, from a thread of its own that ends early when the
+/// token is cancelled otherwise: a capsule's deadline watchdog, and the testing
+/// package's cancel from the host side.
+pub fn cancel_after(token: &CancelToken, delay: std::time::Duration) -> std::io::Result<()> {
+    let token = token.clone();
+    let deadline = std::time::Instant::now() + delay;
+    std::thread::Builder::new().name("astrid-canceller".into()).spawn(move || {
+        if super::wait_any(&[], &token, Some(deadline)) == Err(super::WaitError::TimedOut) {
+            token.cancel();
+        }
+    })?;
+    Ok(())
+}

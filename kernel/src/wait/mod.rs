@@ -10,9 +10,9 @@ mod timer;
 use std::sync::Arc;
 use std::time::Instant;
 
-pub use cancel::CancelToken;
+pub use cancel::{CancelToken, cancel_after};
 pub use event::{EventWord, Notifier, Registration, WaitResult};
-pub use pipe::{Closed, PipeError, PipeReader, PipeWriter, pipe};
+pub use pipe::{Closed, PipeError, PipeReader, PipeWriter, byte_pipe};
 pub use timer::Timer;
 
 /// Something a capsule can wait for: a stream that may have bytes, a timer, a
@@ -32,6 +32,17 @@ pub trait Readiness {
     /// a wait including it sleeps no later than that.
     fn ready_at(&self) -> Option<Instant> {
         None
+    }
+}
+
+/// `astrid:io/poll.pollable`: a readiness source a capsule holds a handle to.
+pub struct Pollable {
+    pub source: Arc<dyn Readiness + Send + Sync>,
+}
+
+impl Pollable {
+    pub fn new(source: Arc<dyn Readiness + Send + Sync>) -> Self {
+        Pollable { source }
     }
 }
 
@@ -345,7 +356,7 @@ mod tests {
 
     #[test]
     fn poll_over_pipes_reports_the_readable_ones() {
-        let pipes: Vec<(PipeWriter, PipeReader)> = (0..6).map(|_| pipe(8)).collect();
+        let pipes: Vec<(PipeWriter, PipeReader)> = (0..6).map(|_| byte_pipe(8)).collect();
         let cancel = CancelToken::new();
         let readers: Vec<&dyn Readiness> = pipes.iter().map(|(_, r)| r as &dyn Readiness).collect();
         pipes[4].0.write(b"x").unwrap();

@@ -65,7 +65,7 @@ impl Shared {
 ///
 /// # Panics
 /// If `capacity` is zero: such a pipe could never move a byte.
-pub fn pipe(capacity: usize) -> (PipeWriter, PipeReader) {
+pub fn byte_pipe(capacity: usize) -> (PipeWriter, PipeReader) {
     assert!(capacity > 0, "a pipe needs room for at least one byte");
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
@@ -261,7 +261,7 @@ mod tests {
 
     #[test]
     fn full_pipe_refuses_then_accepts_after_a_read() {
-        let (w, r) = pipe(4);
+        let (w, r) = byte_pipe(4);
         assert_eq!(w.write(b"abcdef"), Ok(4));
         assert_eq!(w.writable(), Ok(0));
         assert!(!w.is_ready());
@@ -277,7 +277,7 @@ mod tests {
 
     #[test]
     fn reader_sees_remaining_bytes_then_eof_after_writer_drop() {
-        let (w, r) = pipe(8);
+        let (w, r) = byte_pipe(8);
         w.write(b"tail").unwrap();
         drop(w);
         assert!(r.is_ready());
@@ -289,7 +289,7 @@ mod tests {
 
     #[test]
     fn writer_sees_closed_after_reader_drop() {
-        let (w, r) = pipe(2);
+        let (w, r) = byte_pipe(2);
         w.write(b"xy").unwrap();
         assert!(!w.is_ready());
         drop(r);
@@ -300,7 +300,7 @@ mod tests {
 
     #[test]
     fn blocking_read_is_woken_by_writer_and_by_eof() {
-        let (w, r) = pipe(8);
+        let (w, r) = byte_pipe(8);
         let cancel = CancelToken::new();
         let t = thread::spawn(move || {
             thread::sleep(Duration::from_millis(20));
@@ -315,7 +315,7 @@ mod tests {
 
     #[test]
     fn blocking_write_is_woken_by_reader_drop() {
-        let (w, r) = pipe(1);
+        let (w, r) = byte_pipe(1);
         let cancel = CancelToken::new();
         let t = thread::spawn(move || {
             thread::sleep(Duration::from_millis(20));
@@ -329,7 +329,7 @@ mod tests {
 
     #[test]
     fn blocking_read_is_cancelled_and_times_out() {
-        let (_w, r) = pipe(8);
+        let (_w, r) = byte_pipe(8);
         let cancel = CancelToken::new();
         let short = Some(Instant::now() + Duration::from_millis(20));
         assert_eq!(r.read_blocking(8, &cancel, short), Err(PipeError::TimedOut));
@@ -350,7 +350,7 @@ mod tests {
     fn backpressure_holds_the_writer_and_loses_nothing() {
         const TOTAL: usize = 20_000;
         const CAP: usize = 16;
-        let (w, r) = pipe(CAP);
+        let (w, r) = byte_pipe(CAP);
         let cancel = CancelToken::new();
         let data: Vec<u8> = (0..TOTAL).map(|i| (i * 7 % 251) as u8).collect();
         let expected = data.clone();

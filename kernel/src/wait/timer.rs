@@ -6,23 +6,22 @@ use std::time::{Duration, Instant};
 use super::Readiness;
 use super::event::Notifier;
 
+/// How far away "never" is: about a century.
+const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timer {
     deadline: Instant,
 }
 
 impl Timer {
-    pub fn at(deadline: Instant) -> Self {
-        Timer { deadline }
-    }
-
     /// Ready `delay` from now. A delay too large for the clock saturates to "never" in
-    /// practice (about a century).
+    /// practice (`NEVER`).
     pub fn after(delay: Duration) -> Self {
         let now = Instant::now();
         let deadline = now
             .checked_add(delay)
-            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600));
+            .unwrap_or_else(|| now + NEVER);
         Timer { deadline }
     }
 

@@ -7,61 +7,69 @@ use std::time::{Duration, Instant};
 
 use wasmtime::component::Resource;
 
-use crate::engine::state::CapsuleState;
-use crate::io::astrid_unikernel::testing::sources::Host;
-use crate::io::{InputStream, OutputStream, Pollable, new_input, new_output};
-use crate::sources::{ByteSink, ByteSource, ConsoleSink, NullSink, StreamFailure, ZeroSource, pipe};
-use crate::wait::{self, Timer};
+use super::bindings::astrid_unikernel::testing::sources::Host;
+use super::context::{Core, TestingCtx, View};
+use super::envelope::host_fns;
+use crate::sources::{ByteSink, ByteSource, ConsoleOutput, InputStream, NullSink, OutputStream, StreamFailure, ZeroSource, pipe};
+use crate::wait::{self, Pollable, Timer};
+
+pub type TestingView<'a> = View<'a, TestingCtx>;
+
+fn new_input(core: &mut Core, source: Arc<dyn ByteSource>) -> wasmtime::Result<Resource<InputStream>> {
+    core.push(InputStream::new(source))
+}
+
+fn new_output(core: &mut Core, sink: Arc<dyn ByteSink>) -> wasmtime::Result<Resource<OutputStream>> {
+    core.push(OutputStream::new(sink))
+}
 
 /// Largest pipe a capsule may ask for.
 const MAX_PIPE: u32 = 1 << 20;
 
-impl Host for CapsuleState {
-    fn timer(&mut self, ns: u64) -> wasmtime::Result<Resource<Pollable>> {
-        self.push(Pollable::new(Arc::new(Timer::after(Duration::from_nanos(ns)))))
+host_fns! { impl Host for TestingView<'_> as "astrid-unikernel:testing/sources" {
+    fn timer(cx, ns: u64) -> Resource<Pollable> {
+        cx.core.push(Pollable::new(Arc::new(Timer::after(Duration::from_nanos(ns)))))
     }
 
-    fn pipe(&mut self, capacity: u32) -> wasmtime::Result<(Resource<OutputStream>, Resource<InputStream>)> {
+    fn pipe(cx, capacity: u32) -> (Resource<OutputStream>, Resource<InputStream>) {
         if capacity == 0 || capacity > MAX_PIPE {
             wasmtime::bail!("pipe capacity {capacity} is outside 1..={MAX_PIPE}");
         }
         let (w, r) = pipe(capacity as usize);
-        let out = new_output(self, w)?;
-        let input = new_input(self, r)?;
+        let out = new_output(cx.core, w)?;
+        let input = new_input(cx.core, r)?;
         Ok((out, input))
     }
 
-    fn fed_by_host(&mut self, data: Vec<u8>, delay_ns: u64) -> wasmtime::Result<Resource<InputStream>> {
+    fn fed_by_host(cx, data: Vec<u8>, delay_ns: u64) -> Resource<InputStream> {
         let (w, r) = pipe(data.len().clamp(1, MAX_PIPE as usize));
-        let input = new_input(self, r)?;
-        let cancel = self.cancel.clone();
+        let input = new_input(cx.core, r)?;
+        let cancel = cx.core.cancel.clone();
         let deadline = Instant::now() + Duration::from_nanos(delay_ns);
         std::thread::Builder::new().name("astrid-test-feeder".into()).spawn(move || {
             // A cancellable sleep: the capsule going away ends the feeder early.
-            if wait::wait_any(&[], &cancel, Some(deadline)) == Err(wait::WaitError::TimedOut) {
-                if !write_all(&*w, &data, &cancel) {
-                    return;
-                }
+            if wait::wait_any(&[], &cancel, Some(deadline)) == Err(wait::WaitError::TimedOut) && !write_all(&*w, &data, &cancel) {
+                return;
             }
             drop(w);
         })?;
         Ok(input)
     }
 
-    fn console(&mut self) -> wasmtime::Result<Resource<OutputStream>> {
-        let sink = Arc::new(ConsoleSink::new(&self.capsule));
-        new_output(self, sink)
+    fn console(cx) -> Resource<OutputStream> {
+        let sink = Arc::new(ConsoleOutput::new(&cx.core.identity.capsule));
+        new_output(cx.core, sink)
     }
 
-    fn echo_by_host(&mut self, capacity: u32) -> wasmtime::Result<(Resource<OutputStream>, Resource<InputStream>)> {
+    fn echo_by_host(cx, capacity: u32) -> (Resource<OutputStream>, Resource<InputStream>) {
         if capacity == 0 || capacity > MAX_PIPE {
             wasmtime::bail!("echo capacity {capacity} is outside 1..={MAX_PIPE}");
         }
         let (to_host, from_capsule) = pipe(capacity as usize);
         let (to_capsule, from_host) = pipe(capacity as usize);
-        let out = new_output(self, to_host)?;
-        let input = new_input(self, from_host)?;
-        let cancel = self.cancel.clone();
+        let out = new_output(cx.core, to_host)?;
+        let input = new_input(cx.core, from_host)?;
+        let cancel = cx.core.cancel.clone();
         std::thread::Builder::new().name("astrid-test-echo".into()).spawn(move || {
             loop {
                 if wait::wait_one(&*from_capsule, &cancel, None).is_err() {
@@ -79,22 +87,23 @@ impl Host for CapsuleState {
         Ok((out, input))
     }
 
-    fn zeroes_by_host(&mut self, len: u64) -> wasmtime::Result<Resource<InputStream>> {
-        new_input(self, Arc::new(ZeroSource::new(len)))
+    fn zeroes_by_host(cx, len: u64) -> Resource<InputStream> {
+        new_input(cx.core, Arc::new(ZeroSource::new(len)))
     }
 
-    fn null_sink(&mut self) -> wasmtime::Result<Resource<OutputStream>> {
-        new_output(self, Arc::new(NullSink::default()))
+    fn null_sink(cx) -> Resource<OutputStream> {
+        new_output(cx.core, Arc::new(NullSink::default()))
     }
 
-    fn test_argument(&mut self) -> wasmtime::Result<String> {
-        Ok(std::env::var("ASTRID_TEST_ARG").unwrap_or_default())
+    fn test_argument(cx) -> String {
+        Ok(cx.pkg.argument.clone())
     }
 
-    fn cancel_self_after(&mut self, delay_ns: u64) -> wasmtime::Result<()> {
-        super::cancel_after(&self.cancel, Duration::from_nanos(delay_ns))
+    fn cancel_self_after(cx, delay_ns: u64) -> () {
+        crate::wait::cancel_after(&cx.core.cancel, Duration::from_nanos(delay_ns))?;
+        Ok(())
     }
-}
+} }
 
 /// Writes all of `bytes` into `sink` as permits allow, waiting between them; `false`
 /// when the sink closed or the capsule was cancelled.

@@ -1,0 +1,282 @@
+//! What a capsule's store holds: a small core every package uses (identity, handle
+//! table with its quota, cancellation, limits, audit handle) and one context per
+//! package, each built once by `CapsuleState::new` and handed to that package's host
+//! file only, as a borrowed view. Handles live in the store's own table, so they can
+//! never cross capsule stores.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use wasmtime::component::{Resource, ResourceTable};
+use wasmtime::{ResourceLimiter, StoreLimits};
+
+use super::envelope::Note;
+use crate::audit::AuditHandle;
+use crate::ipc::bus::Bus;
+use crate::kv::Kv;
+use crate::net::{NetCounts, NetPolicy, Network};
+use crate::wait::CancelToken;
+
+/// Per-capsule limits (the hosted Astrid kernel's defaults where it has one).
+#[derive(Clone, Debug)]
+pub struct CapsuleLimits {
+    /// Linear memory per capsule.
+    pub memory_bytes: usize,
+    /// Live resource handles (pollables, streams, errors, sockets) per capsule.
+    pub handles: usize,
+    /// Bytes of keys and values the capsule's kv store may hold.
+    pub kv_bytes: usize,
+}
+
+/// Live resource handles a capsule may hold by default.
+pub const DEFAULT_HANDLES: usize = 1024;
+/// Linear memory a capsule may grow to by default.
+pub const DEFAULT_MEMORY_BYTES: usize = 64 << 20;
+
+impl Default for CapsuleLimits {
+    fn default() -> Self {
+        CapsuleLimits { memory_bytes: DEFAULT_MEMORY_BYTES, handles: DEFAULT_HANDLES, kv_bytes: crate::kv::DEFAULT_QUOTA }
+    }
+}
+
+/// Who a capsule is, in every record it causes.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    /// The capsule's id (its manifest name, else its file stem).
+    pub capsule: Arc<str>,
+    /// The principal it acts for.
+    pub principal: Arc<str>,
+}
+
+/// What every package's host file may use.
+pub struct Core {
+    pub identity: Identity,
+    pub cancel: CancelToken,
+    pub(super) audit: Option<AuditHandle>,
+    pub(super) note: Note,
+    pub(super) calls: u64,
+    table: ResourceTable,
+    live_handles: usize,
+    handle_quota: usize,
+}
+
+/// A clean trap: the capsule asked for more than its quota allows.
+#[derive(Debug)]
+pub struct QuotaExceeded {
+    pub what: &'static str,
+    pub limit: usize,
+}
+
+impl std::fmt::Display for QuotaExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} quota exceeded (limit {})", self.what, self.limit)
+    }
+}
+
+impl std::error::Error for QuotaExceeded {}
+
+impl Core {
+    /// Host calls the capsule has made (what tells an empty SDK stub `run` apart).
+    pub fn calls(&self) -> u64 {
+        self.calls
+    }
+
+    /// Notes what the current call moved, for its record.
+    pub fn moved(&mut self, bytes: u64) {
+        self.note.bytes = Some(bytes);
+    }
+
+    /// Notes that the current call's wait was ended by the capsule's cancellation.
+    pub fn cancelled(&mut self) {
+        self.note.cancelled = true;
+    }
+
+    /// Notes that the image refuses the current call, and why.
+    pub fn refused(&mut self, why: &'static str) {
+        self.note.refused = Some(why);
+    }
+
+    /// Notes what went wrong beyond the error's case; kept escaped in the record.
+    pub fn detail(&mut self, text: String) {
+        self.note.detail = Some(text);
+    }
+
+    /// Notes the pollables of a `poll` and how many were ready.
+    pub fn polled(&mut self, pollables: u32, ready: Option<u32>) {
+        self.note.pollable_count = Some(pollables);
+        self.note.ready_count = ready;
+    }
+
+    pub fn get<T: 'static>(&self, handle: &Resource<T>) -> wasmtime::Result<&T> {
+        Ok(self.table.get(handle)?)
+    }
+
+    pub fn get_mut<T: 'static>(&mut self, handle: &Resource<T>) -> wasmtime::Result<&mut T> {
+        Ok(self.table.get_mut(handle)?)
+    }
+
+    /// Adds a handle to the table, within the capsule's quota.
+    pub fn push<T: Send + 'static>(&mut self, value: T) -> wasmtime::Result<Resource<T>> {
+        self.reserve_handle()?;
+        Ok(self.table.push(value)?)
+    }
+
+    /// Adds a handle that depends on `parent` (a stream's pollable): the parent cannot be
+    /// dropped while it lives.
+    pub fn push_child<T: Send + 'static, P: 'static>(&mut self, value: T, parent: &Resource<P>) -> wasmtime::Result<Resource<T>> {
+        self.reserve_handle()?;
+        Ok(self.table.push_child(value, parent)?)
+    }
+
+    /// Removes a handle; dropping a parent whose children live is a trap.
+    pub fn delete<T: 'static>(&mut self, handle: Resource<T>) -> wasmtime::Result<T> {
+        let value = self.table.delete(handle)?;
+        self.live_handles -= 1;
+        Ok(value)
+    }
+
+    fn reserve_handle(&mut self) -> wasmtime::Result<()> {
+        if self.live_handles >= self.handle_quota {
+            return Err(QuotaExceeded { what: "resource handle", limit: self.handle_quota }.into());
+        }
+        self.live_handles += 1;
+        Ok(())
+    }
+}
+
+/// `astrid:sys`: what `get-config` and the capability queries answer.
+pub struct SysCtx {
+    pub config: BTreeMap<String, String>,
+    pub capabilities: Vec<String>,
+}
+
+/// `astrid:ipc`: the image's bus and what this capsule may do on it.
+pub struct IpcCtx {
+    pub bus: Arc<Bus>,
+    /// Topic patterns the capsule may publish to / subscribe within (`None`: all).
+    pub publish: Option<Vec<String>>,
+    pub subscribe: Option<Vec<String>>,
+    /// Live subscriptions.
+    pub subscriptions: usize,
+}
+
+/// `astrid:net`: the image's network, what this capsule may do on it, and its sockets.
+pub struct NetCtx {
+    pub network: Arc<Network>,
+    pub policy: NetPolicy,
+    pub counts: NetCounts,
+}
+
+/// `astrid-unikernel:testing`: the argument test capsules read.
+pub struct TestingCtx {
+    pub argument: String,
+}
+
+/// A package's borrowed view of the state: the core and its own context, nothing else.
+pub struct View<'a, P> {
+    pub core: &'a mut Core,
+    pub pkg: &'a mut P,
+}
+
+/// The views of packages without a context of their own (io, the refusals).
+pub struct NoContext;
+
+/// What the image shares between its capsules.
+#[derive(Clone, Default)]
+pub struct Shared {
+    pub bus: Arc<Bus>,
+    pub network: Arc<Network>,
+}
+
+/// How a capsule's state is built: everything decided before it runs.
+pub struct Spec<'a> {
+    pub identity: Identity,
+    pub cancel: CancelToken,
+    pub limits: &'a CapsuleLimits,
+    pub audit: Option<AuditHandle>,
+    pub config: BTreeMap<String, String>,
+    pub capabilities: Vec<String>,
+    pub ipc_publish: Option<Vec<String>>,
+    pub ipc_subscribe: Option<Vec<String>>,
+    pub net_policy: NetPolicy,
+    /// Where the kv store persists (`ASTRID_KV_DIR`), if anywhere.
+    pub kv_dir: Option<&'a std::path::Path>,
+    pub test_argument: String,
+}
+
+/// The store's data: one capsule's whole host-side state.
+pub struct CapsuleState {
+    pub core: Core,
+    pub io: NoContext,
+    pub sys: SysCtx,
+    pub kv: Kv,
+    pub ipc: IpcCtx,
+    pub net: NetCtx,
+    pub testing: TestingCtx,
+    memory_cap: usize,
+    store_limits: StoreLimits,
+}
+
+impl CapsuleState {
+    /// Builds every context once; the kv store is loaded (and its journal opened) here.
+    pub fn new(spec: Spec<'_>, shared: &Shared) -> Result<Self, String> {
+        let kv = match spec.kv_dir {
+            Some(dir) => Kv::persisted(dir, &spec.identity.principal, spec.limits.kv_bytes)
+                .map_err(|e| format!("its kv store cannot be loaded: {e}"))?,
+            None => Kv::in_memory(spec.limits.kv_bytes),
+        };
+        Ok(CapsuleState {
+            core: Core {
+                identity: spec.identity,
+                cancel: spec.cancel,
+                audit: spec.audit,
+                note: Note::default(),
+                calls: 0,
+                table: ResourceTable::new(),
+                live_handles: 0,
+                handle_quota: spec.limits.handles,
+            },
+            io: NoContext,
+            sys: SysCtx { config: spec.config, capabilities: spec.capabilities },
+            kv,
+            ipc: IpcCtx { bus: shared.bus.clone(), publish: spec.ipc_publish, subscribe: spec.ipc_subscribe, subscriptions: 0 },
+            net: NetCtx { network: shared.network.clone(), policy: spec.net_policy, counts: NetCounts::default() },
+            testing: TestingCtx { argument: spec.test_argument },
+            memory_cap: spec.limits.memory_bytes,
+            store_limits: wasmtime::StoreLimitsBuilder::new().trap_on_grow_failure(true).build(),
+        })
+    }
+}
+
+/// A clean trap: a memory grew past the capsule's cap.
+#[derive(Debug)]
+pub struct MemoryCapReached {
+    pub desired: usize,
+    pub cap: usize,
+}
+
+impl std::fmt::Display for MemoryCapReached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "memory limit reached: the capsule asked for {} bytes, its cap is {} bytes (ASTRID_MEMORY_MIB)",
+            self.desired, self.cap
+        )
+    }
+}
+
+impl std::error::Error for MemoryCapReached {}
+
+impl ResourceLimiter for CapsuleState {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        // A trap rather than `memory.grow` returning -1: a capsule that outgrows its cap
+        // is stopped with a clear reason instead of limping on.
+        if desired > self.memory_cap {
+            return Err(MemoryCapReached { desired, cap: self.memory_cap }.into());
+        }
+        Ok(true)
+    }
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.store_limits.table_growing(current, desired, maximum)
+    }
+}

@@ -1,0 +1,316 @@
+//! The streams a capsule holds over byte sources and sinks, with the io contract's
+//! promises kept: reads take at most `READ_CEILING` per call, a write beyond the last
+//! `check-write` permit is refused, blocking writes of any size are segmented (and end
+//! on cancellation between segments), a stream is closed for good after a failure, and
+//! every blocking step waits on the wait primitive racing the capsule's cancellation.
+//! Nothing here knows WIT: the host file turns `Ended` into the WIT's values.
+
+use std::sync::Arc;
+
+use super::{ByteSink, ByteSource, StreamFailure};
+use crate::wait::{self, CancelToken, Readiness};
+
+/// Most bytes one `read`, `skip` or `splice` moves.
+pub const READ_CEILING: usize = 1 << 20;
+/// Segment of the blocking zero writes: one static buffer, never allocated per call.
+const ZEROES_CHUNK: usize = 64 << 10;
+static ZEROES: [u8; ZEROES_CHUNK] = [0; ZEROES_CHUNK];
+
+/// `astrid:io/error.error`: what went wrong with a stream's last operation.
+pub struct IoError {
+    pub message: String,
+}
+
+/// `astrid:io/streams.input-stream`.
+pub struct InputStream {
+    pub source: Arc<dyn ByteSource>,
+    pub closed: bool,
+}
+
+/// `astrid:io/streams.output-stream`.
+pub struct OutputStream {
+    pub sink: Arc<dyn ByteSink>,
+    /// What the last `check-write` allowed and no write has used up yet.
+    pub permit: usize,
+    pub closed: bool,
+}
+
+impl InputStream {
+    pub fn new(source: Arc<dyn ByteSource>) -> Self {
+        InputStream { source, closed: false }
+    }
+}
+
+impl OutputStream {
+    pub fn new(sink: Arc<dyn ByteSink>) -> Self {
+        OutputStream { sink, permit: 0, closed: false }
+    }
+
+    /// `check-write`: asks the sink and remembers the permit.
+    pub fn check_write(&mut self) -> Ended<u64> {
+        if self.closed {
+            return Ended::Closed;
+        }
+        match self.sink.check_write() {
+            Ok(permit) => {
+                self.permit = permit;
+                Ended::Done(permit as u64)
+            }
+            Err(f) => f.into(),
+        }
+    }
+
+    /// `write` / `write-zeroes`: within the permit, or `PermitExceeded` (a trap).
+    pub fn write(&mut self, bytes: &[u8]) -> Result<Ended<()>, PermitExceeded> {
+        if self.closed {
+            return Ok(Ended::Closed);
+        }
+        if bytes.len() > self.permit {
+            return Err(PermitExceeded { len: bytes.len(), permit: self.permit });
+        }
+        self.permit -= bytes.len();
+        Ok(match self.sink.write(bytes) {
+            Ok(()) => Ended::Done(()),
+            Err(f) => f.into(),
+        })
+    }
+
+    /// `flush`: our sinks complete a flush before returning, so blocking or not is one.
+    pub fn flush(&self) -> Ended<()> {
+        if self.closed {
+            return Ended::Closed;
+        }
+        match self.sink.flush() {
+            Ok(()) => Ended::Done(()),
+            Err(f) => f.into(),
+        }
+    }
+
+    pub fn close(&mut self) {
+        self.closed = true;
+        self.permit = 0;
+    }
+}
+
+/// A write past the `check-write` permit: the contract makes it a trap.
+#[derive(Debug)]
+pub struct PermitExceeded {
+    pub len: usize,
+    pub permit: usize,
+}
+
+impl std::fmt::Display for PermitExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "write of {} bytes exceeds the check-write permit of {} bytes", self.len, self.permit)
+    }
+}
+
+impl std::error::Error for PermitExceeded {}
+
+/// How one stream operation ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended<T> {
+    Done(T),
+    /// The other end is gone, or the stream was closed before.
+    Closed,
+    /// The capsule's cancellation ended the wait.
+    Cancelled,
+    /// The operation failed; the stream is closed for good afterwards.
+    Failed(String),
+}
+
+impl<T> Ended<T> {
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Ended<U> {
+        match self {
+            Ended::Done(v) => Ended::Done(f(v)),
+            Ended::Closed => Ended::Closed,
+            Ended::Cancelled => Ended::Cancelled,
+            Ended::Failed(m) => Ended::Failed(m),
+        }
+    }
+}
+
+impl<T> From<StreamFailure> for Ended<T> {
+    fn from(f: StreamFailure) -> Self {
+        match f {
+            StreamFailure::Closed => Ended::Closed,
+            StreamFailure::Failed(m) => Ended::Failed(m),
+        }
+    }
+}
+
+/// Waits for `source`; `false` when the capsule was cancelled.
+fn wait_for(source: &dyn Readiness, cancel: &CancelToken) -> bool {
+    wait::wait_one(source, cancel, None).is_ok()
+}
+
+/// `read` / `blocking-read`: up to `len` bytes (at most `READ_CEILING`); blocking waits
+/// until at least one byte, the end, or cancellation.
+pub fn read(stream: &InputStream, len: usize, blocking: bool, cancel: &CancelToken) -> Ended<Vec<u8>> {
+    if stream.closed {
+        return Ended::Closed;
+    }
+    let len = len.min(READ_CEILING);
+    loop {
+        match stream.source.read(len) {
+            Ok(bytes) if bytes.is_empty() && blocking && len > 0 => {
+                if !wait_for(&*stream.source, cancel) {
+                    return Ended::Cancelled;
+                }
+            }
+            Ok(bytes) => return Ended::Done(bytes),
+            Err(f) => return f.into(),
+        }
+    }
+}
+
+/// What a blocking write sends.
+#[derive(Clone, Copy)]
+pub enum Payload<'a> {
+    Bytes(&'a [u8]),
+    Zeroes(u64),
+}
+
+impl Payload<'_> {
+    fn len(&self) -> u64 {
+        match self {
+            Payload::Bytes(b) => b.len() as u64,
+            Payload::Zeroes(n) => *n,
+        }
+    }
+
+    /// Up to `max` bytes from `offset`.
+    fn chunk(&self, offset: u64, max: usize) -> &[u8] {
+        match self {
+            Payload::Bytes(b) => {
+                let at = offset as usize;
+                &b[at..at + max.min(b.len() - at)]
+            }
+            Payload::Zeroes(n) => &ZEROES[..max.min(ZEROES_CHUNK).min((n - offset).try_into().unwrap_or(usize::MAX))],
+        }
+    }
+}
+
+/// `blocking-write-and-flush` / `blocking-write-zeroes-and-flush`: the whole payload,
+/// as permits allow, then a flush. Cancellation ends it between segments as well as in
+/// a wait, so a huge length cannot outlive the capsule's deadline.
+pub fn write_all(stream: &mut OutputStream, payload: Payload<'_>, cancel: &CancelToken) -> Ended<u64> {
+    if stream.closed {
+        return Ended::Closed;
+    }
+    stream.permit = 0;
+    let sink = &*stream.sink;
+    let total = payload.len();
+    let mut written = 0u64;
+    while written < total {
+        if cancel.is_cancelled() {
+            return Ended::Cancelled;
+        }
+        let permit = match sink.check_write() {
+            Ok(p) => p,
+            Err(f) => return f.into(),
+        };
+        if permit == 0 {
+            if !wait_for(sink, cancel) {
+                return Ended::Cancelled;
+            }
+            continue;
+        }
+        let chunk = payload.chunk(written, permit);
+        if let Err(f) = sink.write(chunk) {
+            return f.into();
+        }
+        written += chunk.len() as u64;
+    }
+    match sink.flush() {
+        Ok(()) => Ended::Done(written),
+        Err(f) => f.into(),
+    }
+}
+
+/// Which end of a splice failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Source,
+    Sink,
+}
+
+/// `splice` / `blocking-splice`: moves up to `len` bytes (at most `READ_CEILING`) from
+/// `src` to `dst`, as much as the sink takes now.
+pub fn splice(dst: &mut OutputStream, src: &InputStream, len: usize, blocking: bool, cancel: &CancelToken) -> (Ended<u64>, Side) {
+    if dst.closed {
+        return (Ended::Closed, Side::Sink);
+    }
+    if src.closed {
+        return (Ended::Closed, Side::Source);
+    }
+    dst.permit = 0;
+    let len = len.min(READ_CEILING);
+    let (source, sink) = (&*src.source, &*dst.sink);
+    loop {
+        if blocking && !source.is_ready() && !wait_for(source, cancel) {
+            return (Ended::Cancelled, Side::Source);
+        }
+        let permit = match sink.check_write() {
+            Ok(p) => p,
+            Err(f) => return (f.into(), Side::Sink),
+        };
+        if permit == 0 {
+            if !blocking {
+                return (Ended::Done(0), Side::Sink);
+            }
+            if !wait_for(sink, cancel) {
+                return (Ended::Cancelled, Side::Sink);
+            }
+            continue;
+        }
+        let bytes = match source.read(permit.min(len)) {
+            Ok(b) => b,
+            Err(f) => return (f.into(), Side::Source),
+        };
+        if bytes.is_empty() && blocking && len > 0 {
+            continue;
+        }
+        return match sink.write(&bytes) {
+            Ok(()) => (Ended::Done(bytes.len() as u64), Side::Sink),
+            Err(f) => (f.into(), Side::Sink),
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::{NullSink, pipe};
+
+    #[test]
+    fn a_write_past_the_permit_is_refused_and_within_it_goes_through() {
+        let (w, _r) = pipe(16);
+        let mut out = OutputStream::new(w);
+        assert!(out.write(b"x").is_err(), "no permit yet");
+        assert_eq!(out.check_write(), Ended::Done(16));
+        assert_eq!(out.write(b"0123456789").unwrap(), Ended::Done(()));
+        assert!(out.write(b"0123456789").is_err(), "6 left of the permit");
+    }
+
+    #[test]
+    fn huge_zero_writes_end_on_cancellation() {
+        let mut out = OutputStream::new(Arc::new(NullSink::default()));
+        let cancel = CancelToken::new();
+        cancel.cancel();
+        assert_eq!(write_all(&mut out, Payload::Zeroes(u64::MAX), &cancel), Ended::Cancelled);
+        let live = CancelToken::new();
+        assert_eq!(write_all(&mut out, Payload::Zeroes(200_000), &live), Ended::Done(200_000));
+    }
+
+    #[test]
+    fn a_closed_stream_stays_closed() {
+        let (w, r) = pipe(4);
+        let mut out = OutputStream::new(w);
+        out.close();
+        assert_eq!(out.check_write(), Ended::Closed);
+        let mut input = InputStream::new(r);
+        input.closed = true;
+        assert_eq!(read(&input, 4, true, &CancelToken::new()), Ended::Closed);
+    }
+}
