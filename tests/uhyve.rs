@@ -71,7 +71,7 @@ fn boot(s: &Setup, capsules: &[PathBuf], extra: &[String]) -> UhyveOutcome {
 fn uhyve_runs_a_mapped_capsule_and_propagates_statuses() {
     let Some(s) = setup() else { return };
 
-    let ok = boot(&s, &[s.example.clone()], &[]);
+    let ok = boot(&s, std::slice::from_ref(&s.example), &[]);
     assert_eq!(ok.status, Some(0), "output:\n{}", ok.output);
     assert!(
         ok.output.contains("astrid: capsule /root/hello.wasm: wasm component (binary version 0xd)"),
@@ -81,7 +81,7 @@ fn uhyve_runs_a_mapped_capsule_and_propagates_statuses() {
 
     // argv: a second, unmapped path after the mapped one is seen by the application
     // and fails by name with the not-found status.
-    let missing = boot(&s, &[s.example.clone()], &["/root/unmapped.wasm".into()]);
+    let missing = boot(&s, std::slice::from_ref(&s.example), &["/root/unmapped.wasm".into()]);
     assert_eq!(missing.status, Some(66), "output:\n{}", missing.output);
     assert!(missing.output.contains("capsule /root/unmapped.wasm: cannot be opened"), "{}", missing.output);
 

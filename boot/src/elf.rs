@@ -651,7 +651,10 @@ pub(crate) mod tests {
         use hermit_entry::elf::KernelObject;
         let bytes = ElfBuilder::default().build();
         // hermit-entry casts the header in place: give it 8-byte aligned storage.
-        let mut words = alloc::vec![0u64; bytes.len() / 8];
+        let mut words = alloc::vec![0u64; bytes.len().div_ceil(8)];
+        // SAFETY: `words` owns at least `bytes.len()` initialised bytes (rounded up to
+        // whole words), u8 has no alignment or validity requirement, and the byte view
+        // is the only access to `words` while it lives.
         let aligned: &mut [u8] =
             unsafe { core::slice::from_raw_parts_mut(words.as_mut_ptr().cast(), bytes.len()) };
         aligned.copy_from_slice(&bytes);
@@ -666,6 +669,9 @@ pub(crate) mod tests {
             loaded.load_info.kernel_image_addr_range,
             0x60_0000..0x60_3000
         );
+        // SAFETY: the one PT_LOAD spans the whole of `memory` (file bytes, then zeroed
+        // bss), so `load_kernel` initialised every byte, these 8 included (then relocated);
+        // `read_unaligned` asks nothing of the address's alignment.
         let reloc = unsafe {
             memory[0x1000..0x1008]
                 .as_ptr()

@@ -107,7 +107,7 @@ impl NetBench<'_> {
             ("ASTRID_AUDIT", "off".to_string()),
         ];
         std::thread::scope(|scope| -> Result<(f64, f64)> {
-            let server = scope.spawn(|| self.run(at, &[sdk.clone()], &env, Some((host_port, guest_port))));
+            let server = scope.spawn(|| self.run(at, std::slice::from_ref(&sdk), &env, Some((host_port, guest_port))));
             let data: Vec<u8> = (0..ECHO_BYTES).map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3]).collect();
             let until = Instant::now() + Duration::from_secs(240);
             // A small warm-up connection first: the first connection into a fresh guest

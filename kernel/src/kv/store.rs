@@ -90,10 +90,10 @@ impl KvStore {
 
     /// Up to `limit` keys after `cursor`; the cursor of the next page when more remain.
     pub fn page(&self, prefix: &str, cursor: Option<&str>, limit: u32) -> Result<(Vec<String>, Option<String>), KvError> {
-        if let Some(c) = cursor {
-            if !c.starts_with(prefix) {
-                return Err(KvError::InvalidKey);
-            }
+        if let Some(c) = cursor
+            && !c.starts_with(prefix)
+        {
+            return Err(KvError::InvalidKey);
         }
         let limit = limit.clamp(1, MAX_PAGE) as usize;
         let mut keys: Vec<String> = self.with_prefix(prefix, cursor).take(limit + 1).cloned().collect();
