@@ -75,6 +75,18 @@ impl Default for NetPolicy {
     }
 }
 
+/// Waits up to `linger` for the kernel connections still sending what capsules wrote;
+/// returns how many are still open after it. Temporary: a thin wrapper over `kernel`
+/// until the net split brings its own.
+pub fn drain(linger: Duration) -> usize {
+    let open = kernel::sending();
+    if open == 0 {
+        return 0;
+    }
+    println!("astrid: waiting for {open} connection(s) to finish sending (at most {} s)", linger.as_secs());
+    kernel::wait_until_sent(Instant::now() + linger)
+}
+
 fn allowed(patterns: &[Pattern], host: &str, port: u16) -> bool {
     patterns.iter().any(|p| p.matches(host, port))
 }
