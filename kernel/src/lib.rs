@@ -23,6 +23,7 @@ pub mod net;
 pub mod platform;
 #[cfg(feature = "engine")]
 pub mod refusals;
+pub mod settings;
 #[cfg(feature = "engine")]
 pub mod sys;
 pub mod wait;
