@@ -38,10 +38,10 @@ fn package_name(manifest: &Path) -> Result<String> {
     for line in text.lines().map(str::trim) {
         if line.starts_with('[') {
             in_package = line == "[package]";
-        } else if in_package {
-            if let Some(v) = line.strip_prefix("name").map(str::trim).and_then(|l| l.strip_prefix('=')) {
-                return Ok(v.trim().trim_matches('"').to_string());
-            }
+        } else if in_package
+            && let Some(v) = line.strip_prefix("name").map(str::trim).and_then(|l| l.strip_prefix('='))
+        {
+            return Ok(v.trim().trim_matches('"').to_string());
         }
     }
     anyhow::bail!("{}: no [package] name", manifest.display())

@@ -73,7 +73,7 @@ pub fn build(paths: &Paths, variant: Variant) -> Result<PathBuf> {
 /// the boot time it costs: every byte is a port write) for what matters; set
 /// `ASTRID_KERNEL_LOG=info` (or debug, trace) to see the kernel's boot report.
 fn log_level() -> String {
-    std::env::var("ASTRID_KERNEL_LOG").unwrap_or_else(|_| "warn".to_string())
+    std::env::var(astrid_kernel::settings::KERNEL_LOG).unwrap_or_else(|_| "warn".to_string())
 }
 
 fn is_newer(a: &Path, b: &Path) -> Result<bool> {
