@@ -38,6 +38,7 @@ impl Variant {
 
 /// Builds (or reuses) the post-processed libhermit.a of `variant`; returns its directory.
 pub fn build(paths: &Paths, variant: Variant) -> Result<PathBuf> {
+    crate::toolchain::require_ensured("building the Hermit kernel")?;
     let pristine = source_dir(paths)?;
     let src = patched_source(paths, &pristine, variant)?;
     let target_dir = paths.out.join(format!("kernel-{}", variant.name()));

@@ -237,8 +237,28 @@ fn main() -> ExitCode {
     }
 }
 
+impl Cmd {
+    /// Whether the command may build anything with cargo (the application, the kernel,
+    /// the loader, capsules, tools). Such commands install the pinned toolchains and
+    /// targets first, in one step (`prepare`); the build steps refuse to run before it.
+    fn builds(&self) -> bool {
+        match self {
+            Cmd::Setup { .. } | Cmd::Build { .. } | Cmd::Run(_) | Cmd::Test { .. } | Cmd::Bench { .. } => true,
+            Cmd::Compile { .. } | Cmd::Audit { .. } | Cmd::SettingsTable => false,
+        }
+    }
+}
+
+/// The step before any build: the pinned toolchains, their components and targets.
+fn prepare() -> Result<()> {
+    toolchain::ensure_all()
+}
+
 fn dispatch(cmd: Cmd) -> Result<u8> {
     let paths = Paths::discover();
+    if cmd.builds() {
+        prepare()?;
+    }
     match cmd {
         Cmd::Setup { uhyve } => {
             setup::ensure_base()?;
@@ -683,6 +703,27 @@ mod tests {
     fn the_cli_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_command_that_builds_prepares_first() {
+        for (args, builds) in [
+            (&["setup"][..], true),
+            (&["build"], true),
+            (&["run", "capsules/hello"], true),
+            (&["test"], true),
+            (&["bench"], true),
+            (&["compile", "x.wasm"], false),
+            (&["audit", "verify", "log"], false),
+            (&["settings-table"], false),
+        ] {
+            assert_eq!(cli(args).builds(), builds, "{args:?}");
+        }
+        // And a build step that runs before the toolchains are ensured is refused (this
+        // process never ensured them).
+        let paths = Paths::discover();
+        let early = capsule::build(&paths, &paths.root.join("capsules/hello")).unwrap_err();
+        assert!(early.to_string().contains("toolchain::ensure_all"), "{early}");
     }
 
     /// The status and message of a run refused before anything boots.
