@@ -11,23 +11,75 @@ use std::time::Instant;
 use crate::audit::{AuditLog, ConsoleSink, IoEvent, LinesSink, Sink};
 use crate::platform::{self, FutexWait};
 
-/// Runs the named benchmark; `None` if there is no such benchmark.
-pub fn run(name: &str, var: &impl Fn(&str) -> Option<String>) -> Option<Result<String, String>> {
-    Some(match name {
-        "futex" => Ok(futex_pingpong(2000, None)),
-        // The same with a (never reached) deadline on every wait: what timed waits cost.
-        "futex-timed" => Ok(futex_pingpong(2000, Some(std::time::Duration::from_secs(30)))),
-        "wait" => Ok(wait_pingpong(2000)),
-        "memcpy" => Ok(memcpy(64 << 20)),
-        "sink-serial" => sink(Box::new(ConsoleSink::stdout()), 5000, "serial"),
-        "sink-file" => match var("ASTRID_AUDIT_FILE") {
-            Some(path) => std::fs::File::create(&path)
-                .map_err(|e| format!("cannot create {path}: {e}"))
-                .and_then(|f| sink(Box::new(LinesSink::new(f)), 50_000, "file")),
-            None => Err("sink-file needs ASTRID_AUDIT_FILE".into()),
+/// Round trips per ping-pong benchmark.
+const PINGPONG_ROUNDS: u32 = 2000;
+/// Bytes the memcpy benchmark moves.
+const MEMCPY_BYTES: usize = 64 << 20;
+/// Records through the serial sink (slow: every byte is a port write under QEMU).
+const SERIAL_RECORDS: u64 = 5000;
+/// Records through the file sink.
+const FILE_RECORDS: u64 = 50_000;
+/// The (never reached) deadline of `futex-timed`'s waits.
+const NEVER: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The native baselines, by the name `ASTRID_BENCH` gives them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Benchmark {
+    Futex,
+    /// The futex ping-pong with a (never reached) deadline on every wait: what timed
+    /// waits cost.
+    FutexTimed,
+    Wait,
+    Memcpy,
+    SinkSerial,
+    /// Needs `ASTRID_AUDIT_FILE`.
+    SinkFile,
+}
+
+impl Benchmark {
+    pub const ALL: [Benchmark; 6] =
+        [Benchmark::Futex, Benchmark::FutexTimed, Benchmark::Wait, Benchmark::Memcpy, Benchmark::SinkSerial, Benchmark::SinkFile];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Benchmark::Futex => "futex",
+            Benchmark::FutexTimed => "futex-timed",
+            Benchmark::Wait => "wait",
+            Benchmark::Memcpy => "memcpy",
+            Benchmark::SinkSerial => "sink-serial",
+            Benchmark::SinkFile => "sink-file",
+        }
+    }
+}
+
+impl std::fmt::Display for Benchmark {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Benchmark {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Benchmark::ALL.into_iter().find(|b| b.name() == s).ok_or_else(|| "no such benchmark".to_string())
+    }
+}
+
+/// Runs a benchmark; `audit_file` is where `sink-file` writes.
+pub fn run(bench: Benchmark, audit_file: Option<&std::path::Path>) -> Result<String, String> {
+    match bench {
+        Benchmark::Futex => Ok(futex_pingpong(PINGPONG_ROUNDS, None)),
+        Benchmark::FutexTimed => Ok(futex_pingpong(PINGPONG_ROUNDS, Some(NEVER))),
+        Benchmark::Wait => Ok(wait_pingpong(PINGPONG_ROUNDS)),
+        Benchmark::Memcpy => Ok(memcpy(MEMCPY_BYTES)),
+        Benchmark::SinkSerial => sink(Box::new(ConsoleSink::stdout()), SERIAL_RECORDS, "serial"),
+        Benchmark::SinkFile => match audit_file {
+            Some(path) => std::fs::File::create(path)
+                .map_err(|e| format!("cannot create {}: {e}", path.display()))
+                .and_then(|f| sink(Box::new(LinesSink::new(f)), FILE_RECORDS, "file")),
+            None => Err(format!("sink-file needs {}", crate::settings::AUDIT_FILE)),
         },
-        _ => return None,
-    })
+    }
 }
 
 /// Round trips of two threads waking each other through a futex word.

@@ -10,6 +10,7 @@ use std::io::Read;
 use std::path::PathBuf;
 
 use crate::platform;
+use crate::settings::{self, Settings};
 
 /// Largest capsule the image accepts, unless `ASTRID_MAX_CAPSULE_BYTES` lowers it.
 pub const DEFAULT_MAX_CAPSULE_BYTES: u64 = 256 << 20;
@@ -68,24 +69,19 @@ impl fmt::Display for SourceError {
     }
 }
 
-/// Collects every capsule handed to this boot, boot modules first, then arguments.
-/// `var` reads an environment variable (injected for tests).
-pub fn discover(
-    args: &[String],
-    var: impl Fn(&str) -> Option<String>,
-) -> Result<Vec<CapsuleSource>, SourceError> {
+/// Collects every capsule handed to this boot, boot modules first (the loader's
+/// `ASTRID_CAPSULES` and `ASTRID_CAPSULE_<i>`), then arguments.
+pub fn discover(args: &[String], settings: &Settings) -> Result<Vec<CapsuleSource>, SourceError> {
     let mut found = Vec::new();
-    let count = var("ASTRID_CAPSULES").map(|c| (c.clone(), c.parse::<usize>()));
-    if let Some((raw, parsed)) = count {
-        let n = parsed.map_err(|_| SourceError::BadAnnouncement {
-            var: "ASTRID_CAPSULES".into(),
-            value: raw,
+    if let Some(raw) = &settings.capsule_count {
+        let n = raw.parse::<usize>().map_err(|_| SourceError::BadAnnouncement {
+            var: settings::CAPSULES.into(),
+            value: raw.clone(),
         })?;
         for i in 0..n {
-            let key = format!("ASTRID_CAPSULE_{i}");
-            let value = var(&key).unwrap_or_default();
-            found.push(parse_announcement(&value).ok_or(SourceError::BadAnnouncement {
-                var: key,
+            let value = settings.boot_modules.get(&i).cloned().unwrap_or_default();
+            found.push(parse_announcement(&value).ok_or_else(|| SourceError::BadAnnouncement {
+                var: settings::CAPSULE.name(i),
                 value,
             })?);
         }
@@ -190,12 +186,9 @@ pub fn load(source: &CapsuleSource, max: u64) -> Result<CapsuleBytes, LoadError>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
-    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
-        let map: HashMap<String, String> =
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        move |k| map.get(k).cloned()
+    fn env(pairs: &[(&str, &str)]) -> Settings {
+        Settings::from_env_pairs(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string()))).unwrap()
     }
 
     #[test]
@@ -205,7 +198,7 @@ mod tests {
             ("ASTRID_CAPSULE_0", "0x1200000,4096,hello.wasm"),
             ("ASTRID_CAPSULE_1", "0xabc000,0,empty.wasm"),
         ]);
-        let found = discover(&["/root/x.wasm".into()], vars).unwrap();
+        let found = discover(&["/root/x.wasm".into()], &vars).unwrap();
         assert_eq!(
             found,
             vec![
@@ -218,8 +211,8 @@ mod tests {
 
     #[test]
     fn nothing_given_is_a_usage_error() {
-        assert_eq!(discover(&[], env(&[])), Err(SourceError::NoCapsule));
-        assert_eq!(discover(&[], env(&[("ASTRID_CAPSULES", "0")])), Err(SourceError::NoCapsule));
+        assert_eq!(discover(&[], &env(&[])), Err(SourceError::NoCapsule));
+        assert_eq!(discover(&[], &env(&[("ASTRID_CAPSULES", "0")])), Err(SourceError::NoCapsule));
     }
 
     #[test]
@@ -227,12 +220,12 @@ mod tests {
         for bad in ["1200000,4096,a", "0x12,notanumber,a", "0x12,4", "0x12,4,", ""] {
             let vars = env(&[("ASTRID_CAPSULES", "1"), ("ASTRID_CAPSULE_0", bad)]);
             assert!(
-                matches!(discover(&[], vars), Err(SourceError::BadAnnouncement { .. })),
+                matches!(discover(&[], &vars), Err(SourceError::BadAnnouncement { .. })),
                 "{bad:?}"
             );
         }
         let vars = env(&[("ASTRID_CAPSULES", "x")]);
-        assert!(matches!(discover(&[], vars), Err(SourceError::BadAnnouncement { .. })));
+        assert!(matches!(discover(&[], &vars), Err(SourceError::BadAnnouncement { .. })));
     }
 
     #[test]

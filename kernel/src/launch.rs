@@ -1,69 +1,94 @@
-//! The application's start: find the capsules, load and check each one, run them in the
-//! engine with the audit log on the console, and turn every failure into a clear
-//! message and an exit status.
+//! The application's start: take the parsed settings, find the capsules, load and
+//! check each one, run them in the engine with the audit log on the console, and turn
+//! every failure into a clear message and an exit status.
 
 use crate::capsule::{self, CapsuleBytes, CapsuleSource, LoadError, SourceError};
 use crate::exit::Status;
 use crate::manifest::Manifest;
+use crate::settings::{self, Settings, SettingsError};
 use crate::wasm::{self, HeaderError};
 
 /// Records the audit queue holds before writers wait for the sink.
 #[cfg(feature = "engine")]
 const AUDIT_QUEUE: usize = 4096;
+/// Records the queue of a refusal's one-capsule audit log holds.
+#[cfg(feature = "engine")]
+const REJECTION_QUEUE: usize = 16;
+/// Bytes in a MiB, the unit of the memory settings.
+#[cfg(feature = "engine")]
+const MIB: u64 = 1 << 20;
+/// Kept out of each capsule's share of the engine's mapping budget.
+#[cfg(feature = "engine")]
+const SHARE_HEADROOM: usize = 2 << 20;
+/// How long the image waits at exit for connections still sending what capsules wrote.
+#[cfg(feature = "engine")]
+const EXIT_LINGER: std::time::Duration = crate::net::DEFAULT_LINGER;
 
-/// Runs the image's application and returns its exit status. `var` reads environment
-/// variables (injected for tests); messages go to stdout (the console).
-pub fn main(args: &[String], var: impl Fn(&str) -> Option<String>) -> Status {
-    match run(args, &var) {
-        Ok(status) | Err(status) => status,
+/// Runs the image's application with the settings the caller parsed (from the
+/// environment, or injected by tests) and returns its exit status; messages go to stdout
+/// (the console). The settings become this run's `settings::current()`; refused ones are
+/// a usage error.
+pub fn main(args: &[String], settings: Result<Settings, SettingsError>) -> Status {
+    match settings {
+        Ok(settings) => {
+            settings::install(settings.clone());
+            match run(args, &settings) {
+                Ok(status) | Err(status) => status,
+            }
+        }
+        Err(e) => {
+            let status = fail(Status::Usage, &e);
+            // The exit path still needs what did parse (the debug-exit port).
+            settings::install(*e.parsed);
+            status
+        }
     }
 }
 
-fn run(args: &[String], var: &impl Fn(&str) -> Option<String>) -> Result<Status, Status> {
-    if let Some(name) = var("ASTRID_BENCH") {
-        return match crate::bench::run(&name, var) {
-            Some(Ok(line)) => {
-                println!("{line}");
-                Ok(Status::Ok)
-            }
-            Some(Err(e)) => Err(fail(Status::Software, &format!("benchmark {name}: {e}"))),
-            None => Err(fail(
-                Status::Usage,
-                &format!("ASTRID_BENCH={name:?}: no such benchmark (futex, futex-timed, wait, memcpy, sink-serial, sink-file)"),
-            )),
-        };
+/// The steps: a benchmark instead of capsules, else find, check, and run them.
+fn run(args: &[String], settings: &Settings) -> Result<Status, Status> {
+    if let Some(bench) = settings.bench {
+        return run_bench(bench, settings);
     }
-    let sources = capsule::discover(args, var).map_err(|e| match e {
+    let sources = capsule::discover(args, settings).map_err(|e| match e {
         SourceError::NoCapsule => fail(Status::Usage, &e),
         _ => fail(Status::Software, &e),
     })?;
-    let max = setting(var, "ASTRID_MAX_CAPSULE_BYTES", capsule::DEFAULT_MAX_CAPSULE_BYTES)?;
-    let capsules = sources.iter().map(|s| check(s, max, var)).collect::<Result<Vec<_>, _>>()?;
+    let capsules = sources.iter().map(|s| check(s, settings)).collect::<Result<Vec<_>, _>>()?;
     let manifests = sources
         .iter()
         .enumerate()
         .map(|(i, s)| {
-            manifest_for(i, s, var).map_err(|why| {
-                audit_rejection(var, &s.id(), &why);
+            manifest_for(i, s, settings).map_err(|why| {
+                audit_rejection(settings, &s.id(), &why);
                 fail(Status::DataErr, &why)
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
     println!("astrid: {} capsule(s) ready", capsules.len());
-    if var("ASTRID_CHECK_ONLY").is_some_and(|v| v == "1") {
-        println!("astrid: check only (ASTRID_CHECK_ONLY=1): capsules checked, not run");
+    if settings.check_only.0 {
+        println!("astrid: check only ({}=1): capsules checked, not run", settings::CHECK_ONLY);
         return Ok(Status::Ok);
     }
-    run_capsules(&capsules, &manifests, var)
+    run_capsules(&capsules, &manifests, settings)
+}
+
+/// Runs a native baseline benchmark and prints its line.
+fn run_bench(bench: settings::Benchmark, settings: &Settings) -> Result<Status, Status> {
+    let audit_file = settings.audit_file.as_ref().map(|p| p.0.as_path());
+    let line = crate::bench::run(bench, audit_file).map_err(|e| fail(Status::Software, &format!("benchmark {bench}: {e}")))?;
+    println!("{line}");
+    Ok(Status::Ok)
 }
 
 /// The manifest of capsule `index`: the one the run command sent along
 /// (`ASTRID_MANIFEST_<index>`, hex of the TOML text), else — for a capsule given as a
 /// file — `<stem>.toml` beside it. The error names the capsule, the manifest and the fix.
-fn manifest_for(index: usize, source: &CapsuleSource, var: &impl Fn(&str) -> Option<String>) -> Result<Option<Manifest>, String> {
-    let (origin, text) = if let Some(hex) = var(&format!("ASTRID_MANIFEST_{index}")) {
-        let text = Manifest::decode(&hex).map_err(|e| format!("capsule {}: ASTRID_MANIFEST_{index} is corrupt ({e}): the run command writes it", source.name()))?;
-        (format!("ASTRID_MANIFEST_{index}"), text)
+fn manifest_for(index: usize, source: &CapsuleSource, settings: &Settings) -> Result<Option<Manifest>, String> {
+    let (origin, text) = if let Some(hex) = settings.manifests.get(&index) {
+        let var = settings::MANIFEST.name(index);
+        let text = Manifest::decode(hex).map_err(|e| format!("capsule {}: {var} is corrupt ({e}): the run command writes it", source.name()))?;
+        (var, text)
     } else if let CapsuleSource::File(path) = source {
         match crate::manifest::path_for(path) {
             Some(p) => {
@@ -86,80 +111,113 @@ fn manifest_for(index: usize, source: &CapsuleSource, var: &impl Fn(&str) -> Opt
 }
 
 #[cfg(not(feature = "engine"))]
-fn run_capsules(_: &[CapsuleBytes], _: &[Option<Manifest>], _: &impl Fn(&str) -> Option<String>) -> Result<Status, Status> {
+fn run_capsules(_: &[CapsuleBytes], _: &[Option<Manifest>], _: &Settings) -> Result<Status, Status> {
     println!("astrid: this image is built without the engine (the soft-float smoke image): capsules checked, not run");
     Ok(Status::Ok)
 }
 
+/// Runs the checked capsules: the engine, the audit log, every capsule loaded, then all
+/// run side by side, the network drained, the audit log closed.
 #[cfg(feature = "engine")]
-fn run_capsules(capsules: &[CapsuleBytes], manifests: &[Option<Manifest>], var: &impl Fn(&str) -> Option<String>) -> Result<Status, Status> {
-    use std::time::Duration;
+fn run_capsules(capsules: &[CapsuleBytes], manifests: &[Option<Manifest>], settings: &Settings) -> Result<Status, Status> {
+    let mut options = run_options(settings);
+    seed_randomness(settings)?;
+    fit_memory(&mut options, settings, capsules.len());
+    let engine = start_engine(settings)?;
+    let log = start_audit(settings)?;
+    let audit = log.as_ref().map(crate::audit::AuditLog::handle);
+    let (ready, loading) = load_all(&engine, capsules, manifests, &options, audit.as_ref());
+    let running = run_all(&engine, &ready, audit.as_ref());
+    drain_network();
+    let closing = close_audit(log);
+    Ok(worst(worst(loading, running), closing))
+}
 
-    use crate::audit::AuditLog;
+/// The options every capsule starts from (its manifest then narrows them).
+#[cfg(feature = "engine")]
+fn run_options(settings: &Settings) -> crate::engine::RunOptions {
+    use crate::engine::{Entry, RunOptions};
     use crate::host::CapsuleLimits;
-    use crate::engine::{CapsuleEngine, RunOptions, RunOutcome};
-    use crate::wait::CancelToken;
-
-    let mut options = RunOptions::default();
-    options.limits = CapsuleLimits {
-        memory_bytes: setting(var, "ASTRID_MEMORY_MIB", 64u64)? as usize * (1 << 20),
-        handles: setting(var, "ASTRID_HANDLE_QUOTA", options.limits.handles as u64)? as usize,
-        kv_bytes: setting(var, "ASTRID_KV_QUOTA_BYTES", options.limits.kv_bytes as u64)? as usize,
-        ..options.limits
-    };
-    if let Some(pairs) = var("ASTRID_CAPSULE_CONFIG") {
-        // `;` separates pairs where `,` cannot travel (QEMU's module list).
-        for pair in pairs.split([',', ';']).filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').ok_or_else(|| {
-                fail(Status::Usage, &format!("ASTRID_CAPSULE_CONFIG: {pair:?} is not key=value"))
-            })?;
-            options.config.insert(k.to_string(), v.to_string());
-        }
+    RunOptions {
+        limits: CapsuleLimits {
+            memory_bytes: settings.memory_mib.0.saturating_mul(MIB) as usize,
+            handles: settings.handle_quota.0 as usize,
+            kv_bytes: settings.kv_quota_bytes.0 as usize,
+        },
+        config: settings.capsule_config.0.iter().cloned().collect(),
+        kv_dir: settings.kv_dir.as_ref().map(|p| p.0.clone()),
+        test_argument: settings.test_arg.clone(),
+        entry: match &settings.hook {
+            Some(action) => Entry::Hook { action: action.clone(), payload: settings.hook_payload.0.clone() },
+            None => Entry::Run,
+        },
+        deadline: settings.deadline_ms.map(|ms| std::time::Duration::from_millis(ms.0)),
+        ..RunOptions::default()
     }
-    if let Some(hex) = var("ASTRID_SEED") {
-        let seed = crate::sys::Seed::from_hex(&hex).map_err(|e| fail(Status::Usage, &e))?;
+}
+
+/// Installs the host's seed, if it passed one (hosted mode seeds itself).
+#[cfg(feature = "engine")]
+fn seed_randomness(settings: &Settings) -> Result<(), Status> {
+    if let Some(seed) = &settings.seed {
+        let seed = crate::sys::Seed::from_hex(&seed.to_string()).map_err(|e| fail(Status::Usage, &e))?;
         crate::sys::random::seed(Ok(seed));
     }
-    options.kv_dir = var("ASTRID_KV_DIR").map(std::path::PathBuf::from);
-    options.test_argument = var("ASTRID_TEST_ARG").unwrap_or_default();
-    if let Some(action) = var("ASTRID_HOOK") {
-        let payload = match var("ASTRID_HOOK_PAYLOAD") {
-            Some(hex) => crate::manifest::hex_decode(&hex)
-                .map_err(|e| fail(Status::Usage, &format!("ASTRID_HOOK_PAYLOAD is not hex ({e}): the run command writes it")))?,
-            None => Vec::new(),
-        };
-        options.entry = crate::engine::Entry::Hook { action, payload };
-    }
-    if let Some(ms) = var("ASTRID_DEADLINE_MS") {
-        let ms = ms.parse::<u64>().map_err(|_| fail(Status::Usage, &format!("ASTRID_DEADLINE_MS={ms:?} is not a number of milliseconds")))?;
-        options.deadline = Some(Duration::from_millis(ms));
-    }
+    Ok(())
+}
 
-    // The guest's RAM (the run command passes it; unknown means a conservative 256 MiB)
-    // bounds what wasmtime may map: capsule memory is capped by that budget too.
-    // Capsules run side by side: each gets an equal share of the mapping budget, and
-    // every runner thread's stack comes out of the same memory.
-    let ram = setting(var, "ASTRID_RAM_MIB", 256)? << 20;
-    let n = capsules.len().max(1);
-    let budget = crate::platform::set_memory_budget(ram, n * crate::engine::config::RUNNER_STACK);
-    let share = (budget / n).saturating_sub(2 << 20);
-    if share < options.limits.memory_bytes {
-        options.limits.memory_bytes = share;
-    }
+/// The guest's RAM (`ASTRID_RAM_MIB`) bounds what wasmtime may map, so capsule memory is
+/// capped by that budget too. Capsules run side by side: each gets an equal share of the
+/// mapping budget, and every runner thread's stack comes out of the same memory.
+#[cfg(feature = "engine")]
+fn fit_memory(options: &mut crate::engine::RunOptions, settings: &Settings, capsules: usize) {
+    let n = capsules.max(1);
+    let budget = crate::platform::set_memory_budget(settings.ram_mib.0.saturating_mul(MIB), n * crate::engine::config::RUNNER_STACK);
+    let share = (budget / n).saturating_sub(SHARE_HEADROOM);
+    options.limits.memory_bytes = options.limits.memory_bytes.min(share);
+}
 
-    let mut engine = CapsuleEngine::new().map_err(|e| fail(Status::Software, &format!("cannot start the engine: {e:#}")))?;
-    let (external, publish) = network_settings(var)?;
-    engine.set_network(external, &publish).map_err(|e| {
-        fail(Status::Software, &format!("cannot publish ports {publish:?} (ASTRID_PUBLISH): {e} — is the port free?"))
+/// The engine, with the network the settings ask for.
+#[cfg(feature = "engine")]
+fn start_engine(settings: &Settings) -> Result<crate::engine::CapsuleEngine, Status> {
+    let mut engine =
+        crate::engine::CapsuleEngine::new().map_err(|e| fail(Status::Software, &format!("cannot start the engine: {e:#}")))?;
+    let publish = &settings.publish.0;
+    engine.set_network(settings.net.external(), publish).map_err(|e| {
+        fail(Status::Software, &format!("cannot publish ports {publish:?} ({}): {e} — is the port free?", settings::PUBLISH))
     })?;
-    let log = match var("ASTRID_AUDIT").as_deref() {
-        Some("off") => None,
-        _ => Some(AuditLog::start(audit_sink(var)?, AUDIT_QUEUE)),
-    };
-    let audit = log.as_ref().map(AuditLog::handle);
-    // Load every capsule first (compilation is the slow part under TCG), then run them
-    // all at once, each in its own store on its own thread: one trapping or being
-    // cancelled leaves the others running.
+    Ok(engine)
+}
+
+/// The audit log, unless auditing is off.
+#[cfg(feature = "engine")]
+fn start_audit(settings: &Settings) -> Result<Option<crate::audit::AuditLog>, Status> {
+    if !settings.audit.is_on() {
+        return Ok(None);
+    }
+    Ok(Some(crate::audit::AuditLog::start(audit_sink(settings)?, AUDIT_QUEUE)))
+}
+
+/// A capsule the engine loaded, with the identity and options it runs under.
+#[cfg(feature = "engine")]
+struct Ready<'a> {
+    capsule: &'a CapsuleBytes,
+    report: crate::engine::LoadReport,
+    id: String,
+    options: crate::engine::RunOptions,
+}
+
+/// Loads every capsule first (compilation is the slow part under TCG); a capsule that
+/// cannot be loaded is reported, audited and left out. Returns the loaded ones and the
+/// status so far.
+#[cfg(feature = "engine")]
+fn load_all<'a>(
+    engine: &crate::engine::CapsuleEngine,
+    capsules: &'a [CapsuleBytes],
+    manifests: &[Option<Manifest>],
+    options: &crate::engine::RunOptions,
+    audit: Option<&crate::audit::AuditHandle>,
+) -> (Vec<Ready<'a>>, Status) {
     let mut status = Status::Ok;
     let mut ready = Vec::new();
     for (capsule, manifest) in capsules.iter().zip(manifests) {
@@ -170,11 +228,11 @@ fn run_capsules(capsules: &[CapsuleBytes], manifests: &[Option<Manifest>], var: 
                     Some(m) => (m.name.clone().unwrap_or_else(|| capsule.id.clone()), options.with_manifest(m)),
                     None => (capsule.id.clone(), options.clone()),
                 };
-                ready.push((capsule, report, id, options));
+                ready.push(Ready { capsule, report, id, options });
             }
             Err(e) => {
                 let why = format!("capsule {}: cannot be loaded: {e:#}", capsule.name);
-                if let Some(audit) = &audit {
+                if let Some(audit) = audit {
                     let _ = audit.record(rejection_event(&capsule.id, &why));
                     let _ = audit.capsule_end(&capsule.id);
                 }
@@ -182,111 +240,114 @@ fn run_capsules(capsules: &[CapsuleBytes], manifests: &[Option<Manifest>], var: 
             }
         }
     }
+    (ready, status)
+}
+
+/// Runs every loaded capsule at once, each in its own store on its own thread: one
+/// trapping or being cancelled leaves the others running. The first failure's status.
+#[cfg(feature = "engine")]
+fn run_all(engine: &crate::engine::CapsuleEngine, ready: &[Ready], audit: Option<&crate::audit::AuditHandle>) -> Status {
     let statuses: Vec<Status> = std::thread::scope(|scope| {
         let runs: Vec<_> = ready
             .iter()
-            .map(|(capsule, report, id, options)| {
-                let (engine, audit) = (&engine, audit.as_ref());
+            .map(|r| {
                 scope.spawn(move || {
-                    let cancel = CancelToken::new();
+                    let cancel = crate::wait::CancelToken::new();
                     let started = std::time::Instant::now();
-                    let outcome = engine.run(id, &report.loaded, options, &cancel, audit);
-                    let ran = started.elapsed();
-                    match &outcome {
-                        RunOutcome::Completed => {
-                            let after = if cancel.is_cancelled() { " (shut down after its cancellation)" } else { "" };
-                            println!("astrid: capsule {}: completed in {} us{after}", capsule.name, ran.as_micros());
-                            Status::Ok
-                        }
-                        RunOutcome::CompletedSilently => {
-                            println!(
-                                "astrid: capsule {}: completed in {} us without calling the host — the SDK's empty `run` stub when the capsule has no #[astrid::run] (an interceptor needs --hook ACTION)",
-                                capsule.name,
-                                ran.as_micros()
-                            );
-                            Status::Ok
-                        }
-                        RunOutcome::NoRun => {
-                            println!("astrid: capsule {}: exports no `run` (nor `_start`): nothing to run (an interceptor needs --hook ACTION)", capsule.name);
-                            Status::Ok
-                        }
-                        RunOutcome::Answered { action, data } => {
-                            let data = data.as_deref().unwrap_or("");
-                            println!("astrid: capsule {}: hook answered {action:?} {data:?}", capsule.name);
-                            // The SDK's stub answers every action it has no handler for so.
-                            if action == "deny" && data.starts_with("unknown hook action") {
-                                fail(Status::Usage, &format!("capsule {}: has no handler for that hook action (the SDK's stub answered): check the action name against its #[interceptor]/#[hook] methods", capsule.name))
-                            } else {
-                                Status::Ok
-                            }
-                        }
-                        RunOutcome::NoHook => fail(
-                            Status::Usage,
-                            &format!("capsule {}: exports no astrid-hook-trigger: it is not an interceptor (run it without --hook)", capsule.name),
-                        ),
-                        RunOutcome::Trapped(t) => fail(Status::CapsuleFailed, &format!("capsule {}: trapped: {t}", capsule.name)),
-                        RunOutcome::Cancelled => fail(Status::CapsuleCancelled, &format!("capsule {}: cancelled", capsule.name)),
-                        RunOutcome::InstantiateFailed(t) => {
-                            fail(Status::DataErr, &format!("capsule {}: cannot be instantiated: {t}", capsule.name))
-                        }
-                    }
+                    let outcome = engine.run(&r.id, &r.report.loaded, &r.options, &cancel, audit);
+                    report_outcome(&r.capsule.name, &outcome, started.elapsed(), cancel.is_cancelled())
                 })
             })
             .collect();
         runs.into_iter().map(|h| h.join().unwrap_or(Status::Software)).collect()
     });
-    for s in statuses {
-        status = worst(status, s);
-    }
-    // Connections leaving the image may still be sending what capsules wrote.
-    let open = crate::net::sending();
-    if open > 0 {
-        println!("astrid: waiting for {open} connection(s) to finish sending (at most {} s)", crate::net::DEFAULT_LINGER.as_secs());
-        let left = crate::net::drain(crate::net::DEFAULT_LINGER);
-        if left > 0 {
-            println!("astrid: {left} connection(s) still open after {} s: closing them unsent", crate::net::DEFAULT_LINGER.as_secs());
-        }
-    }
-    match log.map(AuditLog::close) {
-        None => println!("astrid: audit off (ASTRID_AUDIT=off)"),
-        Some(Ok(n)) => println!("astrid: audit log closed: {n} records"),
-        Some(Err(e)) => status = worst(status, fail(Status::Software, &format!("audit log failed: {e}"))),
-    }
-    Ok(status)
+    statuses.into_iter().fold(Status::Ok, worst)
 }
 
-/// `ASTRID_NET` (`none`, `restricted`, `outbound`; the run command sets it from
-/// `--net`) and `ASTRID_PUBLISH` (loopback ports to accept outside connections for,
-/// comma-separated). Hosted mode reaches outside only with `ASTRID_NET=outbound`.
+/// Says how a capsule's run ended, and what status that is.
 #[cfg(feature = "engine")]
-fn network_settings(var: &impl Fn(&str) -> Option<String>) -> Result<(bool, Vec<u16>), Status> {
-    let external = match var("ASTRID_NET").as_deref() {
-        None => cfg!(target_os = "hermit"),
-        Some("none") => false,
-        Some("restricted") => cfg!(target_os = "hermit"),
-        Some("outbound") => true,
-        Some(other) => return Err(fail(Status::Usage, &format!("ASTRID_NET={other:?}: expected none, restricted or outbound"))),
-    };
-    let mut publish = Vec::new();
-    for p in var("ASTRID_PUBLISH").unwrap_or_default().split(',').filter(|p| !p.is_empty()) {
-        let port = p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| fail(Status::Usage, &format!("ASTRID_PUBLISH: {p:?} is not a port from 1 to 65535")))?;
-        publish.push(port);
+fn report_outcome(name: &str, outcome: &crate::engine::RunOutcome, ran: std::time::Duration, cancelled: bool) -> Status {
+    use crate::engine::RunOutcome;
+    match outcome {
+        RunOutcome::Completed => {
+            let after = if cancelled { " (shut down after its cancellation)" } else { "" };
+            println!("astrid: capsule {name}: completed in {} us{after}", ran.as_micros());
+            Status::Ok
+        }
+        RunOutcome::CompletedSilently => {
+            println!(
+                "astrid: capsule {name}: completed in {} us without calling the host — the SDK's empty `run` stub when the capsule has no #[astrid::run] (an interceptor needs --hook ACTION)",
+                ran.as_micros()
+            );
+            Status::Ok
+        }
+        RunOutcome::NoRun => {
+            println!("astrid: capsule {name}: exports no `run` (nor `_start`): nothing to run (an interceptor needs --hook ACTION)");
+            Status::Ok
+        }
+        RunOutcome::Answered { action, data } => {
+            let data = data.as_deref().unwrap_or("");
+            println!("astrid: capsule {name}: hook answered {action:?} {data:?}");
+            // The SDK's stub answers every action it has no handler for so.
+            if action == "deny" && data.starts_with("unknown hook action") {
+                fail(Status::Usage, &format!("capsule {name}: has no handler for that hook action (the SDK's stub answered): check the action name against its #[interceptor]/#[hook] methods"))
+            } else {
+                Status::Ok
+            }
+        }
+        RunOutcome::NoHook => fail(
+            Status::Usage,
+            &format!("capsule {name}: exports no astrid-hook-trigger: it is not an interceptor (run it without --hook)"),
+        ),
+        RunOutcome::Trapped(t) => fail(Status::CapsuleFailed, &format!("capsule {name}: trapped: {t}")),
+        RunOutcome::Cancelled => fail(Status::CapsuleCancelled, &format!("capsule {name}: cancelled")),
+        RunOutcome::InstantiateFailed(t) => fail(Status::DataErr, &format!("capsule {name}: cannot be instantiated: {t}")),
     }
-    Ok((external, publish))
+}
+
+/// Connections leaving the image may still be sending what capsules wrote: give them
+/// [`EXIT_LINGER`].
+#[cfg(feature = "engine")]
+fn drain_network() {
+    let open = crate::net::sending();
+    if open == 0 {
+        return;
+    }
+    println!("astrid: waiting for {open} connection(s) to finish sending (at most {} s)", EXIT_LINGER.as_secs());
+    let left = crate::net::drain(EXIT_LINGER);
+    if left > 0 {
+        println!("astrid: {left} connection(s) still open after {} s: closing them unsent", EXIT_LINGER.as_secs());
+    }
+}
+
+/// Closes the audit log (its close record is the last one).
+#[cfg(feature = "engine")]
+fn close_audit(log: Option<crate::audit::AuditLog>) -> Status {
+    match log.map(crate::audit::AuditLog::close) {
+        None => {
+            println!("astrid: audit off ({}=off)", settings::AUDIT);
+            Status::Ok
+        }
+        Some(Ok(n)) => {
+            println!("astrid: audit log closed: {n} records");
+            Status::Ok
+        }
+        Some(Err(e)) => fail(Status::Software, &format!("audit log failed: {e}")),
+    }
 }
 
 /// The audit sinks: the serial console (unless `ASTRID_AUDIT_SERIAL=off`) and, when
 /// `ASTRID_AUDIT_FILE` names one, a file — on `/root`, that is virtio-fs under QEMU and
 /// uhyve's file mapping under uhyve.
 #[cfg(feature = "engine")]
-fn audit_sink(var: &impl Fn(&str) -> Option<String>) -> Result<Box<dyn crate::audit::Sink>, Status> {
+fn audit_sink(settings: &Settings) -> Result<Box<dyn crate::audit::Sink>, Status> {
     use crate::audit::{ConsoleSink, LinesSink, Sink, TeeSink};
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
-    if var("ASTRID_AUDIT_SERIAL").as_deref() != Some("off") {
+    if settings.audit_serial.is_on() {
         sinks.push(Box::new(ConsoleSink::stdout()));
     }
-    if let Some(path) = var("ASTRID_AUDIT_FILE") {
-        let file = std::fs::File::create(&path).map_err(|e| {
+    if let Some(path) = &settings.audit_file {
+        let file = std::fs::File::create(&path.0).map_err(|e| {
             fail(
                 Status::Software,
                 &format!("cannot create the audit file {path}: {e} — under QEMU share a directory as /root (scripts/run --audit-dir DIR), under uhyve map one"),
@@ -295,7 +356,15 @@ fn audit_sink(var: &impl Fn(&str) -> Option<String>) -> Result<Box<dyn crate::au
         sinks.push(Box::new(LinesSink::new(file)));
     }
     if sinks.is_empty() {
-        return Err(fail(Status::Usage, &"ASTRID_AUDIT_SERIAL=off needs ASTRID_AUDIT_FILE: audit records need a sink (ASTRID_AUDIT=off turns auditing off)"));
+        return Err(fail(
+            Status::Usage,
+            &format!(
+                "{}=off needs {}: audit records need a sink ({}=off turns auditing off)",
+                settings::AUDIT_SERIAL,
+                settings::AUDIT_FILE,
+                settings::AUDIT
+            ),
+        ));
     }
     Ok(Box::new(TeeSink::new(sinks)))
 }
@@ -306,17 +375,10 @@ fn worst(a: Status, b: Status) -> Status {
     if a == Status::Ok { b } else { a }
 }
 
-fn setting(var: &impl Fn(&str) -> Option<String>, name: &str, default: u64) -> Result<u64, Status> {
-    match var(name) {
-        None => Ok(default),
-        Some(v) => v.parse::<u64>().map_err(|_| fail(Status::Usage, &format!("{name}={v:?} is not a number"))),
-    }
-}
-
 /// Loads and checks one capsule; a rejection is printed and audited.
-fn check(source: &CapsuleSource, max: u64, var: &impl Fn(&str) -> Option<String>) -> Result<CapsuleBytes, Status> {
-    check_quietly(source, max).map_err(|(status, why)| {
-        audit_rejection(var, &source.id(), &why);
+fn check(source: &CapsuleSource, settings: &Settings) -> Result<CapsuleBytes, Status> {
+    check_quietly(source, settings.max_capsule_bytes.0).map_err(|(status, why)| {
+        audit_rejection(settings, &source.id(), &why);
         fail(status, &why)
     })
 }
@@ -360,12 +422,12 @@ fn rejection_event(capsule: &str, why: &str) -> crate::audit::IoEvent {
 /// A capsule refused while checking (before any engine exists) still leaves an audit
 /// trail: a one-capsule log with the refusal, its end, and the close record.
 #[cfg(feature = "engine")]
-fn audit_rejection(var: &impl Fn(&str) -> Option<String>, capsule: &str, why: &str) {
-    if var("ASTRID_AUDIT").as_deref() == Some("off") {
+fn audit_rejection(settings: &Settings, capsule: &str, why: &str) {
+    if !settings.audit.is_on() {
         return;
     }
-    let Ok(sink) = audit_sink(var) else { return };
-    let log = crate::audit::AuditLog::start(sink, 16);
+    let Ok(sink) = audit_sink(settings) else { return };
+    let log = crate::audit::AuditLog::start(sink, REJECTION_QUEUE);
     let handle = log.handle();
     let _ = handle.record(rejection_event(capsule, why));
     let _ = handle.capsule_end(capsule);
@@ -373,7 +435,7 @@ fn audit_rejection(var: &impl Fn(&str) -> Option<String>, capsule: &str, why: &s
 }
 
 #[cfg(not(feature = "engine"))]
-fn audit_rejection(_: &impl Fn(&str) -> Option<String>, _: &str, _: &str) {}
+fn audit_rejection(_: &Settings, _: &str, _: &str) {}
 
 /// What a host-precompiled artifact holds, if `bytes` is one.
 #[cfg(feature = "engine")]
@@ -402,6 +464,11 @@ mod tests {
         None
     }
 
+    /// `launch::main` with the settings a lookup function answers.
+    fn main(args: &[String], var: impl Fn(&str) -> Option<String>) -> Status {
+        super::main(args, Settings::from_vars(var))
+    }
+
     fn temp_file(name: &str, bytes: &[u8]) -> String {
         let dir = std::env::temp_dir().join(format!("astrid-launch-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -420,11 +487,11 @@ mod tests {
         assert_eq!(main(&[temp_file("empty.wasm", b"")], no_env), Status::DataErr);
         assert_eq!(main(&[temp_file("elf.wasm", b"\x7fELF\x02\x01\x01\0")], no_env), Status::DataErr);
         let component = temp_file("ok.wasm", EMPTY_COMPONENT);
-        assert_eq!(main(&[component.clone()], no_env), Status::Ok);
+        assert_eq!(main(std::slice::from_ref(&component), no_env), Status::Ok);
         let tiny_limit = |k: &str| (k == "ASTRID_MAX_CAPSULE_BYTES").then(|| "4".to_string());
-        assert_eq!(main(&[component.clone()], tiny_limit), Status::DataErr);
+        assert_eq!(main(std::slice::from_ref(&component), tiny_limit), Status::DataErr);
         let bad_limit = |k: &str| (k == "ASTRID_MAX_CAPSULE_BYTES").then(|| "lots".to_string());
-        assert_eq!(main(&[component.clone()], bad_limit), Status::Usage);
+        assert_eq!(main(std::slice::from_ref(&component), bad_limit), Status::Usage);
         // Settings of this milestone: each bad value is a usage error or a refused capsule.
         for (key, value, status) in [
             ("ASTRID_NET", "everywhere", Status::Usage),
@@ -439,7 +506,7 @@ mod tests {
                 k if k == key => Some(value.to_string()),
                 _ => None,
             };
-            assert_eq!(main(&[component.clone()], vars), status, "{key}={value}");
+            assert_eq!(main(std::slice::from_ref(&component), vars), status, "{key}={value}");
         }
     }
 
@@ -451,5 +518,12 @@ mod tests {
             _ => None,
         };
         assert_eq!(main(&[], vars), Status::Software);
+    }
+
+    #[test]
+    fn an_unknown_setting_is_a_usage_error() {
+        let component = temp_file("ok-unknown.wasm", EMPTY_COMPONENT);
+        let pairs = [("ASTRID_AUDITING".to_string(), "off".to_string())];
+        assert_eq!(super::main(&[component], Settings::from_env_pairs(pairs)), Status::Usage);
     }
 }

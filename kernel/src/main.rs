@@ -3,6 +3,6 @@
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     println!("astrid: astrid.img {} ({})", env!("CARGO_PKG_VERSION"), std::env::consts::OS);
-    let status = astrid_kernel::launch::main(&args, |k| std::env::var(k).ok());
+    let status = astrid_kernel::launch::main(&args, astrid_kernel::settings::Settings::from_env());
     astrid_kernel::platform::exit(status)
 }

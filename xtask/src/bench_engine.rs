@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use astrid_kernel::settings::{AUDIT, AUDIT_FILE, AUDIT_SERIAL, BENCH, TEST_ARG};
 
 use crate::artifacts::Artifacts;
 use crate::bench::median;
@@ -39,7 +40,7 @@ pub fn run_once(side: &Side, capsule: Option<&Path>, env: &[(&str, String)]) -> 
         if let Some((dir, _)) = &side.share {
             std::fs::create_dir_all(dir)?;
             for (k, v) in env.iter_mut() {
-                if *k == "ASTRID_AUDIT_FILE" {
+                if *k == AUDIT_FILE {
                     *v = dir.join("audit.log").display().to_string();
                 }
             }
@@ -54,7 +55,7 @@ pub fn run_once(side: &Side, capsule: Option<&Path>, env: &[(&str, String)]) -> 
     let (art, image) = side.image.context("a side needs hosted or image")?;
     let mut boot = Boot::new(art.loader.clone(), image.to_path_buf());
     boot.capsules = capsule.map(|c| vec![c.to_path_buf()]).unwrap_or_default();
-    boot.kernel_args = env.iter().map(|(k, v)| format!("env={k}={v}")).collect();
+    boot.kernel_args = env.iter().map(|(k, v)| qemu::env_arg(k, v)).collect();
     boot.timeout = Duration::from_secs(300);
     boot.shared_dir = side.share.clone();
     let out = qemu::run(&boot)?;
@@ -144,22 +145,22 @@ impl EngineBench<'_> {
             // 1. block→wake latency through a capsule vs a raw futex ping-pong.
             let probe = self.probe(side);
             // Audit off: this row is the wait primitive's latency; the next rows price auditing.
-            let pingpong = measure(side, Some(probe), &env(&[("ASTRID_TEST_ARG", "bench-pingpong"), ("ASTRID_AUDIT", "off")]), "completed in ", runs)?
+            let pingpong = measure(side, Some(probe), &env(&[(TEST_ARG, "bench-pingpong"), (AUDIT, "off")]), "completed in ", runs)?
                 / PINGPONG_ROUNDS as f64;
             let futex = median_of(runs, || {
-                let c = run_once(side, None, &env(&[("ASTRID_BENCH", "futex")]))?;
+                let c = run_once(side, None, &env(&[(BENCH, "futex")]))?;
                 figure(&c, "rtt_ns=").map(|ns| ns / 1000.0)
             })?;
             cells[0].push(format!("{pingpong:.1} µs vs {futex:.1} µs = {}", fmt_ratio(pingpong, futex)));
             // 2. audited vs audit-off 4 KiB read.
-            let on = measure(side, Some(probe), &env(&[("ASTRID_TEST_ARG", "bench-read-4k")]), "completed in ", runs)?;
-            let off = measure(side, Some(probe), &env(&[("ASTRID_TEST_ARG", "bench-read-4k"), ("ASTRID_AUDIT", "off")]), "completed in ", runs)?;
+            let on = measure(side, Some(probe), &env(&[(TEST_ARG, "bench-read-4k")]), "completed in ", runs)?;
+            let off = measure(side, Some(probe), &env(&[(TEST_ARG, "bench-read-4k"), (AUDIT, "off")]), "completed in ", runs)?;
             let dir = self.scratch.join(format!("share-{}", side.name));
             let file_side = Side { share: Some((dir.clone(), self.virtiofsd.clone())), ..*side };
             let on_file = measure(
                 &file_side,
                 Some(probe),
-                &env(&[("ASTRID_TEST_ARG", "bench-read-4k"), ("ASTRID_AUDIT_SERIAL", "off"), ("ASTRID_AUDIT_FILE", "/root/audit.log")]),
+                &env(&[(TEST_ARG, "bench-read-4k"), (AUDIT_SERIAL, "off"), (AUDIT_FILE, "/root/audit.log")]),
                 "completed in ",
                 runs,
             )?;
@@ -173,26 +174,26 @@ impl EngineBench<'_> {
             ));
             // 3. sink throughput, serial and file (virtio-fs in the image).
             let serial = median_of(runs.min(3), || {
-                let c = run_once(side, None, &env(&[("ASTRID_BENCH", "sink-serial")]))?;
+                let c = run_once(side, None, &env(&[(BENCH, "sink-serial")]))?;
                 figure(&c, "records_per_s=")
             })?;
             let file = median_of(runs.min(3), || {
-                let c = run_once(&file_side, None, &env(&[("ASTRID_BENCH", "sink-file"), ("ASTRID_AUDIT_FILE", "/root/audit.log")]))?;
+                let c = run_once(&file_side, None, &env(&[(BENCH, "sink-file"), (AUDIT_FILE, "/root/audit.log")]))?;
                 figure(&c, "records_per_s=")
             })?;
             cells[2].push(format!("{serial:.0}/s"));
             cells[3].push(format!("{file:.0}/s = {} × serial", fmt_ratio(file, serial)));
             // 4. splice throughput vs memcpy.
-            let splice_us = measure(side, Some(probe), &env(&[("ASTRID_TEST_ARG", "bench-splice")]), "completed in ", runs)?;
+            let splice_us = measure(side, Some(probe), &env(&[(TEST_ARG, "bench-splice")]), "completed in ", runs)?;
             let splice = SPLICE_BYTES as f64 / splice_us; // bytes per µs = MB/s
             let memcpy = median_of(runs, || {
-                let c = run_once(side, None, &env(&[("ASTRID_BENCH", "memcpy")]))?;
+                let c = run_once(side, None, &env(&[(BENCH, "memcpy")]))?;
                 figure(&c, "mb_per_s=")
             })?;
             cells[4].push(format!("{splice:.0} MB/s vs {memcpy:.0} MB/s = {}", fmt_ratio(splice, memcpy)));
             // 5. precompiled instantiate vs JIT compile + instantiate.
-            let jit = measure(side, Some(&self.probe_wasm), &env(&[("ASTRID_TEST_ARG", "block-timer")]), "compiled component in ", runs)?;
-            let pre = measure(side, Some(probe), &env(&[("ASTRID_TEST_ARG", "block-timer")]), "precompiled component in ", runs)?;
+            let jit = measure(side, Some(&self.probe_wasm), &env(&[(TEST_ARG, "block-timer")]), "compiled component in ", runs)?;
+            let pre = measure(side, Some(probe), &env(&[(TEST_ARG, "block-timer")]), "precompiled component in ", runs)?;
             cells[5].push(format!("{:.1} ms vs {:.1} ms = {}", jit / 1000.0, pre / 1000.0, fmt_ratio(jit, pre)));
         }
         let names = [

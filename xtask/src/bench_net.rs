@@ -13,6 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use astrid_kernel::settings::{AUDIT, BENCH, CAPSULE_CONFIG, PUBLISH, TEST_ARG};
 
 use crate::artifacts::Artifacts;
 use crate::bench_engine::{Row, figure, median_of as median};
@@ -50,7 +51,7 @@ impl NetBench<'_> {
                 let mut cmd = Command::new("timeout");
                 cmd.arg("300").arg(&self.hosted_bin).args(capsules).envs(env.iter().map(|(k, v)| (*k, v.as_str())));
                 if let Some((_, port)) = publish {
-                    cmd.env("ASTRID_PUBLISH", port.to_string());
+                    cmd.env(PUBLISH, port.to_string());
                 }
                 let out = cmd.output()?;
                 let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -60,7 +61,7 @@ impl NetBench<'_> {
             Where::Image => {
                 let mut boot = Boot::new(self.art.loader.clone(), self.testing_img.clone());
                 boot.capsules = capsules.to_vec();
-                boot.kernel_args = env.iter().map(|(k, v)| format!("env={k}={v}")).collect();
+                boot.kernel_args = env.iter().map(|(k, v)| qemu::env_arg(k, v)).collect();
                 boot.timeout = Duration::from_secs(300);
                 if let Some(p) = publish {
                     boot.net = NetMode::Restricted;
@@ -91,9 +92,9 @@ impl NetBench<'_> {
     /// µs per ipc round trip and per raw futex round trip.
     fn ipc(&self, at: Where) -> Result<(f64, f64)> {
         let pair = self.pair(at)?;
-        let env = [("ASTRID_TEST_ARG", "bench-ipc".to_string()), ("ASTRID_AUDIT", "off".to_string())];
+        let env = [(TEST_ARG, "bench-ipc".to_string()), (AUDIT, "off".to_string())];
         let ipc = median(self.runs, || figure(&self.run(at, &pair, &env, None)?, "rtt_ns=").map(|ns| ns / 1000.0))?;
-        let futex = median(self.runs, || figure(&self.run(at, &[], &[("ASTRID_BENCH", "futex".into())], None)?, "rtt_ns=").map(|ns| ns / 1000.0))?;
+        let futex = median(self.runs, || figure(&self.run(at, &[], &[(BENCH, "futex".into())], None)?, "rtt_ns=").map(|ns| ns / 1000.0))?;
         Ok((ipc, futex))
     }
 
@@ -103,8 +104,8 @@ impl NetBench<'_> {
         let guest_port = if at == Where::Hosted { host_port } else { 7700 };
         let sdk = if at == Where::Hosted { self.sdk_native.clone() } else { self.sdk_hermit.clone() };
         let env = vec![
-            ("ASTRID_CAPSULE_CONFIG", format!("scenario=echo-server;port={guest_port};modes=rw+{}", if rw_first { "rw+splice" } else { "splice+rw" })),
-            ("ASTRID_AUDIT", "off".to_string()),
+            (CAPSULE_CONFIG, format!("scenario=echo-server;port={guest_port};modes=rw+{}", if rw_first { "rw+splice" } else { "splice+rw" })),
+            (AUDIT, "off".to_string()),
         ];
         std::thread::scope(|scope| -> Result<(f64, f64)> {
             let server = scope.spawn(|| self.run(at, std::slice::from_ref(&sdk), &env, Some((host_port, guest_port))));

@@ -11,6 +11,7 @@ use crate::{process, toolchain};
 
 /// Builds the capsule crate in `dir` and returns the path of its `.wasm` component.
 pub fn build(paths: &Paths, dir: &Path) -> Result<PathBuf> {
+    toolchain::require_ensured(&format!("building capsule {}", dir.display()))?;
     let manifest = dir.join("Cargo.toml");
     ensure!(manifest.is_file(), "{} has no Cargo.toml: not a capsule crate", dir.display());
     let name = package_name(&manifest)?;

@@ -33,6 +33,7 @@ pub enum App {
 /// Builds `app` in `flavor` against the kernel library in `hermit_lib_dir` and copies
 /// the ELF to `dest`.
 pub fn build(paths: &Paths, app: App, flavor: Flavor, hermit_lib_dir: &Path, dest: &Path) -> Result<()> {
+    crate::toolchain::require_ensured(&format!("building {}", dest.display()))?;
     let target = match flavor {
         Flavor::Standard => "x86_64-unknown-hermit".to_string(),
         Flavor::SoftFloat => softfloat_spec(paths)?.display().to_string(),

@@ -38,6 +38,7 @@ impl Variant {
 
 /// Builds (or reuses) the post-processed libhermit.a of `variant`; returns its directory.
 pub fn build(paths: &Paths, variant: Variant) -> Result<PathBuf> {
+    crate::toolchain::require_ensured("building the Hermit kernel")?;
     let pristine = source_dir(paths)?;
     let src = patched_source(paths, &pristine, variant)?;
     let target_dir = paths.out.join(format!("kernel-{}", variant.name()));
@@ -73,7 +74,7 @@ pub fn build(paths: &Paths, variant: Variant) -> Result<PathBuf> {
 /// the boot time it costs: every byte is a port write) for what matters; set
 /// `ASTRID_KERNEL_LOG=info` (or debug, trace) to see the kernel's boot report.
 fn log_level() -> String {
-    std::env::var("ASTRID_KERNEL_LOG").unwrap_or_else(|_| "warn".to_string())
+    std::env::var(astrid_kernel::settings::KERNEL_LOG).unwrap_or_else(|_| "warn".to_string())
 }
 
 fn is_newer(a: &Path, b: &Path) -> Result<bool> {

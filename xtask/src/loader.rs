@@ -10,6 +10,7 @@ use crate::paths::Paths;
 use crate::{process, toolchain};
 
 pub fn build(paths: &Paths) -> Result<PathBuf> {
+    crate::toolchain::require_ensured("building the loader")?;
     let dir = paths.root.join("boot");
     let target_dir = paths.out.join("boot");
     crate::step("building the multiboot loader (boot/)");

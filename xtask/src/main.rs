@@ -5,12 +5,15 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use astrid_kernel::exit::GuestExit;
+use astrid_kernel::engine::CodeTarget;
+use astrid_kernel::exit::{GuestExit, Status};
+use astrid_kernel::manifest::Manifest;
+use astrid_kernel::settings::{self, ConfigPairs, Flag, GuestPath, HexBytes, NetMode, Number, Ports, Scope, Settings};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand, ValueEnum};
 use xtask::paths::Paths;
 use xtask::qemu::{self, Boot, Firmware};
 use xtask::uhyve::{self, Kvm};
-use astrid_kernel::engine::CodeTarget;
 use xtask::{artifacts, bench, capsule, compile, process, setup, toolchain};
 
 #[derive(Parser)]
@@ -34,7 +37,7 @@ enum Cmd {
         softfloat: bool,
     },
     /// Run capsules in astrid.img: `run path/to/capsule.wasm` (or a capsule crate dir).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Run every test: host unit tests, then the QEMU and uhyve integration tests.
     Test {
         /// Arguments passed on to the test binaries (e.g. a name filter).
@@ -55,6 +58,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: AuditCmd,
     },
+    /// Print the README's table of the image's ASTRID_* settings (from the settings module).
+    SettingsTable,
     /// Run the benchmarks and print their figures side by side.
     Bench {
         /// Runs per figure (the boot benchmark uses at least 10).
@@ -121,7 +126,7 @@ struct RunArgs {
     /// A configuration value every capsule reads through `astrid:sys` `get-config`
     /// (its manifest's `[config]` wins). Repeatable.
     #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_config)]
-    config: Vec<String>,
+    config: Vec<(String, String)>,
     /// Call each capsule's `astrid-hook-trigger(ACTION, payload)` (the SDK's interceptor
     /// entry point) instead of its background `run`.
     #[arg(long, value_name = "ACTION")]
@@ -148,16 +153,18 @@ struct RunArgs {
     /// Write the audit records of the run to FILE (check it with `audit verify FILE`).
     #[arg(long, value_name = "FILE")]
     audit_log: Option<PathBuf>,
-    /// An image setting (ASTRID_*, as the README lists: ASTRID_AUDIT=off,
-    /// ASTRID_MEMORY_MIB, ASTRID_KV_QUOTA_BYTES, …). Repeatable.
+    /// An image setting (ASTRID_*, as the README's table lists: ASTRID_AUDIT=off,
+    /// ASTRID_MEMORY_MIB, ASTRID_KV_QUOTA_BYTES, …; `settings-table` prints it). An
+    /// unknown name or a value the setting does not accept is a usage error (64).
+    /// Repeatable.
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
     env: Vec<(String, String)>,
     /// The guest's network (QEMU): `restricted` (default) attaches a NIC on user
     /// networking that lets nothing out; `outbound` lets capsules whose manifest allows
     /// it connect out (the host is 10.0.2.2); `none` attaches no NIC. Loopback
     /// (127.0.0.1) is always the image's own.
-    #[arg(long, value_enum, default_value_t = NetArg::Restricted)]
-    net: NetArg,
+    #[arg(long, default_value_t = NetMode::Restricted, value_parser = net_mode())]
+    net: NetMode,
     /// Carry connections to 127.0.0.1:HOST on this machine to the capsule listening on
     /// 127.0.0.1:GUEST in the image (`PORT` alone: the same port). Repeatable.
     #[arg(long, value_name = "[HOST:]GUEST", value_parser = parse_publish)]
@@ -167,23 +174,23 @@ struct RunArgs {
     app_args: Vec<String>,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum NetArg {
-    None,
-    Restricted,
-    Outbound,
+/// `--net`: the settings module's `NetMode`, with its names as clap's possible values.
+fn net_mode() -> impl TypedValueParser<Value = NetMode> {
+    PossibleValuesParser::new(NetMode::ALL.map(NetMode::name)).map(|name| name.parse::<NetMode>().expect("one of NetMode's names"))
 }
 
+/// `--env`'s shape only: the name and value are checked against the settings table when
+/// the run starts, so a mistake is a usage error (64) like the image's own.
 fn parse_env(text: &str) -> std::result::Result<(String, String), String> {
     match text.split_once('=') {
-        Some((k, v)) if k.starts_with("ASTRID_") && !text.contains([',', ' ']) => Ok((k.to_string(), v.to_string())),
-        _ => Err(format!("{text:?} is not ASTRID_KEY=VALUE (no spaces or commas)")),
+        Some((k, v)) if !text.contains([',', ' ']) => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{text:?} is not NAME=VALUE (no spaces or commas)")),
     }
 }
 
-fn parse_config(text: &str) -> std::result::Result<String, String> {
+fn parse_config(text: &str) -> std::result::Result<(String, String), String> {
     match text.split_once('=') {
-        Some((k, v)) if !k.is_empty() && !text.contains([',', ';', ' ']) && !v.is_empty() => Ok(text.to_string()),
+        Some((k, v)) if !k.is_empty() && !text.contains([',', ';', ' ']) && !v.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("{text:?} is not KEY=VALUE (no spaces, commas or semicolons; the value cannot be empty)")),
     }
 }
@@ -206,7 +213,18 @@ enum FirmwareArg {
 const EXIT_KERNEL: u8 = 70;
 const EXIT_LOADER: u8 = 71;
 const EXIT_TIMEOUT: u8 = 124;
-const EXIT_USAGE: u8 = 64;
+/// Statuses of a run refused before anything boots: the image's own numbering.
+const EXIT_USAGE: u8 = Status::Usage as u8;
+const EXIT_DATA_ERR: u8 = Status::DataErr as u8;
+const EXIT_NO_INPUT: u8 = Status::NoInput as u8;
+/// Largest hook payload: the boot path's command line carries 60 KiB in all.
+const MAX_HOOK_PAYLOAD: usize = 16 << 10;
+/// What QEMU's guest memory needs beyond the capsules' bytes, in MiB.
+const GUEST_BASE_MIB: u64 = 64;
+/// Where the directory shared over virtio-fs (QEMU) appears in the guest, and the audit
+/// log in it.
+const GUEST_SHARE: &str = "/root";
+const GUEST_AUDIT_LOG: &str = "/root/audit.log";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -219,8 +237,28 @@ fn main() -> ExitCode {
     }
 }
 
+impl Cmd {
+    /// Whether the command may build anything with cargo (the application, the kernel,
+    /// the loader, capsules, tools). Such commands install the pinned toolchains and
+    /// targets first, in one step (`prepare`); the build steps refuse to run before it.
+    fn builds(&self) -> bool {
+        match self {
+            Cmd::Setup { .. } | Cmd::Build { .. } | Cmd::Run(_) | Cmd::Test { .. } | Cmd::Bench { .. } => true,
+            Cmd::Compile { .. } | Cmd::Audit { .. } | Cmd::SettingsTable => false,
+        }
+    }
+}
+
+/// The step before any build: the pinned toolchains, their components and targets.
+fn prepare() -> Result<()> {
+    toolchain::ensure_all()
+}
+
 fn dispatch(cmd: Cmd) -> Result<u8> {
     let paths = Paths::discover();
+    if cmd.builds() {
+        prepare()?;
+    }
     match cmd {
         Cmd::Setup { uhyve } => {
             setup::ensure_base()?;
@@ -240,7 +278,7 @@ fn dispatch(cmd: Cmd) -> Result<u8> {
             println!("example capsule: {}", art.example_capsule.display());
             Ok(0)
         }
-        Cmd::Run(args) => run(&paths, args),
+        Cmd::Run(args) => run(&paths, *args),
         Cmd::Compile { input, output, native } => {
             let target = if native { CodeTarget::Native } else { CodeTarget::HermitImage };
             compile::compile(&input, output.as_deref(), target)?;
@@ -248,6 +286,10 @@ fn dispatch(cmd: Cmd) -> Result<u8> {
         }
         Cmd::Audit { cmd: AuditCmd::Verify { log, open } } => Ok(if xtask::audit_cmd::verify(&log, open)? { 0 } else { 1 }),
         Cmd::Test { test_args } => test(&paths, &test_args),
+        Cmd::SettingsTable => {
+            print!("{}", settings::markdown_table());
+            Ok(0)
+        }
         Cmd::Bench { runs, only } => {
             let art = artifacts::ensure(&paths)?;
             if only.as_deref().is_none_or(|o| o == "boot") {
@@ -316,219 +358,290 @@ fn precompiled(paths: &Paths, name: &str) -> Result<(PathBuf, PathBuf, PathBuf)>
     Ok((wasm, native, hermit))
 }
 
-fn run(paths: &Paths, args: RunArgs) -> Result<u8> {
-    if args.capsules.is_empty() {
-        eprintln!(
-            "error: no capsule given\n  usage: scripts/run [--uhyve|--hosted] <capsule.wasm | capsule-crate-dir>... [-- app args]\n  try:   scripts/run capsules/hello"
-        );
-        return Ok(EXIT_USAGE);
+/// A run refused before anything boots: its message and the run command's exit status.
+#[derive(Debug)]
+struct Refused {
+    status: u8,
+    message: String,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
     }
-    let under = match (args.under, args.uhyve, args.hosted) {
+}
+
+impl std::error::Error for Refused {}
+
+fn refuse(status: u8, message: impl Into<String>) -> anyhow::Error {
+    Refused { status, message: message.into() }.into()
+}
+
+/// The run command: its refusals are a message and their own exit status.
+fn run(paths: &Paths, args: RunArgs) -> Result<u8> {
+    match run_steps(paths, args) {
+        Err(e) => match e.downcast::<Refused>() {
+            Ok(refused) => {
+                eprintln!("error: {refused}");
+                Ok(refused.status)
+            }
+            Err(e) => Err(e),
+        },
+        done => done,
+    }
+}
+
+/// Inputs checked, guest settings made, capsules built, then the target's own steps.
+fn run_steps(paths: &Paths, args: RunArgs) -> Result<u8> {
+    let mut guest = env_settings(&args.env)?;
+    check_inputs(&args)?;
+    let under = target(&args);
+    let manifests = read_manifests(&args.capsules)?;
+    apply_flags(&mut guest, &args, &manifests)?;
+    let capsules = capsule_files(paths, &args, under)?;
+    match under {
+        Under::Qemu => run_qemu(paths, &args, capsules, guest),
+        Under::Uhyve => run_uhyve(paths, &args, capsules, guest),
+        Under::Hosted => run_hosted(paths, &args, &capsules, guest),
+    }
+}
+
+/// Capsules were given, and every one exists (before building anything, so a typo fails
+/// fast).
+fn check_inputs(args: &RunArgs) -> Result<()> {
+    if args.capsules.is_empty() {
+        return Err(refuse(
+            EXIT_USAGE,
+            "no capsule given\n  usage: scripts/run [--uhyve|--hosted] <capsule.wasm | capsule-crate-dir>... [-- app args]\n  try:   scripts/run capsules/hello",
+        ));
+    }
+    match args.capsules.iter().find(|c| !c.exists()) {
+        Some(c) => Err(refuse(EXIT_NO_INPUT, format!("capsule {}: no such file or directory — check the path", c.display()))),
+        None => Ok(()),
+    }
+}
+
+/// Where to run: as asked, else uhyve where hardware KVM exists, else QEMU.
+fn target(args: &RunArgs) -> Under {
+    match (args.under, args.uhyve, args.hosted) {
         (Some(u), _, _) => u,
         (None, true, _) => Under::Uhyve,
         (None, _, true) => Under::Hosted,
         (None, false, false) if uhyve::detect_kvm() == Kvm::Hardware => Under::Uhyve,
         _ => Under::Qemu,
+    }
+}
+
+/// Each capsule's manifest text (Capsule.toml in a crate, <stem>.toml beside a file),
+/// checked here so a mistake names the file before anything boots.
+fn read_manifests(capsules: &[PathBuf]) -> Result<Vec<Option<String>>> {
+    capsules
+        .iter()
+        .map(|c| {
+            let Some(path) = astrid_kernel::manifest::path_for(c) else { return Ok(None) };
+            let text = std::fs::read_to_string(&path).with_context(|| format!("reading the manifest {}", path.display()))?;
+            Manifest::parse(&text)
+                .map_err(|e| refuse(EXIT_DATA_ERR, format!("capsule {}: manifest {}: {e}", c.display(), path.display())))?;
+            Ok(Some(text))
+        })
+        .collect()
+}
+
+/// The image settings `--env` gives, checked against the settings table: an unknown name
+/// or a refused value is a usage error (64) naming the setting and what it accepts.
+fn env_settings(env: &[(String, String)]) -> Result<Settings> {
+    let mut guest = Settings::default();
+    for (name, value) in env {
+        let refused = |why: String| refuse(EXIT_USAGE, format!("--env {name}={value}: {why}"));
+        match settings::info(name).map(|s| s.scope) {
+            Some(Scope::Boot) => return Err(refused(format!("{name} is written by the boot path, not set by hand"))),
+            Some(Scope::Host) => return Err(refused(format!("{name} is read on the host: set it in the environment, not with --env"))),
+            Some(Scope::Image) | None => guest.set(name, value).map_err(|e| refused(e.to_string()))?,
+        }
+    }
+    Ok(guest)
+}
+
+/// What the flags tell the image wherever it runs (over `--env`); the targets add their
+/// own.
+fn apply_flags(guest: &mut Settings, args: &RunArgs, manifests: &[Option<String>]) -> Result<()> {
+    if let Some(arg) = &args.test_arg {
+        guest.test_arg = arg.clone();
+    }
+    for (i, text) in manifests.iter().enumerate() {
+        if let Some(text) = text {
+            guest.manifests.insert(i, Manifest::encode(text));
+        }
+    }
+    if let Some(action) = &args.hook {
+        ensure!(!action.is_empty() && !action.contains([' ', ',']), "--hook {action:?}: an action name has no spaces or commas");
+        guest.hook = Some(action.clone());
+        guest.hook_payload = HexBytes(hook_payload(args.payload.as_deref())?);
+    }
+    if !args.config.is_empty() {
+        guest.capsule_config = ConfigPairs(args.config.clone());
+    }
+    if let Some(ms) = args.deadline_ms {
+        guest.deadline_ms = Some(Number(ms));
+    }
+    Ok(())
+}
+
+/// `--payload`: the text itself, or @FILE for a file's bytes.
+fn hook_payload(payload: Option<&str>) -> Result<Vec<u8>> {
+    let bytes = match payload {
+        Some(p) if p.starts_with('@') => {
+            std::fs::read(&p[1..]).with_context(|| format!("reading the hook payload file {} (--payload @FILE)", &p[1..]))?
+        }
+        Some(p) => p.as_bytes().to_vec(),
+        None => Vec::new(),
     };
-    // Validate the user's files before building anything, so a typo fails fast.
-    for c in &args.capsules {
-        if !c.exists() {
-            eprintln!("error: capsule {}: no such file or directory — check the path", c.display());
-            return Ok(66);
-        }
-    }
-    // Each capsule's manifest (Capsule.toml in a crate, <stem>.toml beside a file),
-    // checked here so a mistake names the file before anything boots.
-    let mut manifests = Vec::new();
-    for c in &args.capsules {
-        let Some(path) = astrid_kernel::manifest::path_for(c) else {
-            manifests.push(None);
-            continue;
-        };
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading the manifest {}", path.display()))?;
-        if let Err(e) = astrid_kernel::manifest::Manifest::parse(&text) {
-            eprintln!("error: capsule {}: manifest {}: {e}", c.display(), path.display());
-            return Ok(65);
-        }
-        manifests.push(Some(text));
-    }
+    ensure!(bytes.len() <= MAX_HOOK_PAYLOAD, "the hook payload is {} bytes; the boot path carries at most 16 KiB", bytes.len());
+    Ok(bytes)
+}
+
+/// The capsule files to boot: crate directories built, and with --precompile each one
+/// compiled on the host for where it runs.
+fn capsule_files(paths: &Paths, args: &RunArgs, under: Under) -> Result<Vec<PathBuf>> {
     let capsules = args
         .capsules
         .iter()
         .map(|c| if c.is_dir() { capsule::build(paths, c) } else { Ok(c.clone()) })
         .collect::<Result<Vec<_>>>()?;
-    let capsules = if args.precompile {
-        capsules
-            .iter()
-            .map(|c| {
-                let out = paths.out.join("precompiled").join(c.file_name().unwrap()).with_extension("cwasm");
-                std::fs::create_dir_all(out.parent().unwrap())?;
-                let target = if under == Under::Hosted { CodeTarget::Native } else { CodeTarget::HermitImage };
-                compile::compile(c, Some(&out), target)
-            })
-            .collect::<Result<Vec<_>>>()?
-    } else {
-        capsules
+    if !args.precompile {
+        return Ok(capsules);
+    }
+    let target = if under == Under::Hosted { CodeTarget::Native } else { CodeTarget::HermitImage };
+    capsules
+        .iter()
+        .map(|c| {
+            let out = paths.out.join("precompiled").join(c.file_name().unwrap()).with_extension("cwasm");
+            std::fs::create_dir_all(out.parent().unwrap())?;
+            compile::compile(c, Some(&out), target)
+        })
+        .collect()
+}
+
+/// QEMU (TCG): the loader, the image and each capsule as multiboot modules.
+fn run_qemu(paths: &Paths, args: &RunArgs, capsules: Vec<PathBuf>, mut guest: Settings) -> Result<u8> {
+    let total: u64 = capsules.iter().map(|c| c.metadata().map(|m| m.len()).unwrap_or(0)).sum();
+    let needed_mib = total.div_ceil(1 << 20) + GUEST_BASE_MIB;
+    if needed_mib > u64::from(args.memory) {
+        return Err(refuse(
+            EXIT_DATA_ERR,
+            format!(
+                "the capsules take {} MiB but the guest has {} MiB of memory (at least {needed_mib} MiB needed) — pass --memory {}",
+                total >> 20,
+                args.memory,
+                needed_mib.next_power_of_two()
+            ),
+        ));
+    }
+    let art = artifacts::ensure(paths)?;
+    let image = if args.testing { artifacts::ensure_testing(paths)? } else { art.astrid_img };
+    let mut boot = Boot::new(art.loader, image);
+    if let (Some(a), Some(k)) = (&args.audit_dir, &args.kv_dir) {
+        ensure!(a == k, "--audit-dir and --kv-dir share one directory as /root under QEMU: give both the same DIR");
+    }
+    if let Some(dir) = args.audit_dir.as_ref().or(args.kv_dir.as_ref()) {
+        boot.shared_dir = Some((dir.clone(), setup::ensure_virtiofsd(paths)?));
+    }
+    if args.audit_dir.is_some() {
+        guest.audit_file = Some(GuestPath(GUEST_AUDIT_LOG.into()));
+    }
+    if args.kv_dir.is_some() {
+        guest.kv_dir = Some(GuestPath(GUEST_SHARE.into()));
+    }
+    boot.capsules = capsules;
+    boot.kernel_args = guest.to_env_pairs().iter().map(|(k, v)| qemu::env_arg(k, v)).collect();
+    boot.app_args = args.app_args.clone();
+    boot.net = args.net;
+    boot.publish = args.publish.clone();
+    boot.memory_mib = args.memory;
+    boot.cpus = args.cpus;
+    boot.timeout = Duration::from_secs(args.timeout);
+    boot.echo = true;
+    boot.firmware = match args.firmware {
+        FirmwareArg::Qboot => Firmware::Qboot,
+        FirmwareArg::Seabios => Firmware::SeaBios,
     };
-    let mut guest_env: Vec<(String, String)> = Vec::new();
-    if let Some(a) = &args.test_arg {
-        guest_env.push(("ASTRID_TEST_ARG".into(), a.clone()));
+    xtask::step("booting astrid.img under QEMU (TCG)");
+    let out = qemu::run(&boot)?;
+    // The console was echoed live; the QEMU diagnostics only are left to show.
+    if let Some(i) = out.console.find("\n[qemu stderr]") {
+        eprintln!("{}", &out.console[i + 1..]);
     }
-    guest_env.extend(args.env.iter().cloned());
-    for (i, text) in manifests.iter().enumerate() {
-        if let Some(text) = text {
-            guest_env.push((format!("ASTRID_MANIFEST_{i}"), astrid_kernel::manifest::Manifest::encode(text)));
-        }
+    eprintln!("==> {} ({:.2?})", out.describe(), out.elapsed);
+    if let Some(file) = &args.audit_log {
+        save_audit(file, &out.console)?;
     }
-    if let Some(action) = &args.hook {
-        ensure!(!action.is_empty() && !action.contains([' ', ',']), "--hook {action:?}: an action name has no spaces or commas");
-        guest_env.push(("ASTRID_HOOK".into(), action.clone()));
-        let payload = match args.payload.as_deref() {
-            Some(p) if p.starts_with('@') => {
-                std::fs::read(&p[1..]).with_context(|| format!("reading the hook payload file {} (--payload @FILE)", &p[1..]))?
-            }
-            Some(p) => p.as_bytes().to_vec(),
-            None => Vec::new(),
-        };
-        ensure!(payload.len() <= 16 << 10, "the hook payload is {} bytes; the boot path carries at most 16 KiB", payload.len());
-        if !payload.is_empty() {
-            guest_env.push(("ASTRID_HOOK_PAYLOAD".into(), astrid_kernel::manifest::hex_encode(&payload)));
-        }
+    Ok(match (out.timed_out, out.exit) {
+        (true, _) => EXIT_TIMEOUT,
+        (false, GuestExit::App(s)) => s,
+        (false, GuestExit::Loader(_)) => EXIT_LOADER,
+        (false, _) => EXIT_KERNEL,
+    })
+}
+
+/// uhyve: the image with each capsule mapped as a file (the soft-float image, checking
+/// only, on PVM hosts).
+fn run_uhyve(paths: &Paths, args: &RunArgs, capsules: Vec<PathBuf>, mut guest: Settings) -> Result<u8> {
+    let kvm = uhyve::detect_kvm();
+    if kvm == Kvm::Absent {
+        bail!("uhyve needs /dev/kvm, which this host lacks: run under QEMU instead (drop --uhyve)");
     }
-    if !args.config.is_empty() {
-        guest_env.push(("ASTRID_CAPSULE_CONFIG".into(), args.config.join(";")));
-    }
-    if let Some(ms) = args.deadline_ms {
-        guest_env.push(("ASTRID_DEADLINE_MS".into(), ms.to_string()));
-    }
+    let bin = setup::ensure_uhyve(paths)?;
+    let image = if kvm == Kvm::PvmEmulator {
+        xtask::step("this /dev/kvm is the PVM emulator: using the soft-float image in check-only mode (JIT code needs SSE, which the emulator lacks)");
+        guest.check_only = Flag(true);
+        artifacts::ensure_softfloat(paths)?
+    } else {
+        artifacts::ensure(paths)?.astrid_img
+    };
+    let config = paths.root.join("uhyve.toml");
+    guest.ram_mib = Number(uhyve::configured_memory_mib(&config));
+    let env = guest.to_env_pairs();
     let timeout = Duration::from_secs(args.timeout);
-    match under {
-        Under::Qemu => {
-            let total: u64 = capsules.iter().map(|c| c.metadata().map(|m| m.len()).unwrap_or(0)).sum();
-            let needed_mib = total.div_ceil(1 << 20) + 64;
-            if needed_mib > u64::from(args.memory) {
-                eprintln!(
-                    "error: the capsules take {} MiB but the guest has {} MiB of memory (at least {needed_mib} MiB needed) — pass --memory {}",
-                    total >> 20,
-                    args.memory,
-                    needed_mib.next_power_of_two()
-                );
-                return Ok(65);
-            }
-            let art = artifacts::ensure(paths)?;
-            let image = if args.testing { artifacts::ensure_testing(paths)? } else { art.astrid_img };
-            let mut boot = Boot::new(art.loader, image);
-            boot.capsules = capsules;
-            boot.kernel_args = guest_env.iter().map(|(k, v)| format!("env={k}={v}")).collect();
-            if let (Some(a), Some(k)) = (&args.audit_dir, &args.kv_dir) {
-                ensure!(a == k, "--audit-dir and --kv-dir share one directory as /root under QEMU: give both the same DIR");
-            }
-            if let Some(dir) = &args.audit_dir {
-                boot.shared_dir = Some((dir.clone(), setup::ensure_virtiofsd(paths)?));
-                boot.kernel_args.push("env=ASTRID_AUDIT_FILE=/root/audit.log".into());
-            }
-            if let Some(dir) = &args.kv_dir {
-                boot.shared_dir = Some((dir.clone(), setup::ensure_virtiofsd(paths)?));
-                boot.kernel_args.push("env=ASTRID_KV_DIR=/root".into());
-            }
-            boot.app_args = args.app_args;
-            boot.net = match args.net {
-                NetArg::None => qemu::NetMode::None,
-                NetArg::Restricted => qemu::NetMode::Restricted,
-                NetArg::Outbound => qemu::NetMode::Outbound,
-            };
-            boot.publish = args.publish.clone();
-            boot.memory_mib = args.memory;
-            boot.cpus = args.cpus;
-            boot.timeout = timeout;
-            boot.echo = true;
-            boot.firmware = match args.firmware {
-                FirmwareArg::Qboot => Firmware::Qboot,
-                FirmwareArg::Seabios => Firmware::SeaBios,
-            };
-            xtask::step("booting astrid.img under QEMU (TCG)");
-            let out = qemu::run(&boot)?;
-            // The console was echoed live; the QEMU diagnostics only are left to show.
-            if let Some(i) = out.console.find("\n[qemu stderr]") {
-                eprintln!("{}", &out.console[i + 1..]);
-            }
-            eprintln!("==> {} ({:.2?})", out.describe(), out.elapsed);
-            if let Some(file) = &args.audit_log {
-                save_audit(file, &out.console)?;
-            }
-            Ok(match (out.timed_out, out.exit) {
-                (true, _) => EXIT_TIMEOUT,
-                (false, GuestExit::App(s)) => s,
-                (false, GuestExit::Loader(_)) => EXIT_LOADER,
-                (false, _) => EXIT_KERNEL,
-            })
-        }
-        Under::Uhyve => {
-            let kvm = uhyve::detect_kvm();
-            if kvm == Kvm::Absent {
-                bail!("uhyve needs /dev/kvm, which this host lacks: run under QEMU instead (drop --uhyve)");
-            }
-            let bin = setup::ensure_uhyve(paths)?;
-            let image = if kvm == Kvm::PvmEmulator {
-                xtask::step("this /dev/kvm is the PVM emulator: using the soft-float image in check-only mode (JIT code needs SSE, which the emulator lacks)");
-                guest_env.push(("ASTRID_CHECK_ONLY".into(), "1".into()));
-                artifacts::ensure_softfloat(paths)?
-            } else {
-                artifacts::ensure(paths)?.astrid_img
-            };
-            let config = paths.root.join("uhyve.toml");
-            guest_env.push(("ASTRID_RAM_MIB".into(), xtask::uhyve::configured_memory_mib(&config).to_string()));
-            let run = uhyve::UhyveRun {
-                uhyve: &bin,
-                image: &image,
-                config: &config,
-                capsules: &capsules,
-                extra_args: &args.app_args,
-                env: &guest_env,
-                timeout,
-            };
-            xtask::step(format!("booting {} under uhyve", image.display()));
-            let out = uhyve::run(&run, true)?;
-            if out.timed_out {
-                eprintln!("==> the guest did not finish within {timeout:?}");
-                return Ok(EXIT_TIMEOUT);
-            }
-            let code = out.status.unwrap_or(i32::from(EXIT_KERNEL));
-            eprintln!("==> uhyve exited with status {code} ({:.2?})", out.elapsed);
-            Ok(u8::try_from(code).unwrap_or(EXIT_KERNEL))
-        }
-        Under::Hosted => {
-            let bin = artifacts::ensure_hosted(paths, args.testing)?;
-            if let Some(dir) = &args.audit_dir {
-                std::fs::create_dir_all(dir)?;
-                guest_env.push(("ASTRID_AUDIT_FILE".into(), dir.join("audit.log").display().to_string()));
-            }
-            if let Some(dir) = &args.kv_dir {
-                std::fs::create_dir_all(dir)?;
-                guest_env.push(("ASTRID_KV_DIR".into(), dir.display().to_string()));
-            }
-            // Hosted: published ports listen on this machine's 127.0.0.1 directly (host
-            // and guest port are one), and only `outbound` lets capsules out.
-            ensure!(args.publish.iter().all(|(h, g)| h == g), "hosted mode publishes a port as itself: use --publish PORT");
-            guest_env.push(("ASTRID_NET".into(), if args.net == NetArg::Outbound { "outbound" } else { "none" }.into()));
-            if !args.publish.is_empty() {
-                let ports: Vec<String> = args.publish.iter().map(|(_, g)| g.to_string()).collect();
-                guest_env.push(("ASTRID_PUBLISH".into(), ports.join(",")));
-            }
-            let mut cmd = std::process::Command::new(bin);
-            cmd.args(&capsules).args(&args.app_args).envs(guest_env.iter().cloned());
-            let status = if let Some(file) = &args.audit_log {
-                let out = cmd.stderr(std::process::Stdio::inherit()).output().context("starting the hosted astrid binary")?;
-                let text = String::from_utf8_lossy(&out.stdout);
-                print!("{text}");
-                save_audit(file, &text)?;
-                out.status
-            } else {
-                cmd.status().context("starting the hosted astrid binary")?
-            };
-            Ok(status.code().and_then(|c| u8::try_from(c).ok()).unwrap_or(EXIT_KERNEL))
-        }
+    let run = uhyve::UhyveRun { uhyve: &bin, image: &image, config: &config, capsules: &capsules, extra_args: &args.app_args, env: &env, timeout };
+    xtask::step(format!("booting {} under uhyve", image.display()));
+    let out = uhyve::run(&run, true)?;
+    if out.timed_out {
+        eprintln!("==> the guest did not finish within {timeout:?}");
+        return Ok(EXIT_TIMEOUT);
     }
+    let code = out.status.unwrap_or(i32::from(EXIT_KERNEL));
+    eprintln!("==> uhyve exited with status {code} ({:.2?})", out.elapsed);
+    Ok(u8::try_from(code).unwrap_or(EXIT_KERNEL))
+}
+
+/// Hosted: the application as a Linux process. Published ports listen on this machine's
+/// 127.0.0.1 directly (host and guest port are one), and only `outbound` lets capsules
+/// out.
+fn run_hosted(paths: &Paths, args: &RunArgs, capsules: &[PathBuf], mut guest: Settings) -> Result<u8> {
+    let bin = artifacts::ensure_hosted(paths, args.testing)?;
+    if let Some(dir) = &args.audit_dir {
+        std::fs::create_dir_all(dir)?;
+        guest.audit_file = Some(GuestPath(dir.join("audit.log")));
+    }
+    if let Some(dir) = &args.kv_dir {
+        std::fs::create_dir_all(dir)?;
+        guest.kv_dir = Some(GuestPath(dir.clone()));
+    }
+    ensure!(args.publish.iter().all(|(h, g)| h == g), "hosted mode publishes a port as itself: use --publish PORT");
+    guest.net = if args.net == NetMode::Outbound { NetMode::Outbound } else { NetMode::None };
+    guest.publish = Ports(args.publish.iter().map(|(_, g)| *g).collect());
+    let mut cmd = std::process::Command::new(bin);
+    cmd.args(capsules).args(&args.app_args).envs(guest.to_env_pairs());
+    let status = if let Some(file) = &args.audit_log {
+        let out = cmd.stderr(std::process::Stdio::inherit()).output().context("starting the hosted astrid binary")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        print!("{text}");
+        save_audit(file, &text)?;
+        out.status
+    } else {
+        cmd.status().context("starting the hosted astrid binary")?
+    };
+    Ok(status.code().and_then(|c| u8::try_from(c).ok()).unwrap_or(EXIT_KERNEL))
 }
 
 /// Keeps the audit lines of a console capture in `file`, one JSON record per line.
@@ -571,3 +684,118 @@ fn test(paths: &Paths, test_args: &[String]) -> Result<u8> {
     Ok(if status.success() { 0 } else { 1 })
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cmd {
+        Cli::try_parse_from(std::iter::once("xtask").chain(args.iter().copied())).unwrap_or_else(|e| panic!("{args:?}: {e}")).cmd
+    }
+
+    fn run_args(args: &[&str]) -> RunArgs {
+        match cli(&[&["run"], args].concat()) {
+            Cmd::Run(args) => *args,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn the_cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_command_that_builds_prepares_first() {
+        for (args, builds) in [
+            (&["setup"][..], true),
+            (&["build"], true),
+            (&["run", "capsules/hello"], true),
+            (&["test"], true),
+            (&["bench"], true),
+            (&["compile", "x.wasm"], false),
+            (&["audit", "verify", "log"], false),
+            (&["settings-table"], false),
+        ] {
+            assert_eq!(cli(args).builds(), builds, "{args:?}");
+        }
+        // And a build step that runs before the toolchains are ensured is refused (this
+        // process never ensured them).
+        let paths = Paths::discover();
+        let early = capsule::build(&paths, &paths.root.join("capsules/hello")).unwrap_err();
+        assert!(early.to_string().contains("toolchain::ensure_all"), "{early}");
+    }
+
+    /// The status and message of a run refused before anything boots.
+    fn refused(result: Result<u8>) -> (u8, String) {
+        match result {
+            Err(e) => match e.downcast::<Refused>() {
+                Ok(r) => (r.status, r.message),
+                Err(e) => panic!("not a refusal: {e:#}"),
+            },
+            Ok(code) => panic!("not refused: {code}"),
+        }
+    }
+
+    #[test]
+    fn env_is_checked_against_the_settings_table() {
+        for (env, says) in [
+            ("ASTRID_NET=everywhere", "none, restricted, outbound"),
+            ("ASTRID_MEMORY_MIB=lots", "a number of MiB"),
+            ("ASTRID_NETWORK=none", "accepted names"),
+            ("NET=none", "accepted names"),
+            ("ASTRID_MANIFEST_0=00", "boot path"),
+            ("ASTRID_CACHE_DIR=/tmp", "on the host"),
+        ] {
+            let args = run_args(&["--env", env, "/nonexistent/x.wasm"]);
+            let (status, message) = refused(run_steps(&Paths::discover(), args));
+            assert_eq!(status, EXIT_USAGE, "{env}: {message}");
+            let name = env.split_once('=').unwrap().0;
+            assert!(message.contains(name) && message.contains(says), "{env}: {message}");
+        }
+        // A good setting passes on to the next check (the missing file).
+        let args = run_args(&["--env", "ASTRID_AUDIT=off", "/nonexistent/x.wasm"]);
+        assert_eq!(refused(run_steps(&Paths::discover(), args)).0, EXIT_NO_INPUT);
+    }
+
+    #[test]
+    fn flags_become_typed_guest_settings() {
+        let args = run_args(&[
+            "--env",
+            "ASTRID_AUDIT=off",
+            "--test-arg",
+            "t",
+            "--hook",
+            "greet",
+            "--payload",
+            "hi",
+            "--config",
+            "a=b",
+            "--deadline-ms",
+            "5",
+            "x.wasm",
+        ]);
+        let mut guest = env_settings(&args.env).unwrap();
+        apply_flags(&mut guest, &args, &[Some("[package]\nname = \"x\"\n".into())]).unwrap();
+        let pairs = guest.to_env_pairs();
+        let get = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        assert_eq!(get(settings::AUDIT), Some("off"));
+        assert_eq!(get(settings::TEST_ARG), Some("t"));
+        assert_eq!(get(settings::HOOK), Some("greet"));
+        assert_eq!(get(settings::HOOK_PAYLOAD), Some("6869"));
+        assert_eq!(get(settings::CAPSULE_CONFIG), Some("a=b"));
+        assert_eq!(get(settings::DEADLINE_MS), Some("5"));
+        assert_eq!(get(&settings::MANIFEST.name(0)), Some(Manifest::encode("[package]\nname = \"x\"\n").as_str()));
+        // What the image parses back is what was meant.
+        assert_eq!(Settings::from_env_pairs(pairs).unwrap(), guest);
+    }
+
+    #[test]
+    fn net_takes_the_settings_names() {
+        for mode in NetMode::ALL {
+            assert_eq!(run_args(&["--net", mode.name(), "x.wasm"]).net, mode);
+        }
+        assert_eq!(run_args(&["x.wasm"]).net, NetMode::Restricted);
+        assert!(Cli::try_parse_from(["xtask", "run", "--net", "everywhere", "x.wasm"]).is_err());
+    }
+}

@@ -14,7 +14,7 @@ pub struct Paths {
 impl Paths {
     pub fn discover() -> Paths {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
-        let out = match std::env::var_os("ASTRID_CACHE_DIR") {
+        let out = match std::env::var_os(astrid_kernel::settings::CACHE_DIR) {
             Some(dir) if !dir.is_empty() => PathBuf::from(dir),
             _ => root.join("target").join("astrid"),
         };

@@ -9,9 +9,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use astrid_kernel::exit::{GuestExit, decode_qemu_status};
+/// The guest's network: QEMU user networking on a virtio-net NIC (kernel 0.11 needs the
+/// modern device, `disable-legacy=on`, and SeaBIOS to assign its BARs). `Restricted` is
+/// `restrict=on` (nothing leaves the guest; published ports still come in), `Outbound`
+/// unrestricted (the host is 10.0.2.2), `None` attaches no NIC.
+pub use astrid_kernel::settings::NetMode;
+use astrid_kernel::settings::{DebugPort, HostSeed, Number, Ports, SEED_BYTES, Settings};
 use wait_timeout::ChildExt;
 
-pub const DEBUG_EXIT_PORT: &str = "0xf4";
+/// The isa-debug-exit device's I/O port.
+pub const DEBUG_EXIT_PORT: DebugPort = DebugPort(0xf4);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Firmware {
@@ -19,30 +26,6 @@ pub enum Firmware {
     Qboot,
     /// SeaBIOS: needed once a NIC or virtio-fs device is attached.
     SeaBios,
-}
-
-/// The guest's network: QEMU user networking on a virtio-net NIC (kernel 0.11 needs the
-/// modern device, `disable-legacy=on`, and SeaBIOS to assign its BARs).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NetMode {
-    /// No NIC: capsules have the image's loopback only.
-    None,
-    /// A NIC on `restrict=on` user networking: nothing leaves the guest; published ports
-    /// still come in.
-    Restricted,
-    /// A NIC on unrestricted user networking: capsules whose manifest allows it reach
-    /// the host (10.0.2.2) and beyond.
-    Outbound,
-}
-
-impl NetMode {
-    pub fn name(self) -> &'static str {
-        match self {
-            NetMode::None => "none",
-            NetMode::Restricted => "restricted",
-            NetMode::Outbound => "outbound",
-        }
-    }
 }
 
 #[derive(Clone, Debug)]
@@ -170,18 +153,27 @@ pub fn initrd_arg(app: &Path, kernel_args: &[String], app_args: &[String], capsu
     Ok(modules.join(","))
 }
 
-pub fn command(boot: &Boot) -> Result<Command> {
-    let mut kernel_args = vec![
-        format!("env=ASTRID_DEBUG_EXIT={DEBUG_EXIT_PORT}"),
-        format!("env=ASTRID_RAM_MIB={}", boot.memory_mib),
-        format!("env=ASTRID_SEED={}", fresh_seed()?),
-        format!("env=ASTRID_NET={}", boot.net.name()),
-    ];
+/// One image setting as a kernel argument: `env=NAME=VALUE`.
+pub fn env_arg(name: &str, value: impl std::fmt::Display) -> String {
+    format!("env={name}={value}")
+}
+
+/// What every boot tells the image (before `boot.kernel_args`, which may override it):
+/// the debug-exit port, its RAM, a fresh seed, its network and published ports.
+fn boot_settings(boot: &Boot) -> Result<Settings> {
     ensure!(boot.publish.is_empty() || boot.net != NetMode::None, "publishing ports needs a network: drop --net none");
-    if !boot.publish.is_empty() {
-        let ports: Vec<String> = boot.publish.iter().map(|(_, g)| g.to_string()).collect();
-        kernel_args.push(format!("env=ASTRID_PUBLISH={}", ports.join(",")));
-    }
+    Ok(Settings {
+        debug_exit: Some(DEBUG_EXIT_PORT),
+        ram_mib: Number(u64::from(boot.memory_mib)),
+        seed: Some(fresh_seed()?),
+        net: boot.net,
+        publish: Ports(boot.publish.iter().map(|(_, guest)| *guest).collect()),
+        ..Settings::default()
+    })
+}
+
+pub fn command(boot: &Boot) -> Result<Command> {
+    let mut kernel_args: Vec<String> = boot_settings(boot)?.to_env_pairs().iter().map(|(k, v)| env_arg(k, v)).collect();
     kernel_args.extend(boot.kernel_args.iter().cloned());
     let mut loader_args = vec![format!("debug-exit={DEBUG_EXIT_PORT}")];
     loader_args.extend(boot.loader_args.iter().cloned());
@@ -315,12 +307,13 @@ fn share(cmd: &mut Command, dir: &Path, virtiofsd: &Path, memory_mib: u32) -> Re
     Ok(daemon)
 }
 
-/// 32 bytes of the host's entropy as hex: the guest's randomness seed. Under TCG the
-/// guest has none of its own (kernel 0.11 then hands out zeros).
-pub fn fresh_seed() -> Result<String> {
-    let mut seed = [0u8; 32];
+/// 32 bytes of the host's entropy: the guest's randomness seed (`ASTRID_SEED`). Under
+/// TCG the guest has none of its own (kernel 0.11 then hands out zeros).
+pub fn fresh_seed() -> Result<HostSeed> {
+    let mut seed = [0u8; SEED_BYTES];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut seed))
         .context("reading /dev/urandom for the guest's seed")?;
-    Ok(seed.iter().map(|b| format!("{b:02x}")).collect())
+    ensure!(seed != [0; SEED_BYTES], "/dev/urandom gave all zeros for the guest's seed");
+    Ok(HostSeed(seed))
 }

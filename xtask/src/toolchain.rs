@@ -3,8 +3,9 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, ensure};
 
 use crate::process;
 
@@ -35,8 +36,38 @@ fn host_triple() -> &'static str {
     "x86_64-unknown-linux-gnu"
 }
 
-/// Installs every pinned toolchain with its components and targets, if missing.
+/// Set once `ensure_all` has succeeded in this process.
+static ENSURED: AtomicBool = AtomicBool::new(false);
+
+/// Installs every pinned toolchain with its components and targets, if missing (once per
+/// process: later calls return at once).
 pub fn ensure_all() -> Result<()> {
+    if ensured() {
+        return Ok(());
+    }
+    install_missing()?;
+    ENSURED.store(true, Ordering::Release);
+    Ok(())
+}
+
+/// Whether `ensure_all` has succeeded in this process.
+pub fn ensured() -> bool {
+    ENSURED.load(Ordering::Acquire)
+}
+
+/// The first line of every build step: building before the toolchains and targets are
+/// there fails late and obscurely (a capsule built before the wasm32 target is installed
+/// is E0463), so a step that runs too early is refused at once, naming itself.
+pub fn require_ensured(step: &str) -> Result<()> {
+    ensure!(
+        ensured(),
+        "internal error: {step} was about to run before the toolchains were installed — \
+         a command that builds must call toolchain::ensure_all() first (xtask's `prepare`)"
+    );
+    Ok(())
+}
+
+fn install_missing() -> Result<()> {
     let installed = process::output(Command::new("rustup").args(["toolchain", "list"]))
         .context("rustup is required (https://rustup.rs): install it first")?;
     for tc in ALL {
@@ -88,4 +119,32 @@ pub fn tool(toolchain: &str, name: &str) -> Result<PathBuf> {
         path.display()
     );
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::paths::Paths;
+
+    /// No test in this process installs the toolchains, so every build step must refuse.
+    #[test]
+    fn build_steps_refuse_to_run_before_the_toolchains_are_ensured() {
+        assert!(!super::ensured());
+        let paths = Paths::discover();
+        let refusals = [
+            crate::capsule::build(&paths, &paths.root.join("capsules/hello")).map(drop),
+            crate::kernel::build(&paths, crate::kernel::Variant::Standard).map(drop),
+            crate::loader::build(&paths).map(drop),
+            crate::hermit_app::build(
+                &paths,
+                crate::hermit_app::App::Astrid,
+                crate::hermit_app::Flavor::Standard,
+                &paths.out,
+                &paths.out.join("never.img"),
+            ),
+        ];
+        for r in refusals {
+            let e = r.expect_err("a build step ran before ensure_all");
+            assert!(e.to_string().contains("toolchain::ensure_all"), "{e}");
+        }
+    }
 }

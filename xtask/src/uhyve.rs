@@ -74,7 +74,7 @@ pub fn command(run: &UhyveRun) -> Result<Command> {
     for (k, v) in run.env {
         cmd.arg("-e").arg(format!("{k}={v}"));
     }
-    cmd.arg("-e").arg(format!("ASTRID_SEED={}", crate::qemu::fresh_seed()?));
+    cmd.arg("-e").arg(format!("{}={}", astrid_kernel::settings::SEED, crate::qemu::fresh_seed()?));
     cmd.arg(run.image).args(["--", "--"]).args(guest_args).args(run.extra_args);
     Ok(cmd)
 }

@@ -23,10 +23,7 @@ pub fn boot_module(addr: u64, len: u64) -> Option<&'static [u8]> {
 /// the isa-debug-exit port so QEMU's own exit status carries it (see `exit`). Without
 /// that variable (uhyve, bare metal) the kernel's normal exit path reports the status.
 pub fn report_exit(status: u8) {
-    let Some(port) = std::env::var("ASTRID_DEBUG_EXIT")
-        .ok()
-        .and_then(|p| u16::from_str_radix(p.trim_start_matches("0x"), 16).ok())
-    else {
+    let Some(crate::settings::DebugPort(port)) = crate::settings::current().debug_exit else {
         return;
     };
     let value = crate::exit::debug_exit_value(status);
