@@ -22,48 +22,7 @@ const FILE_RECORDS: u64 = 50_000;
 /// The (never reached) deadline of `futex-timed`'s waits.
 const NEVER: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// The native baselines, by the name `ASTRID_BENCH` gives them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Benchmark {
-    Futex,
-    /// The futex ping-pong with a (never reached) deadline on every wait: what timed
-    /// waits cost.
-    FutexTimed,
-    Wait,
-    Memcpy,
-    SinkSerial,
-    /// Needs `ASTRID_AUDIT_FILE`.
-    SinkFile,
-}
-
-impl Benchmark {
-    pub const ALL: [Benchmark; 6] =
-        [Benchmark::Futex, Benchmark::FutexTimed, Benchmark::Wait, Benchmark::Memcpy, Benchmark::SinkSerial, Benchmark::SinkFile];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Benchmark::Futex => "futex",
-            Benchmark::FutexTimed => "futex-timed",
-            Benchmark::Wait => "wait",
-            Benchmark::Memcpy => "memcpy",
-            Benchmark::SinkSerial => "sink-serial",
-            Benchmark::SinkFile => "sink-file",
-        }
-    }
-}
-
-impl std::fmt::Display for Benchmark {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for Benchmark {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Benchmark::ALL.into_iter().find(|b| b.name() == s).ok_or_else(|| "no such benchmark".to_string())
-    }
-}
+pub use crate::settings::Benchmark;
 
 /// Runs a benchmark; `audit_file` is where `sink-file` writes.
 pub fn run(bench: Benchmark, audit_file: Option<&std::path::Path>) -> Result<String, String> {

@@ -12,8 +12,7 @@ use std::path::PathBuf;
 use crate::platform;
 use crate::settings::{self, Settings};
 
-/// Largest capsule the image accepts, unless `ASTRID_MAX_CAPSULE_BYTES` lowers it.
-pub const DEFAULT_MAX_CAPSULE_BYTES: u64 = 256 << 20;
+pub use crate::settings::DEFAULT_MAX_CAPSULE_BYTES;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CapsuleSource {

@@ -157,19 +157,7 @@ impl Manifest {
 }
 
 /// Bytes as lowercase hex: how binary values travel on the kernel command line.
-pub fn hex_encode(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-pub fn hex_decode(hex: &str) -> Result<Vec<u8>, String> {
-    if !hex.len().is_multiple_of(2) {
-        return Err("odd number of hex digits".into());
-    }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| hex.get(i..i + 2).and_then(|d| u8::from_str_radix(d, 16).ok()).ok_or_else(|| format!("bad hex at {i}")))
-        .collect()
-}
+pub use crate::settings::{hex_decode, hex_encode};
 
 /// Where a capsule's manifest would be: `Capsule.toml` in a capsule crate directory,
 /// else `<stem>.toml` beside the file.

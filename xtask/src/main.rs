@@ -674,6 +674,7 @@ fn test(paths: &Paths, test_args: &[String]) -> Result<u8> {
             .args(["test", "--locked", "--lib", "--target", "x86_64-unknown-linux-gnu", "--target-dir"])
             .arg(paths.out.join("boot-host")),
     )?;
+    lint(paths)?;
     xtask::step("workspace tests: unit tests, then integration tests booting the image");
     let status = process::cargo(toolchain::APP)
         .current_dir(&paths.root)
@@ -682,6 +683,35 @@ fn test(paths: &Paths, test_args: &[String]) -> Result<u8> {
         .status()?;
     eprintln!("==> tests finished in {:.0?}", started.elapsed());
     Ok(if status.success() { 0 } else { 1 })
+}
+
+/// Clippy with warnings as errors, over everything we build: the workspace hosted (with
+/// the testing sources, so every host file is checked), the image's application without
+/// its engine (the soft-float image), and the loader for its real target and its tests.
+fn lint(paths: &Paths) -> Result<()> {
+    xtask::step("clippy (warnings are errors)");
+    let deny = ["--", "-D", "warnings"];
+    process::run(
+        process::cargo(toolchain::APP)
+            .current_dir(&paths.root)
+            .args(["clippy", "--workspace", "--all-targets", "--features", "astrid-kernel/testing"])
+            .args(deny),
+    )?;
+    process::run(
+        process::cargo(toolchain::APP)
+            .current_dir(&paths.root)
+            .args(["clippy", "-p", "astrid-kernel", "--no-default-features"])
+            .args(deny),
+    )?;
+    for target in ["x86_64-unknown-none", "x86_64-unknown-linux-gnu"] {
+        let mut cmd = process::cargo(toolchain::STABLE);
+        cmd.current_dir(paths.root.join("boot")).args(["clippy", "--locked", "--target", target]);
+        if target.ends_with("linux-gnu") {
+            cmd.arg("--all-targets");
+        }
+        process::run(cmd.arg("--target-dir").arg(paths.out.join("boot-clippy")).args(deny))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

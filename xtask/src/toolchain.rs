@@ -23,11 +23,11 @@ pub struct Toolchain {
 }
 
 pub const ALL: &[Toolchain] = &[
-    Toolchain { name: APP, components: &["rust-src", "llvm-tools"], targets: &[] },
+    Toolchain { name: APP, components: &["rust-src", "llvm-tools", "clippy"], targets: &[] },
     Toolchain { name: KERNEL, components: &["rust-src", "llvm-tools"], targets: &[] },
     Toolchain {
         name: STABLE,
-        components: &[],
+        components: &["clippy"],
         targets: &["x86_64-unknown-none", "wasm32-unknown-unknown"],
     },
 ];

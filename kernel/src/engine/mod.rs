@@ -207,13 +207,19 @@ impl CapsuleEngine {
     pub fn load(&self, bytes: &[u8]) -> wasmtime::Result<LoadReport> {
         let started = Instant::now();
         let (loaded, how) = match wasmtime::Engine::detect_precompiled(bytes) {
-            // SAFETY: an artifact is trusted code: it is produced by our own precompiler
-            // and the engine checks its target, version and settings match.
             Some(Precompiled::Component) => {
-                (Loaded::Component(unsafe { Component::deserialize(&self.engine, bytes)? }), "precompiled component")
+                // SAFETY: deserializing maps the artifact's machine code as executable, so
+                // it must come from our own precompiler (`xtask compile`, the same wasmtime
+                // and Config); the engine checks the artifact's target, version and
+                // settings match before using it.
+                let component = unsafe { Component::deserialize(&self.engine, bytes)? };
+                (Loaded::Component(component), "precompiled component")
             }
             Some(Precompiled::Module) => {
-                (Loaded::Module(unsafe { wasmtime::Module::deserialize(&self.engine, bytes)? }), "precompiled module")
+                // SAFETY: as for a component above: our precompiler's output, checked by
+                // the engine for target, version and settings.
+                let module = unsafe { wasmtime::Module::deserialize(&self.engine, bytes)? };
+                (Loaded::Module(module), "precompiled module")
             }
             None => match crate::wasm::inspect(bytes) {
                 Ok(h) if h.kind == crate::wasm::WasmKind::Component => {
@@ -248,14 +254,13 @@ impl CapsuleEngine {
                         kv_dir: options.kv_dir.as_deref(),
                         test_argument: options.test_argument.clone(),
                     };
-                    let outcome = match CapsuleState::new(spec, &self.shared) {
+                    match CapsuleState::new(spec, &self.shared) {
                         Err(why) => RunOutcome::InstantiateFailed(why),
                         Ok(state) => match options.deadline.map(|d| wait::cancel_after(cancel, d)) {
                             Some(Err(e)) => RunOutcome::InstantiateFailed(format!("cannot start the deadline watchdog: {e}")),
                             _ => self.run_in_store(state, loaded, &options.entry),
                         },
-                    };
-                    outcome
+                    }
                 });
             match handle {
                 Ok(h) => h.join().unwrap_or_else(|_| RunOutcome::Trapped("the capsule thread panicked".into())),

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::{ResourceLimiter, StoreLimits};
 
-use super::envelope::Note;
 use crate::audit::AuditHandle;
 use crate::ipc::bus::Bus;
 use crate::kv::Kv;
@@ -37,6 +36,20 @@ impl Default for CapsuleLimits {
     fn default() -> Self {
         CapsuleLimits { memory_bytes: DEFAULT_MEMORY_BYTES, handles: DEFAULT_HANDLES, kv_bytes: crate::kv::DEFAULT_QUOTA }
     }
+}
+
+/// What the body of a call noted for its record.
+#[derive(Default, Clone, Debug)]
+pub struct Note {
+    pub bytes: Option<u64>,
+    pub pollable_count: Option<u32>,
+    pub ready_count: Option<u32>,
+    /// The call's wait was ended by the capsule's cancellation.
+    pub cancelled: bool,
+    /// The image does not serve what was asked: the typed refusal's reason.
+    pub refused: Option<&'static str>,
+    /// What went wrong, beyond the error's case (a stream's failure message).
+    pub detail: Option<String>,
 }
 
 /// Who a capsule is, in every record it causes.

@@ -12,7 +12,7 @@
 use std::fmt;
 use std::time::Instant;
 
-use super::context::View;
+use super::context::{Note, View};
 use crate::audit::{IoEvent, MAX_FIELD_BYTES, Outcome};
 
 /// One WIT function: `iface` (`astrid:kv/host`, `astrid:io/streams.input-stream`) and
@@ -147,20 +147,6 @@ pub fn code_from_debug(debug: &str) -> String {
         out.push_str(p);
     }
     out
-}
-
-/// What the body of a call noted for its record.
-#[derive(Default, Clone, Debug)]
-pub struct Note {
-    pub bytes: Option<u64>,
-    pub pollable_count: Option<u32>,
-    pub ready_count: Option<u32>,
-    /// The call's wait was ended by the capsule's cancellation.
-    pub cancelled: bool,
-    /// The image does not serve what was asked: the typed refusal's reason.
-    pub refused: Option<&'static str>,
-    /// What went wrong, beyond the error's case (a stream's failure message).
-    pub detail: Option<String>,
 }
 
 /// The trap of a capsule whose call could not be recorded.

@@ -66,7 +66,7 @@ mod tests {
 
     #[test]
     fn publish_and_subscribe_permissions() {
-        let chat = vec!["chat.**".to_string()];
+        let chat = ["chat.**".to_string()];
         for (allowed, topic, len, want) in [
             (None, "chat.room", 10, Ok(())),
             (Some(&chat[..]), "chat.room", 10, Ok(())),
