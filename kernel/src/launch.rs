@@ -233,8 +233,11 @@ fn load_all<'a>(
             Err(e) => {
                 let why = format!("capsule {}: cannot be loaded: {e:#}", capsule.name);
                 if let Some(audit) = audit {
-                    let _ = audit.record(rejection_event(&capsule.id, &why));
-                    let _ = audit.capsule_end(&capsule.id);
+                    let recorded = audit.record(rejection_event(&capsule.id, &why)).and_then(|_| audit.capsule_end(&capsule.id));
+                    if let Err(e) = recorded {
+                        // The log's close reports the failure with its own status.
+                        println!("astrid: capsule {}: its refusal is not in the audit log: {e}", capsule.name);
+                    }
                 }
                 status = worst(status, fail(Status::DataErr, &why));
             }
@@ -429,9 +432,11 @@ fn audit_rejection(settings: &Settings, capsule: &str, why: &str) {
     let Ok(sink) = audit_sink(settings) else { return };
     let log = crate::audit::AuditLog::start(sink, REJECTION_QUEUE);
     let handle = log.handle();
-    let _ = handle.record(rejection_event(capsule, why));
-    let _ = handle.capsule_end(capsule);
-    let _ = log.close();
+    let recorded = handle.record(rejection_event(capsule, why)).and_then(|_| handle.capsule_end(capsule)).and_then(|_| log.close());
+    if let Err(e) = recorded {
+        // The refusal's own status stands; the missing record is said, not hidden.
+        println!("astrid: the refusal of {capsule:?} could not be audited: {e}");
+    }
 }
 
 #[cfg(not(feature = "engine"))]

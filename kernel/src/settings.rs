@@ -794,11 +794,11 @@ pub fn install(settings: Settings) -> bool {
     CURRENT.set(settings).is_ok()
 }
 
-/// This run's settings, for the places that cannot be handed them (the exit path, host
-/// functions); the defaults until launch installs them.
+/// This run's settings, for the places that cannot be handed them (the exit path): the
+/// ones launch installed, else the process environment's, parsed once (what parses of
+/// it when a value is bad: the bad value itself is launch's to report).
 pub fn current() -> &'static Settings {
-    static DEFAULTS: OnceLock<Settings> = OnceLock::new();
-    CURRENT.get().unwrap_or_else(|| DEFAULTS.get_or_init(Settings::default))
+    CURRENT.get_or_init(|| Settings::from_env().unwrap_or_else(|e| *e.parsed))
 }
 
 /// The README's settings table sits between these lines.

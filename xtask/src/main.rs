@@ -678,7 +678,7 @@ fn test(paths: &Paths, test_args: &[String]) -> Result<u8> {
     xtask::step("workspace tests: unit tests, then integration tests booting the image");
     let status = process::cargo(toolchain::APP)
         .current_dir(&paths.root)
-        .args(["test", "--workspace", "--"])
+        .args(["test", "--workspace", "--no-fail-fast", "--"])
         .args(test_args)
         .status()?;
     eprintln!("==> tests finished in {:.0?}", started.elapsed());

@@ -268,9 +268,11 @@ impl CapsuleEngine {
             }
         });
         if let Some(audit) = audit {
-            // A record the log refuses here is reported by the log's close.
-            let _ = lifecycle_record(&identity, &outcome).map(|event| audit.record(event));
-            let _ = audit.capsule_end(name);
+            let recorded = lifecycle_record(&identity, &outcome).map_or(Ok(0), |event| audit.record(event)).and_then(|_| audit.capsule_end(name));
+            if let Err(e) = recorded {
+                // The log's close reports the failure with its own status.
+                println!("astrid: capsule {name}: its end is not in the audit log: {e}");
+            }
         }
         outcome
     }

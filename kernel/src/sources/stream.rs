@@ -192,8 +192,9 @@ impl Payload<'_> {
 }
 
 /// `blocking-write-and-flush` / `blocking-write-zeroes-and-flush`: the whole payload,
-/// as permits allow, then a flush. Cancellation ends it between segments as well as in
-/// a wait, so a huge length cannot outlive the capsule's deadline.
+/// as permits allow, then a flush. Cancellation ends it in a wait, and between segments
+/// once one went out, so a huge length cannot outlive the capsule's deadline while a
+/// cancelled capsule's short last words (one segment) still reach their sink.
 pub fn write_all(stream: &mut OutputStream, payload: Payload<'_>, cancel: &CancelToken) -> Ended<u64> {
     if stream.closed {
         return Ended::Closed;
@@ -203,7 +204,7 @@ pub fn write_all(stream: &mut OutputStream, payload: Payload<'_>, cancel: &Cance
     let total = payload.len();
     let mut written = 0u64;
     while written < total {
-        if cancel.is_cancelled() {
+        if written > 0 && cancel.is_cancelled() {
             return Ended::Cancelled;
         }
         let permit = match sink.check_write() {
@@ -299,6 +300,7 @@ mod tests {
         let cancel = CancelToken::new();
         cancel.cancel();
         assert_eq!(write_all(&mut out, Payload::Zeroes(u64::MAX), &cancel), Ended::Cancelled);
+        assert_eq!(write_all(&mut out, Payload::Bytes(b"last words"), &cancel), Ended::Done(10), "one segment still goes out");
         let live = CancelToken::new();
         assert_eq!(write_all(&mut out, Payload::Zeroes(200_000), &live), Ended::Done(200_000));
     }
