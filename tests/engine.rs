@@ -85,6 +85,25 @@ fn in_image_many(image: &Path, capsules: &[&Path], env: &[(&str, &str)]) -> Run 
     Run { status, console: out.console }
 }
 
+/// Fail-closed: the file sink breaking mid-run (hosted: `/dev/full`, every write fails
+/// with "no space left") stops the capsule instead of letting it go on unrecorded; the
+/// serial console keeps every record sealed before the failure and ends with one naming
+/// it; the image exits with the audit status (74).
+#[test]
+fn a_failing_audit_file_stops_the_capsules_and_the_console_names_the_failure() {
+    let f = fixtures();
+    let run = hosted(&f.probe, &[("ASTRID_TEST_ARG", "bench-read-4k"), ("ASTRID_AUDIT_FILE", "/dev/full")]);
+    run.assert_status(74).assert_says("audit log failed");
+    assert!(!run.console.contains("] ok bench-read-4k"), "the capsule went on unrecorded:\n{}", run.console);
+    let lines = audit::extract(&run.console);
+    let last = lines.last().expect("no audit line on the console");
+    assert!(last.contains("\"fn\":\"astrid:audit/sink-failed\"") && last.contains("/dev/full"), "last record: {last}");
+    match audit::verify(lines.iter().copied()) {
+        Err(audit::Break { kind: audit::BreakKind::EndedBySinkFailure(why), .. }) => assert!(why.contains("/dev/full"), "{why}"),
+        other => panic!("expected a log ended by the sink's failure, got {other:?}\n{}", run.console),
+    }
+}
+
 /// A scenario of io-probe that must pass: hosted, then in the image.
 fn scenario(name: &str) {
     let f = fixtures();

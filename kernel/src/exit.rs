@@ -24,6 +24,9 @@ pub enum Status {
     NoInput = 66,
     /// An internal error of the image.
     Software = 70,
+    /// An audit sink failed: the image stopped every capsule rather than let it go on
+    /// unrecorded (fail-closed); the surviving sink's log ends with the failure.
+    AuditFailed = 74,
 }
 
 impl Status {

@@ -130,6 +130,11 @@ fn run_capsules(capsules: &[CapsuleBytes], manifests: &[Option<Manifest>], setti
     let running = run_all(&engine, &ready, audit.as_ref());
     drain_network();
     let closing = close_audit(log);
+    // A failed audit sink is the run's verdict: the capsules' own statuses (cancelled,
+    // trapped on a refused record) follow from it.
+    if closing == Status::AuditFailed {
+        return Ok(closing);
+    }
     Ok(worst(worst(loading, running), closing))
 }
 
@@ -195,7 +200,25 @@ fn start_audit(settings: &Settings) -> Result<Option<crate::audit::AuditLog>, St
     if !settings.audit.is_on() {
         return Ok(None);
     }
-    Ok(Some(crate::audit::AuditLog::start(audit_sink(settings)?, AUDIT_QUEUE)))
+    let log = crate::audit::AuditLog::start(audit_sink(settings)?, AUDIT_QUEUE);
+    put_unwritten_records_on_panic(log.handle());
+    Ok(Some(log))
+}
+
+/// A panic anywhere in the image would lose the records still queued for the sink: the
+/// hook puts them on the serial console first (framed as the console sink frames them),
+/// then lets the panic go on.
+#[cfg(feature = "engine")]
+fn put_unwritten_records_on_panic(audit: crate::audit::AuditHandle) {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if let Some(lines) = audit.unwritten() {
+            for line in lines {
+                println!("{}", crate::audit::frame(&line));
+            }
+        }
+        previous(info);
+    }));
 }
 
 /// A capsule the engine loaded, with the identity and options it runs under.
@@ -250,19 +273,34 @@ fn load_all<'a>(
 /// trapping or being cancelled leaves the others running. The first failure's status.
 #[cfg(feature = "engine")]
 fn run_all(engine: &crate::engine::CapsuleEngine, ready: &[Ready], audit: Option<&crate::audit::AuditHandle>) -> Status {
+    use crate::wait::CancelToken;
+    let cancels: Vec<CancelToken> = ready.iter().map(|_| CancelToken::new()).collect();
+    let all_ended = CancelToken::new();
     let statuses: Vec<Status> = std::thread::scope(|scope| {
+        if let Some(audit) = audit {
+            // Fail-closed: when the audit log's sink fails, no capsule goes on unrecorded.
+            let (failure, cancels, all_ended) = (audit.failure(), &cancels, &all_ended);
+            scope.spawn(move || {
+                if crate::wait::wait_any(&[&failure as &dyn crate::wait::Readiness, all_ended], &CancelToken::new(), None).is_ok() && failure.is_cancelled() {
+                    println!("astrid: the audit log's sink failed: every capsule is cancelled");
+                    cancels.iter().for_each(CancelToken::cancel);
+                }
+            });
+        }
         let runs: Vec<_> = ready
             .iter()
-            .map(|r| {
+            .zip(&cancels)
+            .map(|(r, cancel)| {
                 scope.spawn(move || {
-                    let cancel = crate::wait::CancelToken::new();
                     let started = std::time::Instant::now();
-                    let outcome = engine.run(&r.id, &r.report.loaded, &r.options, &cancel, audit);
+                    let outcome = engine.run(&r.id, &r.report.loaded, &r.options, cancel, audit);
                     report_outcome(&r.capsule.name, &outcome, started.elapsed(), cancel.is_cancelled())
                 })
             })
             .collect();
-        runs.into_iter().map(|h| h.join().unwrap_or(Status::Software)).collect()
+        let statuses = runs.into_iter().map(|h| h.join().unwrap_or(Status::Software)).collect();
+        all_ended.cancel();
+        statuses
     });
     statuses.into_iter().fold(Status::Ok, worst)
 }
@@ -335,6 +373,7 @@ fn close_audit(log: Option<crate::audit::AuditLog>) -> Status {
             println!("astrid: audit log closed: {n} records");
             Status::Ok
         }
+        Some(Err(e @ crate::audit::AuditError::SinkFailed(_))) => fail(Status::AuditFailed, &format!("audit log failed: {e}")),
         Some(Err(e)) => fail(Status::Software, &format!("audit log failed: {e}")),
     }
 }
@@ -345,9 +384,9 @@ fn close_audit(log: Option<crate::audit::AuditLog>) -> Status {
 #[cfg(feature = "engine")]
 fn audit_sink(settings: &Settings) -> Result<Box<dyn crate::audit::Sink>, Status> {
     use crate::audit::{ConsoleSink, LinesSink, Sink, TeeSink};
-    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    let mut sinks: Vec<(String, Box<dyn Sink>)> = Vec::new();
     if settings.audit_serial.is_on() {
-        sinks.push(Box::new(ConsoleSink::stdout()));
+        sinks.push(("serial console".into(), Box::new(ConsoleSink::stdout())));
     }
     if let Some(path) = &settings.audit_file {
         let file = std::fs::File::create(&path.0).map_err(|e| {
@@ -356,7 +395,7 @@ fn audit_sink(settings: &Settings) -> Result<Box<dyn crate::audit::Sink>, Status
                 &format!("cannot create the audit file {path}: {e} — under QEMU share a directory as /root (scripts/run --audit-dir DIR), under uhyve map one"),
             )
         })?;
-        sinks.push(Box::new(LinesSink::new(file)));
+        sinks.push((format!("file {path}"), Box::new(LinesSink::new(file))));
     }
     if sinks.is_empty() {
         return Err(fail(

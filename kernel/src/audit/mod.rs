@@ -13,6 +13,6 @@ mod verify;
 pub use chain::{Chain, ChainClosed};
 pub use console::{ConsoleSink, FRAME_PREFIX, extract, frame};
 pub use queue::{AuditError, AuditHandle, AuditLog, QueueStats};
-pub use record::{AuditRecord, FN_CAPSULE_END, FN_CLOSE, GENESIS, IoEvent, MAX_FIELD_BYTES, Outcome, seal, unseal};
+pub use record::{AuditRecord, FN_CAPSULE_END, FN_CLOSE, FN_SINK_FAILED, GENESIS, IoEvent, MAX_FIELD_BYTES, Outcome, seal, unseal};
 pub use sink::{LinesSink, MemorySink, Sink, TeeSink};
 pub use verify::{Break, BreakKind, Summary, verify, verify_open};

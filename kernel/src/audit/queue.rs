@@ -1,15 +1,25 @@
 //! The bounded, lossless queue between the io path and a sink. Records are sealed into
 //! the chain as they enter (so queue order is log order), and one drainer thread hands
 //! them to the sink in batches. A full queue blocks the recording thread: backpressure,
-//! never a dropped record. Uses Mutex+Condvar for now; the wait primitive can take over.
+//! never a dropped record (a capsule's wait for room ends with its cancellation).
+//!
+//! Fail-closed: when the sink fails, no further record is accepted (so nothing goes on
+//! unrecorded), the log's failure signal fires (launch cancels every capsule on it),
+//! what was already sealed still goes to the sinks that survive (a `TeeSink` keeps the
+//! serial console when the file breaks), followed by one record naming the failure.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use super::chain::Chain;
-use super::record::IoEvent;
+use super::record::{FN_SINK_FAILED, IoEvent, Outcome};
 use super::sink::Sink;
+use crate::wait::CancelToken;
+
+/// How often a writer waiting for room looks at its cancellation.
+const ROOM_CHECK: Duration = Duration::from_millis(5);
 
 /// Most lines handed to the sink in one call; bounds the drainer's own copy.
 const MAX_BATCH: usize = 256;
@@ -21,6 +31,8 @@ pub enum AuditError {
     /// The sink failed. The log fails closed: no later record is accepted, because
     /// operations that cannot be audited must not go ahead.
     SinkFailed(String),
+    /// The writer was cancelled while its record waited for room in a full queue.
+    Cancelled,
 }
 
 impl std::fmt::Display for AuditError {
@@ -28,6 +40,7 @@ impl std::fmt::Display for AuditError {
         match self {
             AuditError::Closed => write!(f, "the audit log is closed"),
             AuditError::SinkFailed(e) => write!(f, "the audit sink failed: {e}"),
+            AuditError::Cancelled => write!(f, "cancelled while waiting for room in the audit queue"),
         }
     }
 }
@@ -54,6 +67,8 @@ struct Shared {
     not_empty: Condvar,
     /// Signalled when `written` moves or the sink fails.
     progress: Condvar,
+    /// Fired once when the sink fails.
+    failure: CancelToken,
 }
 
 struct State {
@@ -76,6 +91,7 @@ impl Shared {
     /// the log is closed or broken, so refused records never take a sequence number.
     fn push<T>(
         &self,
+        cancel: Option<&CancelToken>,
         make: impl FnOnce(&mut Chain) -> (String, T),
     ) -> Result<(MutexGuard<'_, State>, T), AuditError> {
         let mut st = self.lock();
@@ -92,7 +108,14 @@ impl Shared {
             if st.queue.len() < st.capacity {
                 break;
             }
-            st = self.not_full.wait(st).unwrap_or_else(|p| p.into_inner());
+            st = match cancel {
+                None => self.not_full.wait(st).unwrap_or_else(|p| p.into_inner()),
+                Some(c) if c.is_cancelled() => {
+                    st.refused += 1;
+                    return Err(AuditError::Cancelled);
+                }
+                Some(_) => self.not_full.wait_timeout(st, ROOM_CHECK).unwrap_or_else(|p| p.into_inner()).0,
+            };
         }
         let (line, out) = make(&mut st.chain);
         st.queue.push_back(line);
@@ -157,6 +180,7 @@ impl AuditLog {
             not_full: Condvar::new(),
             not_empty: Condvar::new(),
             progress: Condvar::new(),
+            failure: CancelToken::new(),
         });
         let drainer = {
             let shared = Arc::clone(&shared);
@@ -180,7 +204,7 @@ impl AuditLog {
     }
 
     fn close_inner(&mut self) -> Result<u64, AuditError> {
-        let pushed = self.shared.push(|chain| {
+        let pushed = self.shared.push(None, |chain| {
             let line = chain.close().expect("only the owner closes, once");
             (line, chain.next_seq())
         });
@@ -210,7 +234,13 @@ impl AuditHandle {
     /// Seals one io record into the log, waiting while the queue is full. Returns its
     /// sequence number.
     pub fn record(&self, event: IoEvent) -> Result<u64, AuditError> {
-        let (_st, seq) = self.shared.push(|chain| {
+        self.record_unless(event, None)
+    }
+
+    /// As `record`, for a capsule's call: a wait for room in a full queue ends with the
+    /// capsule's cancellation (`AuditError::Cancelled`).
+    pub fn record_unless(&self, event: IoEvent, cancel: Option<&CancelToken>) -> Result<u64, AuditError> {
+        let (_st, seq) = self.shared.push(cancel, |chain| {
             let seq = chain.next_seq();
             (chain.append(event).expect("checked open under the same lock"), seq)
         })?;
@@ -222,7 +252,7 @@ impl AuditHandle {
     pub fn capsule_end(&self, capsule: &str) -> Result<u64, AuditError> {
         let (st, count) = self
             .shared
-            .push(|chain| chain.capsule_end(capsule).expect("checked open under the same lock"))?;
+            .push(None, |chain| chain.capsule_end(capsule).expect("checked open under the same lock"))?;
         let target = st.chain.next_seq();
         self.shared.wait_written(st, target)?;
         Ok(count)
@@ -233,6 +263,22 @@ impl AuditHandle {
         let st = self.shared.lock();
         let target = st.chain.next_seq();
         self.shared.wait_written(st, target)
+    }
+
+    /// Fires when the sink fails: what launch cancels every capsule on.
+    pub fn failure(&self) -> CancelToken {
+        self.shared.failure.clone()
+    }
+
+    /// The sealed lines the sink has not taken yet, for a panic hook to put on the
+    /// console. Never blocks: `None` when the state is locked (by the panicking thread,
+    /// perhaps).
+    pub fn unwritten(&self) -> Option<Vec<String>> {
+        match self.shared.state.try_lock() {
+            Ok(st) => Some(st.queue.iter().cloned().collect()),
+            Err(TryLockError::Poisoned(p)) => Some(p.into_inner().queue.iter().cloned().collect()),
+            Err(TryLockError::WouldBlock) => None,
+        }
     }
 
     pub fn stats(&self) -> QueueStats {
@@ -268,9 +314,24 @@ fn drain_loop(shared: &Shared, sink: &mut dyn Sink) {
         match result {
             Ok(()) => st.written += batch.len() as u64,
             Err(e) => {
-                st.failed = Some(e.to_string());
+                let reason = e.to_string();
+                st.failed = Some(reason.clone());
+                shared.failure.cancel();
                 shared.not_full.notify_all();
                 shared.progress.notify_all();
+                // Records already sealed describe operations that happened: they still go
+                // to whatever sink survives, then the record naming the failure.
+                let mut rest: Vec<String> = st.queue.drain(..).collect();
+                let mut failure = IoEvent::ok("", "", FN_SINK_FAILED, 0);
+                failure.outcome = Outcome::Error;
+                failure.error = Some(reason);
+                if let Ok(line) = st.chain.append(failure) {
+                    rest.push(line);
+                }
+                drop(st);
+                // Best effort: with no survivor this fails too, and the failure is already
+                // what the log reports.
+                let _ = sink.write_batch(&rest).and_then(|()| sink.flush());
                 return;
             }
         }
@@ -447,5 +508,59 @@ mod tests {
         assert!(matches!(h.record(IoEvent::ok("c", "p", "f", 3)), Err(AuditError::SinkFailed(_))));
         assert!(matches!(log.close(), Err(AuditError::SinkFailed(_))));
         assert_eq!(memory.lines().len(), 1);
+    }
+
+    #[test]
+    fn a_failing_file_leaves_the_serial_console_the_rest_and_the_failure() {
+        use super::super::sink::TeeSink;
+        use super::super::verify::verify_open;
+        let (serial, file) = (MemorySink::new(), MemorySink::new());
+        let tee = TeeSink::new(vec![
+            ("serial console".into(), Box::new(serial.clone())),
+            ("file /root/audit.log".into(), Box::new(BreakingSink { inner: file.clone(), ok_batches: 1 })),
+        ]);
+        let log = AuditLog::start(tee, 16);
+        let h = log.handle();
+        let failure = h.failure();
+        h.record(IoEvent::ok("c", "p", "f", 1)).unwrap();
+        h.drain().unwrap();
+        assert!(!failure.is_cancelled());
+        h.record(IoEvent::ok("c", "p", "f", 2)).unwrap();
+        assert!(matches!(h.drain(), Err(AuditError::SinkFailed(_))));
+        assert!(failure.is_cancelled(), "the failure signal fires");
+        assert!(matches!(h.record(IoEvent::ok("c", "p", "f", 3)), Err(AuditError::SinkFailed(_))), "nothing more is accepted");
+        assert!(matches!(log.close(), Err(AuditError::SinkFailed(_))));
+        let lines = serial.lines().clone();
+        let last = parse(lines.last().unwrap());
+        assert_eq!(last.function, FN_SINK_FAILED);
+        assert!(last.error.as_deref().unwrap().contains("file /root/audit.log"), "{last:?}");
+        assert_eq!(lines.len(), 3, "both records and the failure reach the console");
+        verify_open(lines.iter().map(String::as_str)).expect("the survivor's log is one unbroken chain");
+        let ended = super::super::verify::verify(lines.iter().map(String::as_str)).unwrap_err();
+        assert!(matches!(ended.kind, super::super::verify::BreakKind::EndedBySinkFailure(ref why) if why.contains("audit.log")), "{ended}");
+        assert_eq!(file.lines().len(), 1);
+    }
+
+    #[test]
+    fn a_writer_waiting_for_room_is_woken_by_its_cancellation() {
+        let log = AuditLog::start(SlowSink { inner: MemorySink::new(), delay: Duration::from_secs(2) }, 1);
+        let h = log.handle();
+        h.record(IoEvent::ok("c", "p", "f", 1)).unwrap();
+        // The drainer holds the first record for 2 s; fill the queue's one slot.
+        thread::sleep(Duration::from_millis(50));
+        h.record(IoEvent::ok("c", "p", "f", 2)).unwrap();
+        let cancel = CancelToken::new();
+        let canceller = {
+            let c = cancel.clone();
+            thread::spawn(move || {
+                thread::sleep(Duration::from_millis(100));
+                c.cancel();
+            })
+        };
+        let started = std::time::Instant::now();
+        assert_eq!(h.record_unless(IoEvent::ok("c", "p", "f", 3), Some(&cancel)), Err(AuditError::Cancelled));
+        assert!(started.elapsed() < Duration::from_secs(1), "woken by the cancellation, not by room");
+        canceller.join().unwrap();
+        log.close().unwrap();
     }
 }

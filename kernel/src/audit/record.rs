@@ -6,6 +6,9 @@ use serde::{Deserialize, Serialize};
 /// `fn` of the record a chain ends with when a capsule ends; `count` is how many io
 /// records that capsule produced.
 pub const FN_CAPSULE_END: &str = "astrid:audit/capsule-end";
+/// `fn` of the record a log ends with when its sink failed (on the sinks that survive);
+/// `error` names the sink and the failure.
+pub const FN_SINK_FAILED: &str = "astrid:audit/sink-failed";
 /// `fn` of the last record of a log; `count` is how many records precede it.
 pub const FN_CLOSE: &str = "astrid:audit/close";
 /// Longest string a record keeps from a field a capsule can influence (error text,

@@ -148,24 +148,51 @@ mod tests {
 }
 
 /// Every batch to several sinks, in order (the serial console and the virtio file).
-/// A batch counts as written once every sink took it; a failing sink fails the tee.
+/// One sink failing does not silence the others: it is set aside with its error, the
+/// call that broke it answers that error (so the log fails closed), and later batches
+/// still reach the survivors, so the last records, and the one naming the failure,
+/// land somewhere. With no survivor left every call fails.
 pub struct TeeSink {
-    sinks: Vec<Box<dyn Sink>>,
+    sinks: Vec<Teed>,
+}
+
+struct Teed {
+    name: String,
+    sink: Box<dyn Sink>,
+    failed: bool,
 }
 
 impl TeeSink {
-    pub fn new(sinks: Vec<Box<dyn Sink>>) -> Self {
-        TeeSink { sinks }
+    /// Sinks with the names failures are reported under (`serial console`, `file …`).
+    pub fn new(sinks: Vec<(String, Box<dyn Sink>)>) -> Self {
+        TeeSink { sinks: sinks.into_iter().map(|(name, sink)| Teed { name, sink, failed: false }).collect() }
+    }
+
+    fn each(&mut self, mut op: impl FnMut(&mut dyn Sink) -> io::Result<()>) -> io::Result<()> {
+        let mut broke = Vec::new();
+        for t in self.sinks.iter_mut().filter(|t| !t.failed) {
+            if let Err(e) = op(&mut *t.sink) {
+                t.failed = true;
+                broke.push(format!("{}: {e}", t.name));
+            }
+        }
+        if !broke.is_empty() {
+            return Err(io::Error::other(broke.join("; ")));
+        }
+        if self.sinks.iter().all(|t| t.failed) {
+            return Err(io::Error::other("no audit sink is left"));
+        }
+        Ok(())
     }
 }
 
 impl Sink for TeeSink {
     fn write_batch(&mut self, lines: &[String]) -> io::Result<()> {
-        self.sinks.iter_mut().try_for_each(|s| s.write_batch(lines))
+        self.each(|s| s.write_batch(lines))
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.sinks.iter_mut().try_for_each(|s| s.flush())
+        self.each(|s| s.flush())
     }
 }
 
@@ -173,10 +200,47 @@ impl Sink for TeeSink {
 mod tee_tests {
     use super::*;
 
+    /// Takes `good` batches, then fails every call.
+    struct Breaks {
+        good: usize,
+        inner: MemorySink,
+    }
+
+    impl Sink for Breaks {
+        fn write_batch(&mut self, lines: &[String]) -> io::Result<()> {
+            if self.good == 0 {
+                return Err(io::Error::other("disk full"));
+            }
+            self.good -= 1;
+            self.inner.write_batch(lines)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn one_sink_failing_does_not_silence_the_other() {
+        let (serial, file) = (MemorySink::new(), MemorySink::new());
+        let mut tee = TeeSink::new(vec![
+            ("serial console".into(), Box::new(serial.clone())),
+            ("file audit.log".into(), Box::new(Breaks { good: 1, inner: file.clone() })),
+        ]);
+        tee.write_batch(&["1".to_string()]).unwrap();
+        let e = tee.write_batch(&["2".to_string()]).unwrap_err();
+        assert_eq!(e.to_string(), "file audit.log: disk full", "the failure names the sink");
+        tee.write_batch(&["3".to_string()]).expect("the survivor still takes batches");
+        assert_eq!(*serial.lines(), vec!["1", "2", "3"]);
+        assert_eq!(*file.lines(), vec!["1"]);
+        let mut lone = TeeSink::new(vec![("file".into(), Box::new(Breaks { good: 0, inner: MemorySink::new() }))]);
+        assert!(lone.write_batch(&["1".to_string()]).is_err());
+        assert!(lone.write_batch(&["2".to_string()]).is_err(), "no survivor: every call fails");
+    }
+
     #[test]
     fn a_tee_hands_every_batch_to_every_sink_in_order() {
         let (a, b) = (MemorySink::new(), MemorySink::new());
-        let mut tee = TeeSink::new(vec![Box::new(a.clone()), Box::new(b.clone())]);
+        let mut tee = TeeSink::new(vec![("a".into(), Box::new(a.clone())), ("b".into(), Box::new(b.clone()))]);
         tee.write_batch(&["1".to_string(), "2".to_string()]).unwrap();
         tee.write_batch(&["3".to_string()]).unwrap();
         tee.flush().unwrap();

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use super::record::{AuditRecord, FN_CAPSULE_END, FN_CLOSE, GENESIS, unseal};
+use super::record::{AuditRecord, FN_CAPSULE_END, FN_CLOSE, FN_SINK_FAILED, GENESIS, unseal};
 
 /// What a whole, intact log holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,6 +53,9 @@ pub enum BreakKind {
     AfterClose,
     /// The log ends without its close record (truncated, or the image died).
     MissingClose,
+    /// The log ends with the record of a failed sink: the image stopped its capsules
+    /// there (fail-closed). The log up to it is intact; what failed is named.
+    EndedBySinkFailure(String),
 }
 
 impl fmt::Display for Break {
@@ -73,8 +76,11 @@ impl fmt::Display for Break {
             BreakKind::Count { expected, found } => {
                 write!(f, "count {found}, but {expected} records precede it")
             }
-            BreakKind::AfterClose => write!(f, "a record after the close record"),
+            BreakKind::AfterClose => write!(f, "a record after the close record (or after a sink's failure)"),
             BreakKind::MissingClose => write!(f, "the log ends without its close record"),
+            BreakKind::EndedBySinkFailure(why) => {
+                write!(f, "the log ends where an audit sink failed ({why}): intact up to there, the image stopped its capsules")
+            }
         }
     }
 }
@@ -84,6 +90,9 @@ pub fn verify<'a>(lines: impl IntoIterator<Item = &'a str>) -> Result<Summary, B
     let mut walk = Walk::default();
     for line in lines {
         walk.step(line)?;
+    }
+    if let Some(why) = &walk.sink_failed {
+        return Err(Break { line_no: walk.line_no, kind: BreakKind::EndedBySinkFailure(why.clone()) });
     }
     if !walk.closed {
         return Err(Break { line_no: walk.line_no + 1, kind: BreakKind::MissingClose });
@@ -111,6 +120,8 @@ struct Walk {
     capsules_ended: u64,
     per_capsule: BTreeMap<String, u64>,
     closed: bool,
+    /// The failure a `FN_SINK_FAILED` record named: nothing may follow it.
+    sink_failed: Option<String>,
 }
 
 impl Walk {
@@ -118,7 +129,7 @@ impl Walk {
         self.line_no += 1;
         let line_no = self.line_no;
         let at = |kind| Break { line_no, kind };
-        if self.closed {
+        if self.closed || self.sink_failed.is_some() {
             return Err(at(BreakKind::AfterClose));
         }
         if let Err(e) = serde_json::from_str::<serde_json::Value>(line) {
@@ -172,6 +183,9 @@ impl Walk {
             FN_CLOSE => {
                 count_check(record.seq)?;
                 self.closed = true;
+            }
+            FN_SINK_FAILED => {
+                self.sink_failed = Some(record.error.clone().unwrap_or_default());
             }
             f if f.starts_with("astrid:audit/") => {
                 return Err(BreakKind::Structure(format!("unknown audit record `{f}`")));

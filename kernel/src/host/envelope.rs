@@ -225,7 +225,7 @@ impl super::context::Core {
             ready_count: note.ready_count,
             error: error.map(|e| clip(e, MAX_FIELD_BYTES)),
         };
-        match audit.record(event) {
+        match audit.record_unless(event, Some(&self.cancel)) {
             Ok(_) => Ok(()),
             Err(e) => Err(AuditUnavailable(e.to_string()).into()),
         }
