@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::hermit_app::{self, App, Flavor};
 use crate::kernel::{self, Variant};
@@ -71,6 +71,10 @@ pub fn ensure_hosted(paths: &Paths, testing: bool) -> Result<PathBuf> {
     // Keep each flavour under its own name: the next build overwrites cargo's output.
     let built = target_dir.join("release/astrid");
     let kept = target_dir.join(if testing { "astrid-testing" } else { "astrid-plain" });
-    std::fs::copy(&built, &kept)?;
+    // Copy, then rename over the kept binary: a process still running the old one (a
+    // test, another run sharing the cache) keeps its file, and nobody sees a half copy.
+    let fresh = target_dir.join(format!(".{}-{}", kept.file_name().and_then(|n| n.to_str()).unwrap_or("astrid"), std::process::id()));
+    std::fs::copy(&built, &fresh).with_context(|| format!("copying {}", built.display()))?;
+    std::fs::rename(&fresh, &kept).with_context(|| format!("replacing {}", kept.display()))?;
     Ok(kept)
 }
