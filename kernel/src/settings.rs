@@ -693,6 +693,8 @@ settings! {
     host {
         /// Read when xtask builds the Hermit kernel: its log level, fixed at build time.
         KERNEL_LOG = "ASTRID_KERNEL_LOG", default "warn", accepts "off, error, warn, info, debug, trace";
+        /// Read by xtask: where the run command keeps the audit signing key (`audit.key`, `audit.pub`).
+        STATE_DIR = "ASTRID_STATE_DIR", default "$XDG_STATE_HOME/astrid-img or ~/.local/state/astrid-img", accepts "a directory";
         /// Read by xtask: where build outputs go instead of `target/astrid`.
         CACHE_DIR = "ASTRID_CACHE_DIR", default "unset", accepts "a directory";
         /// Read by the kernel crate's build script: the astrid-sys WIT for vendored builds.
@@ -885,6 +887,7 @@ mod tests {
         ("ASTRID_MANIFEST_3", &["zz"], &[]),
         (KERNEL_LOG, &["info", "anything"], &[]),
         (CACHE_DIR, &["/tmp/cache"], &[]),
+        (STATE_DIR, &["/var/lib/astrid"], &[]),
         (SYS_WIT_DIR, &["/vendor/wit"], &[]),
     ];
 
