@@ -79,10 +79,10 @@ pub fn build(paths: &Paths, app: App, flavor: Flavor, hermit_lib_dir: &Path, des
         // wasmtime's SIMD dependencies cannot build soft-float, and the PVM emulator
         // could not run JIT code anyway: this image checks capsules only.
         cmd.args(["-Zjson-target-spec", "--no-default-features"]);
-        // The audit log's Ed25519 (curve25519-dalek) picks its SIMD backend on x86_64,
-        // which LLVM cannot build soft-float: the portable one instead. (Applies to the
-        // target's crates only: with --target, build scripts do not see RUSTFLAGS.)
-        cmd.env("RUSTFLAGS", "--cfg curve25519_dalek_backend=\"serial\"");
+        // The audit log's Ed25519 (curve25519-dalek, sha2) picks SIMD backends on
+        // x86_64, which LLVM cannot build soft-float: their portable ones instead.
+        // (Target crates only: with --target, build scripts do not see RUSTFLAGS.)
+        cmd.env("RUSTFLAGS", "--cfg curve25519_dalek_backend=\"serial\" --cfg sha2_backend=\"soft\"");
     }
     if app == App::AstridTesting {
         cmd.args(["--features", "testing"]);
