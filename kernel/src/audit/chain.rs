@@ -39,7 +39,9 @@ impl RunBinding {
         static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let mut h = blake3::Hasher::new();
         h.update(b"astrid-audit-local-nonce");
-        h.update(&std::process::id().to_le_bytes());
+        // No process id: Hermit has none (`std::process::id` panics there).
+        let place = Box::new(0u8);
+        h.update(&std::ptr::from_ref::<u8>(&place).addr().to_le_bytes());
         h.update(&COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed).to_le_bytes());
         if let Ok(d) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
             h.update(&d.as_nanos().to_le_bytes());
