@@ -200,7 +200,7 @@ fn start_audit(settings: &Settings) -> Result<Option<crate::audit::AuditLog>, St
     if !settings.audit.is_on() {
         return Ok(None);
     }
-    let log = crate::audit::AuditLog::start(audit_sink(settings)?, AUDIT_QUEUE);
+    let log = crate::audit::AuditLog::start_with(audit_chain(settings), audit_sink(settings)?, AUDIT_QUEUE);
     put_unwritten_records_on_panic(log.handle());
     Ok(Some(log))
 }
@@ -219,6 +219,27 @@ fn put_unwritten_records_on_panic(audit: crate::audit::AuditHandle) {
         }
         previous(info);
     }));
+}
+
+/// A fresh audit chain bound to this run: the host's nonce (`ASTRID_RUN_NONCE`; without
+/// one, 32 bytes of the image's own randomness, else a process-unique value) and this
+/// build, signed with the deployment's key when the host passed one (`ASTRID_AUDIT_KEY`).
+#[cfg(feature = "engine")]
+fn audit_chain(settings: &Settings) -> crate::audit::Chain {
+    use crate::audit::{Chain, RunBinding, SigningKey};
+    let build = crate::audit::build_identity();
+    let nonce = settings.run_nonce.as_ref().map(|n| n.0).or_else(|| {
+        crate::sys::random::bytes(32).ok().and_then(|b| <[u8; 32]>::try_from(b).ok())
+    });
+    let binding = match nonce {
+        Some(nonce) => RunBinding { nonce, build },
+        None => RunBinding::local(&build),
+    };
+    let chain = Chain::new().bind(binding);
+    match &settings.audit_key {
+        Some(key) => chain.sign_with(SigningKey::from_bytes(&key.0)),
+        None => chain,
+    }
 }
 
 /// A capsule the engine loaded, with the identity and options it runs under.
@@ -251,6 +272,15 @@ fn load_all<'a>(
                     Some(m) => (m.name.clone().unwrap_or_else(|| capsule.id.clone()), options.with_manifest(m)),
                     None => (capsule.id.clone(), options.clone()),
                 };
+                if let Some(audit) = audit {
+                    let text = manifest.as_ref().map(|m| m.text.as_str());
+                    let principal = options.principal.as_deref().unwrap_or(&id);
+                    if let Err(e) = audit.capsule_load(&id, principal, &capsule.bytes, text) {
+                        // Not run unaudited: the log's close reports the failure.
+                        status = worst(status, fail(Status::Software, &format!("capsule {}: its load is not in the audit log: {e}", capsule.name)));
+                        continue;
+                    }
+                }
                 ready.push(Ready { capsule, report, id, options });
             }
             Err(e) => {
@@ -469,7 +499,7 @@ fn audit_rejection(settings: &Settings, capsule: &str, why: &str) {
         return;
     }
     let Ok(sink) = audit_sink(settings) else { return };
-    let log = crate::audit::AuditLog::start(sink, REJECTION_QUEUE);
+    let log = crate::audit::AuditLog::start_with(audit_chain(settings), sink, REJECTION_QUEUE);
     let handle = log.handle();
     let recorded = handle.record(rejection_event(capsule, why)).and_then(|_| handle.capsule_end(capsule)).and_then(|_| log.close());
     if let Err(e) = recorded {

@@ -49,6 +49,8 @@ pub struct Manifest {
     pub config: BTreeMap<String, String>,
     /// Keys present but not enforced by the image (`table.key`).
     pub ignored: Vec<String>,
+    /// The text it was parsed from: the audit log records its BLAKE3 at load.
+    pub text: String,
 }
 
 fn strings(key: &str, v: &Value) -> Result<Vec<String>, String> {
@@ -66,7 +68,7 @@ impl Manifest {
     /// Parses a manifest's text; the error says what is wrong and how to fix it.
     pub fn parse(text: &str) -> Result<Manifest, String> {
         let table: Table = text.parse().map_err(|e: toml::de::Error| format!("not valid TOML: {}", e.message()))?;
-        let mut m = Manifest::default();
+        let mut m = Manifest { text: text.to_owned(), ..Manifest::default() };
         for (section, value) in &table {
             let Some(entries) = value.as_table() else {
                 m.ignored.push(section.clone());

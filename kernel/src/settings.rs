@@ -207,7 +207,7 @@ macro_rules! from_str_values {
     )*};
 }
 
-from_str_values!(Number, String, GuestPath, Switch, Flag, NetMode, Ports, ConfigPairs, HexBytes, HostSeed, DebugPort, BootPath, Benchmark);
+from_str_values!(Number, String, GuestPath, Switch, Flag, NetMode, Ports, ConfigPairs, HexBytes, HostSeed, AuditKey, DebugPort, BootPath, Benchmark);
 
 /// A path, as a setting holds it (not empty).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -444,6 +444,30 @@ impl fmt::Display for HostSeed {
     }
 }
 
+/// The deployment's audit signing key: an Ed25519 secret key, 64 hex digits. Its
+/// `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AuditKey(pub [u8; SEED_BYTES]);
+
+impl fmt::Debug for AuditKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AuditKey(<secret>)")
+    }
+}
+
+impl FromStr for AuditKey {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.parse::<HostSeed>().map(|k| AuditKey(k.0)).map_err(|_| "must be 64 hex digits (an Ed25519 secret key), not all zero".into())
+    }
+}
+
+impl fmt::Display for AuditKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex_encode(&self.0))
+    }
+}
+
 /// An x86 I/O port, in hex (`0xf4`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DebugPort(pub u16);
@@ -596,6 +620,12 @@ settings! {
         /// Also writes the audit records to this file in the guest (`--audit-dir`: `/root/audit.log`).
         Image AUDIT_FILE = "ASTRID_AUDIT_FILE", audit_file: Option<GuestPath> = None,
             default "unset", accepts "a path";
+        /// The run's nonce, which the audit log's genesis record commits to (the run command makes one per run; without it the image makes its own).
+        Image RUN_NONCE = "ASTRID_RUN_NONCE", run_nonce: Option<HostSeed> = None,
+            default "unset", accepts "64 hex digits, not all zero";
+        /// The deployment's Ed25519 secret key that signs the audit log's checkpoints (the run command passes it; without it the log is unsigned).
+        Image AUDIT_KEY = "ASTRID_AUDIT_KEY", audit_key: Option<AuditKey> = None,
+            default "unset", accepts "64 hex digits, not all zero";
         /// Linear memory cap per capsule in MiB (never above its share of guest RAM; a manifest can lower it).
         Image MEMORY_MIB = "ASTRID_MEMORY_MIB", memory_mib: Number = Number(DEFAULT_MEMORY_MIB),
             default "64", accepts "a number of MiB";
@@ -663,6 +693,8 @@ settings! {
     host {
         /// Read when xtask builds the Hermit kernel: its log level, fixed at build time.
         KERNEL_LOG = "ASTRID_KERNEL_LOG", default "warn", accepts "off, error, warn, info, debug, trace";
+        /// Read by xtask: where the run command keeps the audit signing key (`audit.key`, `audit.pub`).
+        STATE_DIR = "ASTRID_STATE_DIR", default "$XDG_STATE_HOME/astrid-img or ~/.local/state/astrid-img", accepts "a directory";
         /// Read by xtask: where build outputs go instead of `target/astrid`.
         CACHE_DIR = "ASTRID_CACHE_DIR", default "unset", accepts "a directory";
         /// Read by the kernel crate's build script: the astrid-sys WIT for vendored builds.
@@ -694,6 +726,10 @@ impl fmt::Display for SettingsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let name = &self.name;
         match &self.problem {
+            // A secret is never echoed, not even a malformed one: it may be almost right.
+            Problem::Malformed { why, accepted, .. } if name == AUDIT_KEY => {
+                write!(f, "{name}=(hidden): {why} (accepted: {accepted})")
+            }
             Problem::Malformed { value, why, accepted } => {
                 write!(f, "{name}={value:?}: {why} (accepted: {accepted})")
             }
@@ -818,6 +854,19 @@ pub fn markdown_table() -> String {
 }
 
 #[cfg(test)]
+mod secret_tests {
+    use super::*;
+
+    #[test]
+    fn a_malformed_audit_key_is_not_echoed() {
+        let leaked = "ab".repeat(31) + "zz";
+        let e = Settings::from_vars(|k| (k == AUDIT_KEY).then(|| leaked.clone())).unwrap_err();
+        let shown = e.to_string();
+        assert!(shown.contains(AUDIT_KEY) && !shown.contains(&leaked) && !shown.contains("abab"), "{shown}");
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -844,6 +893,8 @@ mod tests {
         (CHECK_ONLY, &["0", "1"], &["yes", "2"]),
         (SEED, &["0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"], &["", "00", ZERO_SEED, "zz23456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"]),
         (RAM_MIB, &["512"], &["512M"]),
+        (RUN_NONCE, &["0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"], &["", ZERO_SEED, "01"]),
+        (AUDIT_KEY, &["0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"], &["", ZERO_SEED, "01"]),
         (BENCH, &["futex", "futex-timed", "wait", "memcpy", "sink-serial", "sink-file"], &["fast", ""]),
         (TEST_ARG, &["", "bench-read-4k"], &[]),
         (DEBUG_EXIT, &["0xf4", "f4"], &["", "port", "0x10000"]),
@@ -853,6 +904,7 @@ mod tests {
         ("ASTRID_MANIFEST_3", &["zz"], &[]),
         (KERNEL_LOG, &["info", "anything"], &[]),
         (CACHE_DIR, &["/tmp/cache"], &[]),
+        (STATE_DIR, &["/var/lib/astrid"], &[]),
         (SYS_WIT_DIR, &["/vendor/wit"], &[]),
     ];
 

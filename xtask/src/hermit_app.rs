@@ -30,6 +30,27 @@ pub enum App {
     Hello,
 }
 
+/// The build id the image's audit log names (`audit::BUILD_ID`): the source's git
+/// commit, with `-dirty` when the work tree had changes; `unknown` outside git.
+fn build_id(root: &Path) -> String {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .current_dir(root)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match git(&["rev-parse", "--short=12", "HEAD"]) {
+        Some(commit) if git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty()) => {
+            format!("{commit}-dirty")
+        }
+        Some(commit) => commit,
+        None => "unknown".into(),
+    }
+}
+
 /// Builds `app` in `flavor` against the kernel library in `hermit_lib_dir` and copies
 /// the ELF to `dest`.
 pub fn build(paths: &Paths, app: App, flavor: Flavor, hermit_lib_dir: &Path, dest: &Path) -> Result<()> {
@@ -49,6 +70,7 @@ pub fn build(paths: &Paths, app: App, flavor: Flavor, hermit_lib_dir: &Path, des
     let mut cmd = process::cargo(toolchain::APP);
     cmd.current_dir(&paths.root)
         .env("HERMIT_LIB_DIR", hermit_lib_dir)
+        .env("ASTRID_BUILD_ID", build_id(&paths.root))
         .args(["build", "--release", "-p", "astrid-kernel", kind, name, "--target", &target])
         .args(["-Zbuild-std=std,panic_abort", "-Zbuild-std-features=compiler-builtins-mem"])
         .arg("--target-dir")
@@ -57,6 +79,10 @@ pub fn build(paths: &Paths, app: App, flavor: Flavor, hermit_lib_dir: &Path, des
         // wasmtime's SIMD dependencies cannot build soft-float, and the PVM emulator
         // could not run JIT code anyway: this image checks capsules only.
         cmd.args(["-Zjson-target-spec", "--no-default-features"]);
+        // The audit log's Ed25519 (curve25519-dalek, sha2) picks SIMD backends on
+        // x86_64, which LLVM cannot build soft-float: their portable ones instead.
+        // (Target crates only: with --target, build scripts do not see RUSTFLAGS.)
+        cmd.env("RUSTFLAGS", "--cfg curve25519_dalek_backend=\"serial\" --cfg sha2_backend=\"soft\"");
     }
     if app == App::AstridTesting {
         cmd.args(["--features", "testing"]);

@@ -76,6 +76,11 @@ enum AuditCmd {
     /// Check sequence, hash chain and structure; name the first break (exit 1).
     Verify {
         log: PathBuf,
+        /// The deployment's public key: 64 hex digits, or a file holding them (the run
+        /// command keeps it as audit.pub in its state directory). Without it a signed
+        /// log is checked against the key it names itself.
+        #[arg(long, value_name = "PUB")]
+        key: Option<String>,
         /// Accept a log that has no close record yet (still being written).
         #[arg(long)]
         open: bool,
@@ -153,6 +158,10 @@ struct RunArgs {
     /// Write the audit records of the run to FILE (check it with `audit verify FILE`).
     #[arg(long, value_name = "FILE")]
     audit_log: Option<PathBuf>,
+    /// Sign the audit log with this Ed25519 secret key (a file of 64 hex digits) instead
+    /// of the deployment's own, audit.key in the state directory (made on first use).
+    #[arg(long, value_name = "FILE")]
+    audit_key: Option<PathBuf>,
     /// An image setting (ASTRID_*, as the README's table lists: ASTRID_AUDIT=off,
     /// ASTRID_MEMORY_MIB, ASTRID_KV_QUOTA_BYTES, …; `settings-table` prints it). An
     /// unknown name or a value the setting does not accept is a usage error (64).
@@ -284,7 +293,9 @@ fn dispatch(cmd: Cmd) -> Result<u8> {
             compile::compile(&input, output.as_deref(), target)?;
             Ok(0)
         }
-        Cmd::Audit { cmd: AuditCmd::Verify { log, open } } => Ok(if xtask::audit_cmd::verify(&log, open)? { 0 } else { 1 }),
+        Cmd::Audit { cmd: AuditCmd::Verify { log, key, open } } => {
+            Ok(if xtask::audit_cmd::verify(&log, key.as_deref(), open)? { 0 } else { 1 })
+        }
         Cmd::Test { test_args } => test(&paths, &test_args),
         Cmd::SettingsTable => {
             print!("{}", settings::markdown_table());
@@ -398,6 +409,7 @@ fn run_steps(paths: &Paths, args: RunArgs) -> Result<u8> {
     let under = target(&args);
     let manifests = read_manifests(&args.capsules)?;
     apply_flags(&mut guest, &args, &manifests)?;
+    bind_audit(&mut guest, &args)?;
     let capsules = capsule_files(paths, &args, under)?;
     match under {
         Under::Qemu => run_qemu(paths, &args, capsules, guest),
@@ -460,6 +472,19 @@ fn env_settings(env: &[(String, String)]) -> Result<Settings> {
         }
     }
     Ok(guest)
+}
+
+/// The audit log's run nonce (fresh for every run) and the deployment's signing key,
+/// unless `--env` set them or auditing is off.
+fn bind_audit(guest: &mut Settings, args: &RunArgs) -> Result<()> {
+    if guest.run_nonce.is_none() {
+        guest.run_nonce = Some(qemu::fresh_seed()?);
+    }
+    if guest.audit.is_on() && guest.audit_key.is_none() {
+        let key = xtask::audit_cmd::deployment_key(args.audit_key.as_deref())?;
+        guest.audit_key = Some(settings::AuditKey(key.to_bytes()));
+    }
+    Ok(())
 }
 
 /// What the flags tell the image wherever it runs (over `--env`); the targets add their

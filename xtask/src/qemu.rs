@@ -166,6 +166,7 @@ fn boot_settings(boot: &Boot) -> Result<Settings> {
         debug_exit: Some(DEBUG_EXIT_PORT),
         ram_mib: Number(u64::from(boot.memory_mib)),
         seed: Some(fresh_seed()?),
+        run_nonce: Some(fresh_seed()?),
         net: boot.net,
         publish: Ports(boot.publish.iter().map(|(_, guest)| *guest).collect()),
         ..Settings::default()

@@ -76,20 +76,23 @@ mod tests {
     #[test]
     fn audit_lines_separate_from_kernel_log_lines() {
         let mut chain = Chain::new();
+        // The genesis record comes with the first.
         let lines = [
             chain.append(IoEvent::ok("c", "p", "astrid:io/poll.poll", 3)).unwrap(),
             chain.append(IoEvent::ok("c", "p", "astrid:io/poll.poll", 4)).unwrap(),
             chain.close().unwrap(),
-        ];
+        ]
+        .concat();
+        assert_eq!(lines.len(), 4);
         let mut sink = ConsoleSink::new(Vec::new());
-        sink.write_batch(&lines[..2]).unwrap();
+        sink.write_batch(&lines[..3]).unwrap();
         let mut console = sink.into_inner();
         // The kernel and the image talk in between; a serial capture may add `\r`.
         console.extend_from_slice(b"[0][INFO] hermit kernel says hi\r\n");
         console.extend_from_slice(b"astrid: capsule hello exited 0\n");
         console.extend_from_slice(b"text mentioning @@audit mid-line\n");
         let mut sink = ConsoleSink::new(console);
-        sink.write_batch(&lines[2..]).unwrap();
+        sink.write_batch(&lines[3..]).unwrap();
         let mut console = String::from_utf8(sink.into_inner()).unwrap();
         console = console.replacen("\n", "\r\n", 1);
         let extracted = extract(&console);

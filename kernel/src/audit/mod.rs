@@ -10,9 +10,27 @@ mod record;
 mod sink;
 mod verify;
 
-pub use chain::{Chain, ChainClosed};
+pub use chain::{CHECKPOINT_EVERY, Chain, ChainClosed, RunBinding};
+pub use ed25519_dalek::{SigningKey, VerifyingKey};
 pub use console::{ConsoleSink, FRAME_PREFIX, extract, frame};
 pub use queue::{AuditError, AuditHandle, AuditLog, QueueStats};
-pub use record::{AuditRecord, FN_CAPSULE_END, FN_CLOSE, FN_SINK_FAILED, GENESIS, IoEvent, MAX_FIELD_BYTES, Outcome, seal, unseal};
+pub use record::{
+    AuditRecord, FN_CAPSULE_END, FN_CAPSULE_LOAD, FN_CHECKPOINT, FN_CLOSE, FN_GENESIS, FN_SINK_FAILED, GENESIS, IoEvent, MAX_FIELD_BYTES,
+    Outcome, checkpoint_message, hex, seal, unhex, unseal,
+};
 pub use sink::{LinesSink, MemorySink, Sink, TeeSink};
-pub use verify::{Break, BreakKind, Summary, verify, verify_open};
+pub use verify::{Break, BreakKind, Options, Signing, Summary, verify, verify_open, verify_with};
+
+/// The build id the image was compiled with: xtask sets `ASTRID_BUILD_ID` (the git
+/// commit, `-dirty` when the tree had changes) when it builds the image; other builds
+/// say `dev`.
+pub const BUILD_ID: &str = match option_env!("ASTRID_BUILD_ID") {
+    Some(id) => id,
+    None => "dev",
+};
+
+/// What a genesis record names as the image that wrote the log: the crate's version and
+/// [`BUILD_ID`]. (The image cannot hash its own binary: Hermit has no path to it.)
+pub fn build_identity() -> String {
+    format!("astrid-kernel {} ({BUILD_ID})", env!("CARGO_PKG_VERSION"))
+}

@@ -9,8 +9,21 @@ pub const FN_CAPSULE_END: &str = "astrid:audit/capsule-end";
 /// `fn` of the record a log ends with when its sink failed (on the sinks that survive);
 /// `error` names the sink and the failure.
 pub const FN_SINK_FAILED: &str = "astrid:audit/sink-failed";
-/// `fn` of the last record of a log; `count` is how many records precede it.
+/// `fn` of the last record of a log; `count` is how many records precede it. In a
+/// signed log it carries `sig`, the signature of a checkpoint at its own position.
 pub const FN_CLOSE: &str = "astrid:audit/close";
+/// `fn` of the first record (seq 0): it binds the log to its run (`nonce`), the image
+/// that wrote it (`build`) and, in a signed log, the public key of its checkpoints
+/// (`key`).
+pub const FN_GENESIS: &str = "astrid:audit/genesis";
+/// `fn` of the record a capsule gets when the engine has loaded it: `content` is the
+/// BLAKE3 of its bytes (wasm or precompiled artifact), `manifest` that of its manifest
+/// text (absent without one).
+pub const FN_CAPSULE_LOAD: &str = "astrid:audit/capsule-load";
+/// `fn` of a signed checkpoint: `sig` is the Ed25519 signature of
+/// [`checkpoint_message`] over the run's nonce, the checkpoint's own `seq` and its
+/// `prev` (the hash of every line before it, through the chain).
+pub const FN_CHECKPOINT: &str = "astrid:audit/checkpoint";
 /// Longest string a record keeps from a field a capsule can influence (error text,
 /// ids): the host layer cuts it there, at a character boundary.
 pub const MAX_FIELD_BYTES: usize = 1024;
@@ -93,9 +106,66 @@ pub struct AuditRecord {
     /// Only on `FN_CAPSULE_END` and `FN_CLOSE` records.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
+    /// The run's nonce (64 hex digits): on `FN_GENESIS` and `FN_CHECKPOINT` records.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+    /// The image's build identity: only on `FN_GENESIS`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub build: Option<String>,
+    /// The Ed25519 public key of the checkpoints (64 hex digits): on `FN_GENESIS` of a
+    /// signed log only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// BLAKE3 of the capsule's bytes: only on `FN_CAPSULE_LOAD`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    /// BLAKE3 of the capsule's manifest text: on `FN_CAPSULE_LOAD`, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
+    /// Ed25519 signature (128 hex digits): on `FN_CHECKPOINT`, and on `FN_CLOSE` of a
+    /// signed log.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sig: Option<String>,
     /// The `hash` of the previous line (lowercase hex), `GENESIS` for the first.
     pub prev: String,
 }
+
+/// What a checkpoint's signature covers: a domain tag, the run's nonce, the seq of the
+/// signed record and its `prev` (the chain head before it), as raw bytes.
+pub fn checkpoint_message(nonce: &[u8; 32], seq: u64, prev: &[u8; 32]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(CHECKPOINT_TAG.len() + 32 + 8 + 32);
+    m.extend_from_slice(CHECKPOINT_TAG);
+    m.extend_from_slice(nonce);
+    m.extend_from_slice(&seq.to_le_bytes());
+    m.extend_from_slice(prev);
+    m
+}
+
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(2 * bytes.len());
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// `N` bytes from exactly `2N` lowercase hex digits.
+pub fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    let digits = s.as_bytes();
+    if digits.len() != 2 * N || !digits.iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b)) {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Separates checkpoint signatures from anything else the key might ever sign.
+const CHECKPOINT_TAG: &[u8] = b"astrid-audit-checkpoint-v1\0";
 
 /// `,"hash":"` + 64 hex digits + `"}`: the fixed tail of every line.
 const HASH_TAIL_LEN: usize = 9 + 64 + 2;
@@ -155,6 +225,12 @@ mod tests {
             ready_count: None,
             error: None,
             count: None,
+            nonce: None,
+            build: None,
+            key: None,
+            content: None,
+            manifest: None,
+            sig: None,
             prev: GENESIS.into(),
         }
     }
