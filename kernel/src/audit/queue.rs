@@ -366,7 +366,7 @@ mod tests {
     use std::time::Duration;
 
     use super::super::record::AuditRecord;
-    use super::super::sink::MemorySink;
+    use super::super::sink::{BreakingSink, MemorySink};
     use super::super::verify::verify;
     use super::*;
 
@@ -387,24 +387,6 @@ mod tests {
     }
 
     /// A sink that breaks after `ok_batches` batches.
-    struct BreakingSink {
-        inner: MemorySink,
-        ok_batches: usize,
-    }
-
-    impl Sink for BreakingSink {
-        fn write_batch(&mut self, lines: &[String]) -> io::Result<()> {
-            if self.ok_batches == 0 {
-                return Err(io::Error::other("disk on fire"));
-            }
-            self.ok_batches -= 1;
-            self.inner.write_batch(lines)
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
     fn parse(line: &str) -> AuditRecord {
         let (body, _) = super::super::record::unseal(line).unwrap();
         serde_json::from_str(&body).unwrap()

@@ -196,43 +196,46 @@ impl Sink for TeeSink {
     }
 }
 
+/// A sink that takes `ok_batches` batches, then fails every call: the queue's and the
+/// tee's fault-injection tests share it.
+#[cfg(test)]
+pub(crate) struct BreakingSink {
+    pub inner: MemorySink,
+    pub ok_batches: usize,
+}
+
+#[cfg(test)]
+impl Sink for BreakingSink {
+    fn write_batch(&mut self, lines: &[String]) -> io::Result<()> {
+        if self.ok_batches == 0 {
+            return Err(io::Error::other("disk on fire"));
+        }
+        self.ok_batches -= 1;
+        self.inner.write_batch(lines)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tee_tests {
     use super::*;
-
-    /// Takes `good` batches, then fails every call.
-    struct Breaks {
-        good: usize,
-        inner: MemorySink,
-    }
-
-    impl Sink for Breaks {
-        fn write_batch(&mut self, lines: &[String]) -> io::Result<()> {
-            if self.good == 0 {
-                return Err(io::Error::other("disk full"));
-            }
-            self.good -= 1;
-            self.inner.write_batch(lines)
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
 
     #[test]
     fn one_sink_failing_does_not_silence_the_other() {
         let (serial, file) = (MemorySink::new(), MemorySink::new());
         let mut tee = TeeSink::new(vec![
             ("serial console".into(), Box::new(serial.clone())),
-            ("file audit.log".into(), Box::new(Breaks { good: 1, inner: file.clone() })),
+            ("file audit.log".into(), Box::new(BreakingSink { inner: file.clone(), ok_batches: 1 })),
         ]);
         tee.write_batch(&["1".to_string()]).unwrap();
         let e = tee.write_batch(&["2".to_string()]).unwrap_err();
-        assert_eq!(e.to_string(), "file audit.log: disk full", "the failure names the sink");
+        assert_eq!(e.to_string(), "file audit.log: disk on fire", "the failure names the sink");
         tee.write_batch(&["3".to_string()]).expect("the survivor still takes batches");
         assert_eq!(*serial.lines(), vec!["1", "2", "3"]);
         assert_eq!(*file.lines(), vec!["1"]);
-        let mut lone = TeeSink::new(vec![("file".into(), Box::new(Breaks { good: 0, inner: MemorySink::new() }))]);
+        let mut lone = TeeSink::new(vec![("file".into(), Box::new(BreakingSink { inner: MemorySink::new(), ok_batches: 0 }))]);
         assert!(lone.write_batch(&["1".to_string()]).is_err());
         assert!(lone.write_batch(&["2".to_string()]).is_err(), "no survivor: every call fails");
     }

@@ -27,14 +27,16 @@ pub struct CapsuleLimits {
     pub kv_bytes: usize,
 }
 
-/// Live resource handles a capsule may hold by default.
-pub const DEFAULT_HANDLES: usize = 1024;
-/// Linear memory a capsule may grow to by default.
-pub const DEFAULT_MEMORY_BYTES: usize = 64 << 20;
-
+/// The settings' defaults (`ASTRID_MEMORY_MIB`, `ASTRID_HANDLE_QUOTA`,
+/// `ASTRID_KV_QUOTA_BYTES`): one source for both.
 impl Default for CapsuleLimits {
     fn default() -> Self {
-        CapsuleLimits { memory_bytes: DEFAULT_MEMORY_BYTES, handles: DEFAULT_HANDLES, kv_bytes: crate::kv::DEFAULT_QUOTA }
+        use crate::settings::{DEFAULT_HANDLE_QUOTA, DEFAULT_KV_QUOTA_BYTES, DEFAULT_MEMORY_MIB};
+        CapsuleLimits {
+            memory_bytes: (DEFAULT_MEMORY_MIB << 20) as usize,
+            handles: DEFAULT_HANDLE_QUOTA as usize,
+            kv_bytes: DEFAULT_KV_QUOTA_BYTES as usize,
+        }
     }
 }
 

@@ -11,9 +11,6 @@ use std::path::Path;
 
 pub use store::{KvError, KvStore};
 
-/// Default store quota per capsule.
-pub const DEFAULT_QUOTA: usize = 16 << 20;
-
 /// One capsule's kv store, and where it persists.
 pub struct Kv {
     store: KvStore,
