@@ -379,7 +379,7 @@ fn announce_until_start(s: &str, inbox: &bus::Subscription, who: &str) -> Vec<bu
         publish(s, &format!("trio.ready.{who}"), who);
         let next = now() + std::time::Duration::from_millis(50);
         while now() < next {
-            let left = (next - now()).as_millis() as u64;
+            let left = next.saturating_sub(now()).as_millis() as u64;
             match inbox.recv(left.max(1)) {
                 Ok(env) => {
                     if let Some(i) = env.messages.iter().position(|m| m.topic == "trio.start") {
