@@ -21,6 +21,7 @@ pub mod manifest;
 #[cfg(feature = "engine")]
 pub mod net;
 pub mod platform;
+pub mod quota;
 pub mod settings;
 pub mod sys;
 pub mod wait;

@@ -13,6 +13,7 @@ use wasmtime::{ResourceLimiter, StoreLimits};
 use crate::audit::AuditHandle;
 use crate::ipc::bus::Bus;
 use crate::kv::Kv;
+use crate::quota::Account;
 use crate::net::{NetCounts, NetPolicy, Network};
 use crate::wait::CancelToken;
 
@@ -173,6 +174,8 @@ pub struct IpcCtx {
     pub subscribe: Option<Vec<String>>,
     /// Live subscriptions.
     pub subscriptions: usize,
+    /// What this capsule's subscriptions hold queued (`ipc::CAPSULE_QUEUE_BYTES`).
+    pub queued: Arc<Account>,
 }
 
 /// `astrid:net`: the image's network, what this capsule may do on it, and its sockets.
@@ -254,7 +257,13 @@ impl CapsuleState {
             io: NoContext,
             sys: SysCtx { config: spec.config, capabilities: spec.capabilities },
             kv,
-            ipc: IpcCtx { bus: shared.bus.clone(), publish: spec.ipc_publish, subscribe: spec.ipc_subscribe, subscriptions: 0 },
+            ipc: IpcCtx {
+                bus: shared.bus.clone(),
+                publish: spec.ipc_publish,
+                subscribe: spec.ipc_subscribe,
+                subscriptions: 0,
+                queued: crate::ipc::queue_account(),
+            },
             net: NetCtx { network: shared.network.clone(), policy: spec.net_policy, counts: NetCounts::default() },
             testing: TestingCtx { argument: spec.test_argument },
             memory_cap: spec.limits.memory_bytes,

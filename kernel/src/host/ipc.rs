@@ -11,7 +11,7 @@ use super::bindings::astrid::ipc::host::{ErrorCode, Host, HostSubscription, Inte
 use super::context::{IpcCtx, View};
 use super::envelope::host_fns;
 use crate::ipc::bus::{Attribution, Batch, Message};
-use crate::ipc::{self, BATCH, Denied, MAX_RECV, Subscription};
+use crate::ipc::{self, BATCH, BATCH_BYTES, Denied, MAX_RECV, Subscription};
 use crate::wait::{self, Pollable, WaitError};
 
 pub type IpcView<'a> = View<'a, IpcCtx>;
@@ -29,6 +29,7 @@ fn envelope(batch: Batch) -> IpcEnvelope {
         messages: batch
             .messages
             .into_iter()
+            .map(|m| std::sync::Arc::try_unwrap(m).unwrap_or_else(|shared| (*shared).clone()))
             .map(|m| IpcMessage {
                 topic: m.topic,
                 payload: m.payload,
@@ -75,7 +76,7 @@ host_fns! { impl Host for IpcView<'_> as "astrid:ipc/host" {
         if let Err(d) = ipc::may_subscribe(cx.pkg.subscribe.as_deref(), &pattern, cx.pkg.subscriptions) {
             return Ok(Err(denied(d)));
         }
-        let sub = cx.pkg.bus.subscribe(&pattern);
+        let sub = cx.pkg.bus.subscribe(&pattern, &cx.pkg.queued);
         let handle = cx.core.push(Subscription { sub })?;
         cx.pkg.subscriptions += 1;
         Ok(Ok(handle))
@@ -89,7 +90,7 @@ host_fns! { impl Host for IpcView<'_> as "astrid:ipc/host" {
 
 host_fns! { impl HostSubscription for IpcView<'_> as "astrid:ipc/host.subscription" {
     fn poll(cx, this: Resource<Subscription>) -> Result<IpcEnvelope, ErrorCode> {
-        let batch = envelope(cx.core.get(&this)?.sub.take(BATCH));
+        let batch = envelope(cx.core.get(&this)?.sub.take(BATCH, BATCH_BYTES));
         cx.core.moved(payload_bytes(&batch));
         Ok(Ok(batch))
     }
@@ -102,7 +103,7 @@ host_fns! { impl HostSubscription for IpcView<'_> as "astrid:ipc/host.subscripti
             Err(ErrorCode::InvalidInput)
         } else {
             match wait::wait_one(&*sub, &cx.core.cancel, Some(started + timeout)) {
-                Ok(()) => Ok(envelope(sub.take(BATCH))),
+                Ok(()) => Ok(envelope(sub.take(BATCH, BATCH_BYTES))),
                 Err(WaitError::TimedOut) => Err(ErrorCode::Timeout),
                 Err(WaitError::Cancelled) => {
                     cx.core.cancelled();

@@ -1,6 +1,8 @@
 //! `astrid:ipc`'s provider: the in-image bus (`bus.rs`), the subscription resource a
 //! capsule holds, and what a capsule's manifest lets it do on the bus. Limits: 128
-//! subscriptions per capsule, 1 MiB payloads, 60 s `recv`, 256 messages per batch.
+//! subscriptions per capsule, 1 MiB payloads, 60 s `recv`, 256 messages and 4 MiB per
+//! batch; a subscription queues at most 1,024 messages and 4 MiB, a capsule's
+//! subscriptions together at most 16 MiB (the oldest are dropped and counted beyond).
 //! Nothing here knows WIT.
 
 pub mod bus;
@@ -16,6 +18,16 @@ pub const MAX_SUBSCRIPTIONS: usize = 128;
 pub const MAX_RECV: Duration = Duration::from_secs(60);
 /// Messages one `poll` or `recv` returns at most.
 pub const BATCH: usize = 256;
+/// Bytes (as charged: `bus::Message::cost`) one `poll` or `recv` returns at most,
+/// beyond its first message.
+pub const BATCH_BYTES: usize = 4 << 20;
+/// Bytes all of one capsule's subscriptions may hold queued.
+pub const CAPSULE_QUEUE_BYTES: usize = 16 << 20;
+
+/// A capsule's account for the messages its subscriptions hold.
+pub fn queue_account() -> std::sync::Arc<crate::quota::Account> {
+    crate::quota::Account::new("ipc queued bytes", CAPSULE_QUEUE_BYTES)
+}
 
 /// `astrid:ipc/host.subscription`: one capsule's end of a subscription on the bus.
 pub struct Subscription {
