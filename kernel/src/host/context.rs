@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use wasmtime::component::{Resource, ResourceTable};
-use wasmtime::{ResourceLimiter, StoreLimits};
+use wasmtime::ResourceLimiter;
 
 use crate::audit::AuditHandle;
 use crate::ipc::bus::Bus;
@@ -231,8 +231,36 @@ pub struct CapsuleState {
     pub ipc: IpcCtx,
     pub net: NetCtx,
     pub testing: TestingCtx,
-    memory_cap: usize,
-    store_limits: StoreLimits,
+    memory: MemoryBudget,
+}
+
+/// Core instances a capsule's store may create (a component from the SDK makes a few).
+pub const MAX_INSTANCES: usize = 64;
+/// Tables and linear memories a capsule's store may create.
+pub const MAX_TABLES: usize = 64;
+pub const MAX_MEMORIES: usize = 8;
+/// What one table element is charged against the memory cap (a function reference
+/// and its bookkeeping in the engine).
+pub const TABLE_ELEMENT_BYTES: usize = 16;
+
+/// What a capsule's linear memories and tables take together, against its one memory
+/// cap (`ASTRID_MEMORY_MIB`): many memories or a huge table cannot add up past it.
+#[derive(Debug)]
+struct MemoryBudget {
+    cap: usize,
+    used: usize,
+}
+
+impl MemoryBudget {
+    /// Charges growing by `more` bytes; a clean trap past the cap.
+    fn grow(&mut self, more: usize) -> wasmtime::Result<()> {
+        let desired = self.used.saturating_add(more);
+        if desired > self.cap {
+            return Err(MemoryCapReached { desired, cap: self.cap }.into());
+        }
+        self.used = desired;
+        Ok(())
+    }
 }
 
 impl CapsuleState {
@@ -266,8 +294,7 @@ impl CapsuleState {
             },
             net: NetCtx { network: shared.network.clone(), policy: spec.net_policy, counts: NetCounts::default() },
             testing: TestingCtx { argument: spec.test_argument },
-            memory_cap: spec.limits.memory_bytes,
-            store_limits: wasmtime::StoreLimitsBuilder::new().trap_on_grow_failure(true).build(),
+            memory: MemoryBudget { cap: spec.limits.memory_bytes, used: 0 },
         })
     }
 }
@@ -283,7 +310,7 @@ impl std::fmt::Display for MemoryCapReached {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "memory limit reached: the capsule asked for {} bytes, its cap is {} bytes (ASTRID_MEMORY_MIB)",
+            "memory limit reached: the capsule asked for {} bytes of memories and tables together, its cap is {} bytes (ASTRID_MEMORY_MIB)",
             self.desired, self.cap
         )
     }
@@ -291,16 +318,61 @@ impl std::fmt::Display for MemoryCapReached {
 
 impl std::error::Error for MemoryCapReached {}
 
+// A trap rather than `memory.grow` returning -1: a capsule that outgrows its cap is
+// stopped with a clear reason instead of limping on. Growth past a memory's or table's
+// own maximum fails as the WebAssembly spec says and is not charged.
 impl ResourceLimiter for CapsuleState {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        // A trap rather than `memory.grow` returning -1: a capsule that outgrows its cap
-        // is stopped with a clear reason instead of limping on.
-        if desired > self.memory_cap {
-            return Err(MemoryCapReached { desired, cap: self.memory_cap }.into());
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if maximum.is_some_and(|max| desired > max) {
+            return Ok(false);
         }
+        self.memory.grow(desired.saturating_sub(current))?;
         Ok(true)
     }
     fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
-        self.store_limits.table_growing(current, desired, maximum)
+        if maximum.is_some_and(|max| desired > max) {
+            return Ok(false);
+        }
+        self.memory.grow(desired.saturating_sub(current).saturating_mul(TABLE_ELEMENT_BYTES))?;
+        Ok(true)
+    }
+    fn instances(&self) -> usize {
+        MAX_INSTANCES
+    }
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memories_and_tables_share_one_budget() {
+        const MIB: usize = 1 << 20;
+        // (cap, growths in order, which succeed)
+        let cases: &[(usize, &[usize], &[bool])] = &[
+            (4 * MIB, &[2 * MIB, 2 * MIB, 1], &[true, true, false]),
+            (4 * MIB, &[5 * MIB], &[false]),
+            (4 * MIB, &[usize::MAX], &[false]),
+            (4 * MIB, &[MIB, usize::MAX, MIB], &[true, false, true]),
+        ];
+        for (cap, growths, want) in cases {
+            let mut budget = MemoryBudget { cap: *cap, used: 0 };
+            for (more, ok) in growths.iter().zip(want.iter()) {
+                let before = budget.used;
+                let got = budget.grow(*more);
+                assert_eq!(got.is_ok(), *ok, "cap {cap}: growing by {more}");
+                if let Err(e) = got {
+                    assert!(e.to_string().starts_with("memory limit reached"), "{e}");
+                    assert_eq!(budget.used, before, "a refused growth is not charged");
+                }
+            }
+            assert!(budget.used <= *cap);
+        }
     }
 }

@@ -163,7 +163,7 @@ fn splice(cx: &mut IoView<'_>, dst: &Resource<OutputStream>, src: &Resource<Inpu
     let cancel = cx.core.cancel.clone();
     let source = {
         let s = cx.core.get(src)?;
-        InputStream { source: s.source.clone(), closed: s.closed }
+        InputStream { source: s.source.clone(), closed: s.closed, hold: s.hold.clone() }
     };
     let (ended, side) = stream::splice(cx.core.get_mut(dst)?, &source, len, blocking, &cancel);
     match side {

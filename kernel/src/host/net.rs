@@ -17,6 +17,7 @@ use crate::net::codec::Frame;
 use crate::net::conn::Conn;
 use crate::net::policy::{Kind, MAX_POLL_ACCEPT, Route};
 use crate::net::{NetError, TcpListener, TcpStream, UdpSocket, UnixListener, link};
+use crate::quota::Held;
 use crate::sources::{InputStream, OutputStream, READ_CEILING};
 use crate::wait::{CancelToken, Pollable};
 
@@ -50,19 +51,20 @@ fn resolver(cancel: &CancelToken) -> impl Fn(&str) -> Option<Vec<IpAddr>> + '_ {
 }
 
 impl NetView<'_> {
-    fn push_stream(&mut self, conn: Conn) -> wasmtime::Result<Resource<TcpStream>> {
-        let stream = self.core.push(TcpStream::new(conn))?;
-        self.pkg.counts.add(Kind::Stream);
-        Ok(stream)
+    /// Hands a connection to the capsule, with the charge it took for it.
+    fn push_stream(&mut self, conn: Conn, held: Held) -> wasmtime::Result<Resource<TcpStream>> {
+        let mut stream = TcpStream::new(conn);
+        stream.held = Some(held);
+        self.core.push(stream)
     }
 
     /// Waits for a connection until `until` (none: until one comes), within the stream
     /// quota.
     fn accept(&mut self, this: &Resource<TcpListener>, until: Option<Instant>) -> wasmtime::Result<Result<Option<Resource<TcpStream>>, ErrorCode>> {
         let listener = self.core.get(this)?;
-        let accepted = self.pkg.counts.room(Kind::Stream).and_then(|()| listener.accept(until, &self.core.cancel));
+        let accepted = self.pkg.counts.charge(Kind::Stream).and_then(|held| Ok(listener.accept(until, &self.core.cancel)?.map(|conn| (conn, held))));
         let accepted = match accepted {
-            Ok(Some(conn)) => Ok(Some(self.push_stream(conn)?)),
+            Ok(Some((conn, held))) => Ok(Some(self.push_stream(conn, held)?)),
             Ok(None) => Ok(None),
             Err(e) => Err(e),
         };
@@ -86,15 +88,13 @@ host_fns! { impl Host for NetView<'_> as "astrid:net/host" {
 
     fn bind_tcp(cx, host: String, port: u16) -> Result<Resource<TcpListener>, ErrorCode> {
         let bound = cx.pkg.policy.listen_address(&host, port).and_then(|ip| {
-            cx.pkg.counts.room(Kind::Listener)?;
-            TcpListener::bind(&cx.pkg.network.loopback, ip, port)
+            let held = cx.pkg.counts.charge(Kind::Listener)?;
+            let mut listener = TcpListener::bind(&cx.pkg.network.loopback, ip, port)?;
+            listener.held = Some(held);
+            Ok(listener)
         });
         let result = match bound {
-            Ok(listener) => {
-                let listener = cx.core.push(listener)?;
-                cx.pkg.counts.add(Kind::Listener);
-                Ok(listener)
-            }
+            Ok(listener) => Ok(cx.core.push(listener)?),
             Err(e) => Err(e),
         };
         Ok(answer(cx.core, result))
@@ -102,12 +102,15 @@ host_fns! { impl Host for NetView<'_> as "astrid:net/host" {
 
     fn connect_tcp(cx, host: String, port: u16) -> Result<Resource<TcpStream>, ErrorCode> {
         let (pkg, cancel) = (&*cx.pkg, &cx.core.cancel);
-        let connected = pkg.counts.room(Kind::Stream).and_then(|()| match pkg.policy.route(pkg.network.external, &host, port, &resolver(cancel))? {
-            Route::Loopback(to) => pkg.network.loopback.connect(addr::loopback_like(to.ip()), to).ok_or(NetError::ConnectionRefused),
-            Route::External(to) => link::connect(to, Instant::now() + pkg.policy.connect_timeout, cancel),
+        let connected = pkg.counts.charge(Kind::Stream).and_then(|held| {
+            let conn = match pkg.policy.route(pkg.network.external, &host, port, &resolver(cancel))? {
+                Route::Loopback(to) => pkg.network.loopback.connect(addr::loopback_like(to.ip()), to).ok_or(NetError::ConnectionRefused)?,
+                Route::External(to) => link::connect(to, Instant::now() + pkg.policy.connect_timeout, cancel)?,
+            };
+            Ok((conn, held))
         });
         let result = match connected {
-            Ok(conn) => Ok(cx.push_stream(conn)?),
+            Ok((conn, held)) => Ok(cx.push_stream(conn, held)?),
             Err(e) => Err(e),
         };
         Ok(answer(cx.core, result))
@@ -115,15 +118,13 @@ host_fns! { impl Host for NetView<'_> as "astrid:net/host" {
 
     fn udp_bind(cx, host: String, port: u16) -> Result<Resource<UdpSocket>, ErrorCode> {
         let bound = cx.pkg.policy.udp_bind_address(cx.pkg.network.external, &host, port).and_then(|at| {
-            cx.pkg.counts.room(Kind::Udp)?;
-            UdpSocket::bind(&cx.pkg.network.loopback, at, port)
+            let held = cx.pkg.counts.charge(Kind::Udp)?;
+            let mut socket = UdpSocket::bind(&cx.pkg.network.loopback, at, port)?;
+            socket.held = Some(held);
+            Ok(socket)
         });
         let result = match bound {
-            Ok(socket) => {
-                let socket = cx.core.push(socket)?;
-                cx.pkg.counts.add(Kind::Udp);
-                Ok(socket)
-            }
+            Ok(socket) => Ok(cx.core.push(socket)?),
             Err(e) => Err(e),
         };
         Ok(answer(cx.core, result))
@@ -172,13 +173,13 @@ host_fns! { impl HostTcpListener for NetView<'_> as "astrid:net/host.tcp-listene
     }
 
     fn subscribe_readiness(cx, this: Resource<TcpListener>) -> Resource<Pollable> {
-        let queue = cx.core.get(&this)?.readiness();
-        cx.core.push(Pollable::new(queue))
+        let listener = cx.core.get(&this)?;
+        let pollable = Pollable::new(listener.readiness()).holding(listener.held.clone());
+        cx.core.push(pollable)
     }
 
     fn drop(cx, this: Resource<TcpListener>) -> () {
         cx.core.delete(this)?;
-        cx.pkg.counts.remove(Kind::Listener);
         Ok(())
     }
 } }
@@ -305,23 +306,26 @@ host_fns! { impl HostTcpStream for NetView<'_> as "astrid:net/host.tcp-stream" {
     }
 
     fn subscribe_readable(cx, this: Resource<TcpStream>) -> Resource<Pollable> {
-        let source = cx.core.get(&this)?.conn.source.clone();
-        cx.core.push(Pollable::new(source))
+        let stream = cx.core.get(&this)?;
+        let pollable = Pollable::new(stream.conn.source.clone()).holding(stream.held.clone());
+        cx.core.push(pollable)
     }
 
     fn read_stream(cx, this: Resource<TcpStream>) -> Resource<InputStream> {
-        let source = cx.core.get(&this)?.conn.source.clone();
-        cx.core.push(InputStream::new(source))
+        let stream = cx.core.get(&this)?;
+        let half = InputStream::new(stream.conn.source.clone()).holding(stream.held.clone());
+        cx.core.push(half)
     }
 
     fn write_stream(cx, this: Resource<TcpStream>) -> Resource<OutputStream> {
-        let sink = cx.core.get(&this)?.conn.sink.clone();
-        cx.core.push(OutputStream::new(sink))
+        let stream = cx.core.get(&this)?;
+        let half = OutputStream::new(stream.conn.sink.clone()).holding(stream.held.clone());
+        cx.core.push(half)
     }
 
     fn drop(cx, this: Resource<TcpStream>) -> () {
+        // The connection stays charged while a half or pollable made from it lives.
         cx.core.delete(this)?;
-        cx.pkg.counts.remove(Kind::Stream);
         Ok(())
     }
 } }
@@ -379,13 +383,13 @@ host_fns! { impl HostUdpSocket for NetView<'_> as "astrid:net/host.udp-socket" {
     }
 
     fn subscribe_readable(cx, this: Resource<UdpSocket>) -> Resource<Pollable> {
-        let queue = cx.core.get(&this)?.readiness();
-        cx.core.push(Pollable::new(queue))
+        let socket = cx.core.get(&this)?;
+        let pollable = Pollable::new(socket.readiness()).holding(socket.held.clone());
+        cx.core.push(pollable)
     }
 
     fn drop(cx, this: Resource<UdpSocket>) -> () {
         cx.core.delete(this)?;
-        cx.pkg.counts.remove(Kind::Udp);
         Ok(())
     }
 } }

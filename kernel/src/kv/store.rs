@@ -10,6 +10,14 @@ pub const MAX_KEY: usize = 512;
 pub const MAX_VALUE: usize = 1 << 20;
 /// Most keys one page returns.
 pub const MAX_PAGE: u32 = 1000;
+/// What each entry is charged beyond its key and value: the map's own bookkeeping, so
+/// that millions of tiny entries cost what they take.
+pub const ENTRY_OVERHEAD: usize = 64;
+
+/// What an entry is charged against the quota.
+fn cost(key: &str, value_len: usize) -> usize {
+    key.len() + value_len + ENTRY_OVERHEAD
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KvError {
@@ -24,7 +32,7 @@ pub enum KvError {
 #[derive(Debug)]
 pub struct KvStore {
     entries: BTreeMap<String, Vec<u8>>,
-    /// Bytes of keys and values held.
+    /// Bytes of keys and values held, with `ENTRY_OVERHEAD` per entry.
     used: usize,
     quota: usize,
 }
@@ -55,8 +63,8 @@ impl KvStore {
         if value.len() > MAX_VALUE {
             return Err(KvError::TooLarge);
         }
-        let old = self.entries.get(key).map_or(0, |v| key.len() + v.len());
-        let new_used = self.used - old + key.len() + value.len();
+        let old = self.entries.get(key).map_or(0, |v| cost(key, v.len()));
+        let new_used = self.used - old + cost(key, value.len());
         if new_used > self.quota {
             return Err(KvError::Quota);
         }
@@ -68,7 +76,7 @@ impl KvStore {
     pub fn delete(&mut self, key: &str) -> Result<(), KvError> {
         check_key(key)?;
         if let Some(v) = self.entries.remove(key) {
-            self.used -= key.len() + v.len();
+            self.used -= cost(key, v.len());
         }
         Ok(())
     }
@@ -110,7 +118,7 @@ impl KvStore {
         let doomed: Vec<String> = self.list(prefix);
         for k in &doomed {
             if let Some(v) = self.entries.remove(k) {
-                self.used -= k.len() + v.len();
+                self.used -= cost(k, v.len());
             }
         }
         doomed.len() as u64
@@ -132,12 +140,12 @@ mod tests {
 
     #[test]
     fn set_get_delete_and_quota_accounting() {
-        let mut kv = KvStore::new(20);
+        let mut kv = KvStore::new(20 + ENTRY_OVERHEAD);
         kv.set("a", b"12345".to_vec()).unwrap();
         assert_eq!(kv.get("a").unwrap().as_deref(), Some(&b"12345"[..]));
-        assert_eq!(kv.used(), 6);
+        assert_eq!(kv.used(), 6 + ENTRY_OVERHEAD);
         kv.set("a", b"1".to_vec()).unwrap();
-        assert_eq!(kv.used(), 2);
+        assert_eq!(kv.used(), 2 + ENTRY_OVERHEAD);
         assert_eq!(kv.set("b", vec![0; 19]), Err(KvError::Quota));
         assert_eq!(kv.get("b").unwrap(), None);
         kv.delete("a").unwrap();
@@ -145,6 +153,22 @@ mod tests {
         assert_eq!(kv.set("", vec![]), Err(KvError::InvalidKey));
         assert_eq!(kv.set(&"k".repeat(513), vec![]), Err(KvError::InvalidKey));
         assert_eq!(KvStore::new(usize::MAX).set("v", vec![0; MAX_VALUE + 1]), Err(KvError::TooLarge));
+    }
+
+    /// Many tiny entries: each is charged its bookkeeping, so a quota bounds how many
+    /// there can be, not just their bytes.
+    #[test]
+    fn many_tiny_entries_are_charged_their_overhead() {
+        let quota = 100 * (ENTRY_OVERHEAD + 4);
+        let mut kv = KvStore::new(quota);
+        let mut n = 0;
+        while kv.set(&format!("{n:04}"), Vec::new()).is_ok() {
+            n += 1;
+        }
+        assert_eq!(n, 100);
+        assert_eq!(kv.used(), quota);
+        kv.clear_prefix("");
+        assert_eq!(kv.used(), 0);
     }
 
     #[test]

@@ -18,6 +18,8 @@ use crate::wait::{Notifier, Readiness};
 pub const PIPE_BYTES: usize = 256 << 10;
 /// Datagrams a UDP socket queues before further ones are dropped (as UDP does).
 pub const UDP_QUEUE: usize = 256;
+/// Bytes a UDP socket queues before further datagrams are dropped.
+pub const UDP_QUEUE_BYTES: usize = 1 << 20;
 /// The largest UDP payload (IPv4's).
 pub const MAX_DATAGRAM: usize = 65_507;
 
@@ -143,24 +145,28 @@ pub struct Datagram {
 /// The receive queue of a UDP socket (on the image's loopback, or filled from a kernel
 /// socket).
 pub struct UdpQueue {
-    queue: Mutex<VecDeque<Datagram>>,
+    /// The datagrams, and their bytes together.
+    queue: Mutex<(VecDeque<Datagram>, usize)>,
     notifier: Notifier,
     pub addr: SocketAddr,
 }
 
 impl UdpQueue {
     pub fn new(addr: SocketAddr) -> UdpQueue {
-        UdpQueue { queue: Mutex::new(VecDeque::new()), notifier: Notifier::new(), addr }
+        UdpQueue { queue: Mutex::new((VecDeque::new(), 0)), notifier: Notifier::new(), addr }
     }
 
-    /// Queues a datagram; a full queue drops it, as a full socket buffer would.
+    /// Queues a datagram; a full queue (by count or bytes) drops it, as a full socket
+    /// buffer would.
     pub fn deliver(&self, datagram: Datagram) -> bool {
         {
             let mut q = lock(&self.queue);
-            if q.len() >= UDP_QUEUE {
+            let (queue, bytes) = &mut *q;
+            if queue.len() >= UDP_QUEUE || *bytes + datagram.data.len() > UDP_QUEUE_BYTES {
                 return false;
             }
-            q.push_back(datagram);
+            *bytes += datagram.data.len();
+            queue.push_back(datagram);
         }
         self.notifier.notify();
         true
@@ -170,7 +176,9 @@ impl UdpQueue {
     /// (a connected socket drops datagrams from other peers).
     pub fn take(&self, filter: impl Fn(&Datagram) -> bool) -> Option<Datagram> {
         let mut q = lock(&self.queue);
-        while let Some(d) = q.pop_front() {
+        let (queue, bytes) = &mut *q;
+        while let Some(d) = queue.pop_front() {
+            *bytes -= d.data.len();
             if filter(&d) {
                 return Some(d);
             }
@@ -181,7 +189,7 @@ impl UdpQueue {
 
 impl Readiness for UdpQueue {
     fn is_ready(&self) -> bool {
-        !lock(&self.queue).is_empty()
+        !lock(&self.queue).0.is_empty()
     }
     fn notifier(&self) -> Option<&Notifier> {
         Some(&self.notifier)
@@ -268,5 +276,19 @@ mod tests {
         }
         assert!(!q.deliver(Datagram { data: vec![2], from }));
         assert!(q.is_ready());
+    }
+
+    #[test]
+    fn a_udp_queue_holds_at_most_its_bytes() {
+        let q = UdpQueue::new("127.0.0.1:9".parse().unwrap());
+        let from: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let big = || Datagram { data: vec![0; MAX_DATAGRAM], from };
+        let fits = UDP_QUEUE_BYTES / MAX_DATAGRAM;
+        for _ in 0..fits {
+            assert!(q.deliver(big()));
+        }
+        assert!(!q.deliver(big()), "over {UDP_QUEUE_BYTES} bytes");
+        assert!(q.take(|_| true).is_some());
+        assert!(q.deliver(big()), "taking one makes room again");
     }
 }

@@ -27,6 +27,7 @@ use super::NetError;
 use super::addr;
 use super::conn::{Conn, Datagram, EPHEMERAL, Ephemeral, KernelStream, PIPE_BYTES, UdpQueue};
 use crate::platform::{self, POLLERR, POLLHUP, POLLIN, POLLOUT};
+use crate::quota::{Account, Charge};
 use crate::sources::{PipeSink, PipeSource};
 use crate::wait::{self, CancelToken, Notifier, Readiness, WaitError};
 
@@ -145,23 +146,53 @@ pub fn attach(stream: TcpStream) -> std::io::Result<Conn> {
     // Kernel 0.11 answers `getsockname` on connected sockets; fall back to the
     // unspecified address where it cannot.
     let local = stream.local_addr().unwrap_or_else(|_| SocketAddr::new(addr::loopback_like(peer.ip()), 0));
+    // Both pumps' shares first: a connection gets both of its threads or none.
+    let (rx, tx) = (thread_charge()?, thread_charge()?);
     SENDING.count.fetch_add(1, Ordering::SeqCst);
     let link = Arc::new(Link { stream: std::mem::ManuallyDrop::new(stream), error: Mutex::new(None), linger_ms: AtomicU64::new(DEFAULT_LINGER.as_millis() as u64) });
     let (to_capsule, capsule_source) = crate::sources::pipe(PIPE_BYTES);
     let (capsule_sink, from_capsule) = crate::sources::pipe(PIPE_BYTES);
-    spawn("astrid-net-rx", {
+    spawn_charged("astrid-net-rx", rx, {
         let link = Arc::clone(&link);
         move || reader_pump(&link, &to_capsule)
     })?;
-    spawn("astrid-net-tx", {
+    spawn_charged("astrid-net-tx", tx, {
         let link = Arc::clone(&link);
         move || writer_pump(&link, &from_capsule)
     })?;
     Ok(Conn { source: capsule_source, sink: capsule_sink, local, peer, kernel: Some(link as Arc<dyn KernelStream>) })
 }
 
+/// Threads the image may run for its network at once (two pumps per connection that
+/// leaves the image, connect and lookup helpers, UDP receivers, the publish acceptor).
+/// One budget for the image: past it a connect or bind answers `quota` instead of the
+/// heap or the scheduler running out.
+pub const MAX_THREADS: usize = 64;
+
+fn threads() -> &'static Arc<Account> {
+    static THREADS: std::sync::OnceLock<Arc<Account>> = std::sync::OnceLock::new();
+    THREADS.get_or_init(|| Account::new("network thread", MAX_THREADS))
+}
+
+/// One thread's share of the budget (`quota` past it).
+fn thread_charge() -> std::io::Result<Charge> {
+    threads().charge(1).map_err(|e| std::io::Error::new(std::io::ErrorKind::QuotaExceeded, e))
+}
+
+/// Starts a network thread within the image's budget; its charge ends with it.
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
-    std::thread::Builder::new().name(name.into()).stack_size(THREAD_STACK).spawn(f).map(|_| ())
+    spawn_charged(name, thread_charge()?, f)
+}
+
+fn spawn_charged(name: &str, charge: Charge, f: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .stack_size(THREAD_STACK)
+        .spawn(move || {
+            let _charge = charge;
+            f()
+        })
+        .map(|_| ())
 }
 
 /// Socket → capsule. Ends at the peer's end of file, a failure, or when the capsule
@@ -294,6 +325,7 @@ pub fn io_error(e: &std::io::Error) -> NetError {
         K::TimedOut => NetError::Timeout,
         K::AddrInUse => NetError::AddressInUse,
         K::AddrNotAvailable => NetError::AddressNotAvailable,
+        K::QuotaExceeded => NetError::Quota,
         _ => NetError::Other(e.to_string()),
     }
 }

@@ -14,8 +14,10 @@ use super::NetError;
 use super::conn::{Conn, Datagram, Ephemeral, UdpQueue, conn_pair};
 use crate::wait::{Notifier, Readiness};
 
-/// Connections a listener queues before further connects are refused.
-pub const BACKLOG: usize = 128;
+/// Connections a listener queues before further connects are refused. Each holds two
+/// pipes (up to 2 × `conn::PIPE_BYTES`) and, for a connection from outside, two kernel
+/// pump threads, charged to no capsule until it is accepted: kept small.
+pub const BACKLOG: usize = 16;
 /// Connections waiting for `accept`, and whether the listener still exists.
 pub struct AcceptQueue {
     state: Mutex<(VecDeque<Conn>, bool)>,

@@ -4,10 +4,12 @@
 //! resolution is passed in, so every decision here is pure.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::NetError;
 use super::addr::{self, Destination, Pattern};
+use crate::quota::{Account, Held};
 
 /// Streams, listeners and UDP sockets one capsule may hold.
 pub const MAX_STREAMS: usize = 8;
@@ -223,39 +225,48 @@ pub enum Kind {
     Udp,
 }
 
-/// Live counts of one capsule's network resources, against its quota.
-#[derive(Default, Debug)]
+/// What a capsule holds on the network, each kind an account (`quota::Account`) whose
+/// charge travels with the socket and every handle made from it (a stream's halves and
+/// pollables): a socket counts until the last of them is dropped, not when the capsule
+/// drops its first handle.
 pub struct NetCounts {
-    streams: usize,
-    listeners: usize,
-    udp: usize,
+    streams: Arc<Account>,
+    listeners: Arc<Account>,
+    udp: Arc<Account>,
+}
+
+impl Default for NetCounts {
+    fn default() -> Self {
+        NetCounts {
+            streams: Account::new("tcp stream", MAX_STREAMS),
+            listeners: Account::new("tcp listener", MAX_LISTENERS),
+            udp: Account::new("udp socket", MAX_UDP),
+        }
+    }
 }
 
 impl NetCounts {
-    fn slot(&mut self, kind: Kind) -> &mut usize {
+    fn account(&self, kind: Kind) -> &Arc<Account> {
         match kind {
-            Kind::Stream => &mut self.streams,
-            Kind::Listener => &mut self.listeners,
-            Kind::Udp => &mut self.udp,
+            Kind::Stream => &self.streams,
+            Kind::Listener => &self.listeners,
+            Kind::Udp => &self.udp,
         }
     }
 
     /// `quota` when the capsule holds as many of `kind` as it may.
     pub fn room(&self, kind: Kind) -> Result<(), NetError> {
-        let (held, max) = match kind {
-            Kind::Stream => (self.streams, MAX_STREAMS),
-            Kind::Listener => (self.listeners, MAX_LISTENERS),
-            Kind::Udp => (self.udp, MAX_UDP),
-        };
-        if held >= max { Err(NetError::Quota) } else { Ok(()) }
+        if self.account(kind).has_room(1) { Ok(()) } else { Err(NetError::Quota) }
     }
 
-    pub fn add(&mut self, kind: Kind) {
-        *self.slot(kind) += 1;
+    /// Charges one `kind`; the charge is given back when its last holder drops.
+    pub fn charge(&self, kind: Kind) -> Result<Held, NetError> {
+        self.account(kind).charge(1).map(Arc::new).map_err(|_| NetError::Quota)
     }
 
-    pub fn remove(&mut self, kind: Kind) {
-        *self.slot(kind) -= 1;
+    /// How many of `kind` the capsule holds now.
+    pub fn held(&self, kind: Kind) -> usize {
+        self.account(kind).used()
     }
 }
 
@@ -491,15 +502,22 @@ mod tests {
 
     #[test]
     fn quota() {
-        let mut counts = NetCounts::default();
+        let counts = NetCounts::default();
         for (kind, max) in [(Kind::Stream, MAX_STREAMS), (Kind::Listener, MAX_LISTENERS), (Kind::Udp, MAX_UDP)] {
+            let mut held = Vec::new();
             for _ in 0..max {
                 assert_eq!(counts.room(kind), Ok(()));
-                counts.add(kind);
+                held.push(counts.charge(kind).unwrap());
             }
             assert_eq!(counts.room(kind), Err(Quota), "{kind:?}");
-            counts.remove(kind);
+            assert!(counts.charge(kind).is_err(), "{kind:?}");
+            // A stream's half keeps the charge after the stream itself is dropped.
+            let half = held[0].clone();
+            held.remove(0);
+            assert_eq!(counts.room(kind), Err(Quota), "{kind:?} credited while a half lives");
+            drop(half);
             assert_eq!(counts.room(kind), Ok(()));
+            assert_eq!(counts.held(kind), max - 1);
         }
     }
 }

@@ -14,6 +14,7 @@ use super::conn::{Conn, Datagram, MAX_DATAGRAM, StreamOptions, UdpQueue};
 use super::link::{self, UdpLink};
 use super::local::{AcceptQueue, Loopback};
 use super::policy::UdpBind;
+use crate::quota::Held;
 use crate::wait::{self, CancelToken, WaitError};
 
 fn deadline(timeout: Option<Duration>) -> Option<Instant> {
@@ -32,6 +33,8 @@ fn waited(e: WaitError, timed_out: NetError) -> NetError {
 pub struct TcpListener {
     queue: Arc<AcceptQueue>,
     loopback: Arc<Loopback>,
+    /// Its owner's charge for it (`NetCounts`), shared with its pollables.
+    pub held: Option<Held>,
 }
 
 impl Drop for TcpListener {
@@ -44,7 +47,7 @@ impl TcpListener {
     /// Listens on `ip:port` of `loopback` (port 0: an ephemeral one).
     pub fn bind(loopback: &Arc<Loopback>, ip: IpAddr, port: u16) -> Result<TcpListener, NetError> {
         let queue = loopback.listen(ip, port).map_err(|_| NetError::AddressInUse)?;
-        Ok(TcpListener { queue, loopback: Arc::clone(loopback) })
+        Ok(TcpListener { queue, loopback: Arc::clone(loopback), held: None })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -75,6 +78,9 @@ impl TcpListener {
 /// A connected TCP stream: in the image, or leaving it through the kernel.
 pub struct TcpStream {
     pub conn: Conn,
+    /// Its owner's charge for the connection (`NetCounts`), shared with its halves and
+    /// pollables: the connection counts until the last of them is dropped.
+    pub held: Option<Held>,
     pub options: StreamOptions,
     /// A length-prefixed frame being assembled by `read_frame`.
     frames: FrameReader,
@@ -84,7 +90,7 @@ pub struct TcpStream {
 
 impl TcpStream {
     pub fn new(conn: Conn) -> TcpStream {
-        TcpStream { conn, options: StreamOptions::default(), frames: FrameReader::default(), read_shut: false, write_shut: false }
+        TcpStream { conn, held: None, options: StreamOptions::default(), frames: FrameReader::default(), read_shut: false, write_shut: false }
     }
 
     /// Whether the capsule has not shut the stream's read side.
@@ -209,6 +215,8 @@ impl TcpStream {
 /// A UDP socket: on the image's loopback, or on the kernel's stack.
 pub struct UdpSocket {
     queue: Arc<UdpQueue>,
+    /// Its owner's charge for it (`NetCounts`), shared with its pollables.
+    pub held: Option<Held>,
     /// The kernel socket, for a socket bound outside the image's loopback.
     kernel: Option<Arc<UdpLink>>,
     /// Where `send` goes and `recv` hears from, once connected.
@@ -226,7 +234,7 @@ impl UdpSocket {
                 (Arc::clone(&link.queue), Some(link))
             }
         };
-        Ok(UdpSocket { queue, kernel, peer: None, read_timeout: None })
+        Ok(UdpSocket { queue, held: None, kernel, peer: None, read_timeout: None })
     }
 
     /// Whether the socket is on the kernel's stack (it talks to the world, not to the

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use super::{ByteSink, ByteSource, StreamFailure};
+use crate::quota::Held;
 use crate::wait::{self, CancelToken, Readiness};
 
 /// Most bytes one `read`, `skip` or `splice` moves.
@@ -25,6 +26,9 @@ pub struct IoError {
 pub struct InputStream {
     pub source: Arc<dyn ByteSource>,
     pub closed: bool,
+    /// What its owner is charged for the resource behind it (a connection), kept
+    /// until this handle is dropped too.
+    pub hold: Option<Held>,
 }
 
 /// `astrid:io/streams.output-stream`.
@@ -33,17 +37,31 @@ pub struct OutputStream {
     /// What the last `check-write` allowed and no write has used up yet.
     pub permit: usize,
     pub closed: bool,
+    /// See `InputStream::hold`.
+    pub hold: Option<Held>,
 }
 
 impl InputStream {
     pub fn new(source: Arc<dyn ByteSource>) -> Self {
-        InputStream { source, closed: false }
+        InputStream { source, closed: false, hold: None }
+    }
+
+    /// Keeps `hold` (its owner's charge for the resource behind it) while it lives.
+    pub fn holding(mut self, hold: Option<Held>) -> Self {
+        self.hold = hold;
+        self
     }
 }
 
 impl OutputStream {
     pub fn new(sink: Arc<dyn ByteSink>) -> Self {
-        OutputStream { sink, permit: 0, closed: false }
+        OutputStream { sink, permit: 0, closed: false, hold: None }
+    }
+
+    /// Keeps `hold` (its owner's charge for the resource behind it) while it lives.
+    pub fn holding(mut self, hold: Option<Held>) -> Self {
+        self.hold = hold;
+        self
     }
 
     /// `check-write`: asks the sink and remembers the permit.

@@ -38,11 +38,20 @@ pub trait Readiness {
 /// `astrid:io/poll.pollable`: a readiness source a capsule holds a handle to.
 pub struct Pollable {
     pub source: Arc<dyn Readiness + Send + Sync>,
+    /// What its owner is charged for the resource it watches (a socket), kept until
+    /// this pollable is dropped too.
+    pub hold: Option<crate::quota::Held>,
 }
 
 impl Pollable {
     pub fn new(source: Arc<dyn Readiness + Send + Sync>) -> Self {
-        Pollable { source }
+        Pollable { source, hold: None }
+    }
+
+    /// Keeps `hold` (its owner's charge for the watched resource) while it lives.
+    pub fn holding(mut self, hold: Option<crate::quota::Held>) -> Self {
+        self.hold = hold;
+        self
     }
 }
 
