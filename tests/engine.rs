@@ -486,3 +486,63 @@ fn the_audit_log_fails_verification_after_one_byte_changes() {
         assert!(audit::verify(tampered.iter().map(String::as_str)).is_err(), "record {i} changed unnoticed");
     }
 }
+
+/// A hostile capsule (`attacker`) beside an ordinary one (`victim`), both io-probe with
+/// the scenario `scenario`, hosted and in the image: the attacker's host-side resources
+/// stay within its bounds, the image survives, and the victim finishes its work.
+fn attacked(scenario: &str, attacker: Option<&Path>) -> Vec<Run> {
+    let f = fixtures();
+    let dir = common::scratch().join(scenario);
+    std::fs::create_dir_all(&dir).unwrap();
+    let copy = |from: &Path, name: &str| {
+        let to = dir.join(name);
+        std::fs::copy(from, &to).unwrap();
+        to
+    };
+    let env = [("ASTRID_TEST_ARG", scenario)];
+    let (victim, victim_c) = (copy(&f.probe, "victim.wasm"), copy(&f.probe_cwasm, "victim.cwasm"));
+    let (attacker, attacker_c) = match attacker {
+        Some(module) => (module.to_path_buf(), module.to_path_buf()),
+        None => (copy(&f.probe, "attacker.wasm"), copy(&f.probe_cwasm, "attacker.cwasm")),
+    };
+    let runs = vec![hosted_many(&[&victim, &attacker], &env), in_image_many(&f.image, &[&victim_c, &attacker_c], &env)];
+    for run in &runs {
+        run.assert_says("ok victim");
+        assert!(!run.console.contains("memory allocation of"), "the heap ran out:\n{}", run.console);
+        let summary = run.assert_audit_verifies();
+        assert_eq!(summary.capsules_ended, 2, "{}", run.console);
+    }
+    runs
+}
+
+/// 128 subscriptions to `**` and 1 MiB payloads: each message is stored once and each
+/// queued copy charged to the subscriber, so the flood is bounded and counted as loss.
+#[test]
+fn an_ipc_fan_out_flood_cannot_exhaust_the_image() {
+    for run in attacked("hostile-ipc", None) {
+        run.assert_status(0).assert_says("ok hostile-ipc: held ");
+    }
+}
+
+/// Connections churned with their halves kept and dropped: a connection counts until
+/// its last half or pollable is gone, and nothing leaks across 200 connections.
+#[test]
+fn connection_churn_stays_within_the_capsules_quota() {
+    for run in attacked("hostile-net", None) {
+        run.assert_status(0).assert_says("ok hostile-net");
+    }
+}
+
+/// A table grown without end is charged against the capsule's memory cap and trapped
+/// cleanly; the capsule beside it finishes.
+#[test]
+fn endless_table_growth_is_a_clean_trap_beside_a_working_capsule() {
+    let grow = wat_module(
+        "table-grow",
+        r#"(module (table $t 0 funcref)
+             (func (export "run") (loop $l (drop (table.grow $t (ref.null func) (i32.const 100000))) (br $l))))"#,
+    );
+    for run in attacked("hostile-table", Some(&grow)) {
+        run.assert_status(1).assert_says("table-grow.wasm: trapped: memory limit reached");
+    }
+}

@@ -12,6 +12,7 @@ use astrid::io::poll::{ErrorCode, Pollable, poll};
 use astrid::io::streams::{InputStream, OutputStream, StreamError};
 use astrid::ipc::host as ipc;
 use astrid::kv::host as kv;
+use astrid::net::host as net;
 use astrid::{approval, elicit, identity, uplink};
 use astrid::sys::host as sys;
 use astrid_unikernel::testing::sources as host;
@@ -50,6 +51,8 @@ impl Guest for Probe {
             "ipc-pair" => "pong".to_string(),
             "bench-ipc" if me.starts_with("ping") => "bench-ipc-ping".to_string(),
             "bench-ipc" => "pong".to_string(),
+            // Hostile scenarios: `victim*` capsules do ordinary work beside the attacker.
+            a if a.starts_with("hostile-") && me.starts_with("victim") => "victim".to_string(),
             _ => arg,
         };
         let scenario = if arg.is_empty() { "demo" } else { arg.as_str() };
@@ -80,6 +83,9 @@ impl Guest for Probe {
             "bench-pingpong" => bench_pingpong(),
             "bench-read-4k" => bench_read_4k(),
             "bench-splice" => bench_splice(),
+            "hostile-ipc" => hostile_ipc(),
+            "hostile-net" => hostile_net(),
+            "victim" => victim(),
             other => fail(other, "unknown scenario"),
         }
         say(&format!("ok {scenario}"));
@@ -485,4 +491,82 @@ fn pong() {
             ipc::publish("pp.pong", &m.payload).unwrap();
         }
     }
+}
+
+/// Ordinary work beside an attacker: a timer, pipes, kv, and an ipc round trip to itself
+/// while holding a `**` subscription the attacker's flood reaches.
+fn victim() {
+    let s = "victim";
+    let _everything = ipc::subscribe("**").unwrap_or_else(|e| fail(s, &format!("subscribe **: {e:?}")));
+    let own = ipc::subscribe("victim.*").unwrap_or_else(|e| fail(s, &format!("subscribe: {e:?}")));
+    block_timer();
+    streams();
+    kv::kv_set("victim", b"still here").unwrap_or_else(|e| fail(s, &format!("kv set: {e:?}")));
+    check!(s, kv::kv_get("victim").ok().flatten().as_deref() == Some(&b"still here"[..]), "kv get");
+    for i in 0..20 {
+        ipc::publish("victim.self", &i.to_string()).unwrap_or_else(|e| fail(s, &format!("publish: {e:?}")));
+        let env = own.recv(10_000).unwrap_or_else(|e| fail(s, &format!("recv {i}: {e:?}")));
+        check!(s, env.messages.iter().any(|m| m.payload == i.to_string()), "round {i}: own message lost");
+    }
+    say("ok victim");
+}
+
+/// The fan-out attack: 128 subscriptions to `**` and 1 MiB payloads. Every publish is
+/// accepted; what the subscriptions hold stays within the capsule's 16 MiB of queue.
+fn hostile_ipc() {
+    let s = "hostile-ipc";
+    let subs: Vec<_> = (0..128).map(|i| ipc::subscribe("**").unwrap_or_else(|e| fail(s, &format!("subscription {i}: {e:?}")))).collect();
+    let payload = "x".repeat(1 << 20);
+    for i in 0..40 {
+        ipc::publish("flood.x", &payload).unwrap_or_else(|e| fail(s, &format!("publish {i}: {e:?}")));
+    }
+    let (mut held, mut dropped) = (0usize, 0u64);
+    for sub in &subs {
+        let env = sub.poll().unwrap_or_else(|e| fail(s, &format!("poll: {e:?}")));
+        held += env.messages.iter().filter(|m| m.payload.len() == 1 << 20).count();
+        dropped += env.dropped;
+    }
+    check!(s, held > 0 && held <= 16, "the subscriptions held {held} MiB of flood");
+    check!(s, dropped > 0, "no loss was reported");
+    say(&format!("ok hostile-ipc: held {held} MiB, {dropped} dropped"));
+}
+
+/// Connection churn. Streams whose halves are kept still count after the stream
+/// handles are dropped, so the ninth is `quota`; once everything is dropped the
+/// connections are free again, however many come and go.
+fn hostile_net() {
+    let s = "hostile-net";
+    let listener = net::bind_tcp("127.0.0.1", 0).unwrap_or_else(|e| fail(s, &format!("bind: {e:?}")));
+    let addr = listener.local_addr().unwrap();
+    let port: u16 = addr.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or_else(|| fail(s, &format!("address {addr}")));
+    let pair = |what: &str| {
+        let client = net::connect_tcp("127.0.0.1", port).unwrap_or_else(|e| fail(s, &format!("{what}: connect: {e:?}")));
+        let server = listener.accept().unwrap_or_else(|e| fail(s, &format!("{what}: accept: {e:?}")));
+        (client, server)
+    };
+    // Four connections (eight streams: both ends are this capsule's), halves kept.
+    let mut kept = Vec::new();
+    for i in 0..4 {
+        let (client, server) = pair(&format!("kept {i}"));
+        kept.push((client.read_stream(), client.write_stream(), server.subscribe_readable(), server.read_stream()));
+    }
+    check!(s, matches!(net::connect_tcp("127.0.0.1", port), Err(net::ErrorCode::Quota)), "a connection past the quota while halves live");
+    // A UDP socket's pollable keeps it counted too.
+    let udp: Vec<_> = (0..4).map(|_| net::udp_bind("127.0.0.1", 0).unwrap().subscribe_readable()).collect();
+    check!(s, matches!(net::udp_bind("127.0.0.1", 0), Err(net::ErrorCode::Quota)), "a fifth UDP socket while pollables live");
+    drop(udp);
+    drop(kept);
+    for i in 0..200 {
+        let (client, server) = pair(&format!("churn {i}"));
+        let (w, r) = (client.write_stream(), server.read_stream());
+        w.blocking_write_and_flush(b"ping").unwrap_or_else(|e| fail(s, &format!("churn {i}: write: {e:?}")));
+        let got = r.blocking_read(4).unwrap_or_else(|e| fail(s, &format!("churn {i}: read: {e:?}")));
+        check!(s, got == b"ping", "churn {i}: read {got:?}");
+        if i % 2 == 0 {
+            // Half the time the stream handles go first, the halves after.
+            drop((client, server));
+        }
+    }
+    check!(s, net::udp_bind("127.0.0.1", 0).is_ok(), "UDP after its pollables were dropped");
+    say("ok hostile-net");
 }
