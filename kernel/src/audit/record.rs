@@ -172,16 +172,139 @@ const HASH_TAIL_LEN: usize = 9 + 64 + 2;
 
 /// The exact line for `record`: its canonical JSON with a final `hash` field, the BLAKE3
 /// of the JSON before it (the line without that field). Returns the line and the hash.
+///
+/// The canonical JSON is what `serde_json` makes of `AuditRecord` (the verifier parses
+/// and re-serializes with it); this writes the same bytes by hand, without the
+/// serializer's machinery, because every operation of every capsule passes through here.
+/// `canonical_json_matches_serde_json` holds the two together.
 pub fn seal(record: &AuditRecord) -> (String, String) {
-    let body = serde_json::to_string(record).expect("an audit record always serializes");
-    let hash = blake3::hash(body.as_bytes()).to_hex().to_string();
-    // body ends with '}': reopen it for the hash field.
-    let mut line = String::with_capacity(body.len() + HASH_TAIL_LEN);
-    line.push_str(&body[..body.len() - 1]);
+    let mut line = String::with_capacity(256);
+    let hash = seal_into(record, &mut line);
+    (line, hash.to_hex().to_string())
+}
+
+/// As `seal`, appending the line to `line`; returns the hash.
+pub fn seal_into(record: &AuditRecord, line: &mut String) -> blake3::Hash {
+    let start = line.len();
+    write_canonical(record, line);
+    let hash = blake3::hash(&line.as_bytes()[start..]);
+    // The body ends with '}': reopen it for the hash field.
+    line.pop();
     line.push_str(",\"hash\":\"");
-    line.push_str(&hash);
+    line.push_str(hash.to_hex().as_str());
     line.push_str("\"}");
-    (line, hash)
+    hash
+}
+
+/// `AuditRecord`'s canonical JSON (field order as declared, absent options left out).
+fn write_canonical(r: &AuditRecord, out: &mut String) {
+    out.push_str("{\"seq\":");
+    push_u64(out, r.seq);
+    out.push_str(",\"t_ns\":");
+    push_u64(out, r.t_ns);
+    out.push_str(",\"capsule\":");
+    push_str(out, &r.capsule);
+    out.push_str(",\"principal\":");
+    push_str(out, &r.principal);
+    out.push_str(",\"fn\":");
+    push_str(out, &r.function);
+    out.push_str(",\"outcome\":\"");
+    out.push_str(match r.outcome {
+        Outcome::Ok => "ok",
+        Outcome::Error => "error",
+        Outcome::Cancelled => "cancelled",
+        Outcome::Refused => "refused",
+        Outcome::Trap => "trap",
+    });
+    out.push_str("\",\"elapsed_ns\":");
+    push_u64(out, r.elapsed_ns);
+    let numbers = [("bytes", r.bytes), ("pollable_count", r.pollable_count.map(u64::from)), ("ready_count", r.ready_count.map(u64::from))];
+    for (name, value) in numbers {
+        if let Some(v) = value {
+            push_key(out, name);
+            push_u64(out, v);
+        }
+    }
+    if let Some(e) = &r.error {
+        push_key(out, "error");
+        push_str(out, e);
+    }
+    if let Some(c) = r.count {
+        push_key(out, "count");
+        push_u64(out, c);
+    }
+    let texts = [
+        ("nonce", &r.nonce),
+        ("build", &r.build),
+        ("key", &r.key),
+        ("content", &r.content),
+        ("manifest", &r.manifest),
+        ("sig", &r.sig),
+    ];
+    for (name, value) in texts {
+        if let Some(v) = value {
+            push_key(out, name);
+            push_str(out, v);
+        }
+    }
+    out.push_str(",\"prev\":");
+    push_str(out, &r.prev);
+    out.push('}');
+}
+
+fn push_key(out: &mut String, name: &str) {
+    out.push_str(",\"");
+    out.push_str(name);
+    out.push_str("\":");
+}
+
+fn push_u64(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    out.push_str(std::str::from_utf8(&digits[i..]).expect("ASCII digits"));
+}
+
+/// A JSON string as serde_json writes it: `"` and backslash escaped, control characters as
+/// the short escapes (`\n`, `\t`, …) or `\u00XX`, everything else (non-ASCII included) as is.
+fn push_str(out: &mut String, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push('"');
+    let mut clean = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let escape: Option<&str> = match b {
+            b'"' => Some("\\\""),
+            b'\\' => Some("\\\\"),
+            b'\n' => Some("\\n"),
+            b'\r' => Some("\\r"),
+            b'\t' => Some("\\t"),
+            0x08 => Some("\\b"),
+            0x0c => Some("\\f"),
+            0..=0x1f => None,
+            _ => continue,
+        };
+        // Bytes below 0x80 are whole characters, so `clean..i` ends on a boundary.
+        out.push_str(&s[clean..i]);
+        match escape {
+            Some(e) => out.push_str(e),
+            None => {
+                out.push_str("\\u00");
+                out.push(HEX[usize::from(b >> 4)] as char);
+                out.push(HEX[usize::from(b & 0xf)] as char);
+            }
+        }
+        clean = i + 1;
+    }
+    out.push_str(&s[clean..]);
+    out.push('"');
 }
 
 /// Splits a line into the JSON it hashes (its `hash` field taken out) and the hash it
@@ -251,6 +374,54 @@ mod tests {
         assert_eq!(blake3::hash(body.as_bytes()).to_hex().as_str(), hash);
         let back: AuditRecord = serde_json::from_str(&body).unwrap();
         assert_eq!(back, sample());
+    }
+
+    /// The hand-written encoder writes exactly serde_json's bytes: every field set and
+    /// unset, every ASCII byte, multi-byte characters, extremes of every number.
+    #[test]
+    fn canonical_json_matches_serde_json() {
+        let every_ascii: String = (0u8..0x80).map(char::from).collect();
+        let texts = ["", "plain", "quote\" back\\ slash", "\u{7f}\u{80}é漢\u{1F980}\u{2028}", &every_ascii, "\0\x01\x1f"];
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for round in 0..2000 {
+            let mut pick = |n: usize| (next() as usize) % n;
+            let text = |pick: &mut dyn FnMut(usize) -> usize| texts[pick(texts.len())].to_string();
+            let opt = |pick: &mut dyn FnMut(usize) -> usize| if pick(2) == 0 { None } else { Some(texts[pick(texts.len())].to_string()) };
+            let number = |pick: &mut dyn FnMut(usize) -> usize| [0, 1, 9, 10, 99, 1234567, u64::MAX][pick(7)];
+            let r = AuditRecord {
+                seq: number(&mut pick),
+                t_ns: number(&mut pick),
+                capsule: text(&mut pick),
+                principal: text(&mut pick),
+                function: text(&mut pick),
+                outcome: [Outcome::Ok, Outcome::Error, Outcome::Cancelled, Outcome::Refused, Outcome::Trap][pick(5)],
+                elapsed_ns: number(&mut pick),
+                bytes: (pick(2) == 0).then(|| number(&mut pick)),
+                pollable_count: (pick(2) == 0).then(|| [0, 7, u32::MAX][pick(3)]),
+                ready_count: (pick(2) == 0).then(|| [0, 7, u32::MAX][pick(3)]),
+                error: opt(&mut pick),
+                count: (pick(2) == 0).then(|| number(&mut pick)),
+                nonce: opt(&mut pick),
+                build: opt(&mut pick),
+                key: opt(&mut pick),
+                content: opt(&mut pick),
+                manifest: opt(&mut pick),
+                sig: opt(&mut pick),
+                prev: text(&mut pick),
+            };
+            let (line, hash) = seal(&r);
+            let body = serde_json::to_string(&r).unwrap();
+            let (unsealed, stated) = unseal(&line).unwrap_or_else(|| panic!("round {round}: {line}"));
+            assert_eq!(unsealed, body, "round {round}");
+            assert_eq!(stated, hash);
+            assert_eq!(blake3::hash(body.as_bytes()).to_hex().as_str(), hash);
+        }
     }
 
     #[test]
