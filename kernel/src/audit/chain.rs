@@ -1,19 +1,26 @@
 //! Numbers, timestamps and links records into one tamper-evident sequence of lines.
-//! Pure bookkeeping: it does no I/O, and the queue calls it under its own lock so the
-//! order of sequence numbers is the order of lines in the sink.
+//! Pure bookkeeping, in two halves so that the capsule's thread does only the cheap one:
+//!
+//! - `Ledger` numbers and timestamps (and decides where the genesis and checkpoints go).
+//!   The queue calls it under its own lock, so the order of sequence numbers is the
+//!   order of lines in the sink. It turns each record into a `Stamped` entry.
+//! - `Sealer` encodes a stamped entry into its line, hashes it and links it to the line
+//!   before (and signs checkpoints). The queue's drainer thread calls it.
+//!
+//! `Chain` is both halves in one, for code that wants lines at once (tests, tools).
 //!
 //! The first line is a genesis record binding the log to its run (`RunBinding`); with a
 //! signing key the chain also writes signed checkpoints: every [`CHECKPOINT_EVERY`]
 //! records, after each capsule's end record, and in the close record itself.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use ed25519_dalek::{Signer, SigningKey};
 
 use super::record::{
-    AuditRecord, FN_CAPSULE_END, FN_CAPSULE_LOAD, FN_CHECKPOINT, FN_CLOSE, FN_GENESIS, GENESIS, IoEvent, Outcome,
-    checkpoint_message, hex, seal,
+    FN_CAPSULE_END, FN_CAPSULE_LOAD, FN_CHECKPOINT, FN_CLOSE, FN_GENESIS, Fields, IoEvent, checkpoint_message, hex, seal_into,
 };
 
 /// Records (of any kind but checkpoints) after which a signed chain writes a checkpoint.
@@ -50,20 +57,223 @@ impl RunBinding {
     }
 }
 
-pub struct Chain {
+/// What a stamped entry is, before it is encoded.
+#[derive(Clone, Debug)]
+pub(super) enum Body {
+    Genesis,
+    Io(IoEvent),
+    Load { capsule: Arc<str>, principal: Arc<str>, content: [u8; 32], manifest: Option<[u8; 32]> },
+    End { capsule: Arc<str>, count: u64 },
+    Checkpoint,
+    Close { count: u64 },
+}
+
+/// A record numbered and timed, waiting to be sealed.
+#[derive(Clone, Debug)]
+pub(super) struct Stamped {
+    pub seq: u64,
+    pub t_ns: u64,
+    pub body: Body,
+}
+
+/// The numbering half: sequence, time, per-capsule counts, the close, and where the
+/// genesis and the checkpoints go.
+pub(super) struct Ledger {
     next_seq: u64,
-    prev: String,
     last_t_ns: u64,
     clock: Box<dyn FnMut() -> u64 + Send>,
     /// Io records per capsule since that capsule's last end record.
-    per_capsule: BTreeMap<String, u64>,
+    per_capsule: HashMap<Arc<str>, u64>,
     closed: bool,
-    binding: RunBinding,
-    key: Option<SigningKey>,
+    signed: bool,
     /// Records since the last checkpoint (genesis included).
     since_checkpoint: u64,
     /// Seq of the last record an `append`/`capsule_end`/`capsule_load` asked for.
     last_seq: u64,
+}
+
+impl Ledger {
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    fn open(&self) -> Result<(), ChainClosed> {
+        if self.closed { Err(ChainClosed) } else { Ok(()) }
+    }
+
+    /// Stamps one io operation's record (after the genesis when it is the first).
+    pub fn append(&mut self, event: IoEvent, out: &mut impl Extend<Stamped>) -> Result<(), ChainClosed> {
+        self.open()?;
+        match self.per_capsule.get_mut(&*event.capsule) {
+            Some(n) => *n += 1,
+            None => {
+                self.per_capsule.insert(event.capsule.clone(), 1);
+            }
+        }
+        self.emit(Body::Io(event), false, out);
+        Ok(())
+    }
+
+    /// Stamps the record of `capsule` loaded, with the BLAKE3 of its bytes and of its
+    /// manifest text.
+    pub fn capsule_load(&mut self, capsule: &str, principal: &str, content: &[u8], manifest: Option<&str>, out: &mut impl Extend<Stamped>) -> Result<(), ChainClosed> {
+        self.open()?;
+        let body = Body::Load {
+            capsule: capsule.into(),
+            principal: principal.into(),
+            content: *blake3::hash(content).as_bytes(),
+            manifest: manifest.map(|m| *blake3::hash(m.as_bytes()).as_bytes()),
+        };
+        self.emit(body, false, out);
+        Ok(())
+    }
+
+    /// Stamps the end record of `capsule` (and a checkpoint after it in a signed log);
+    /// returns how many io records it counts.
+    pub fn capsule_end(&mut self, capsule: &str, out: &mut impl Extend<Stamped>) -> Result<u64, ChainClosed> {
+        self.open()?;
+        let count = self.per_capsule.remove(capsule).unwrap_or(0);
+        self.emit(Body::End { capsule: capsule.into(), count }, true, out);
+        Ok(count)
+    }
+
+    /// Stamps the final record, counting every record before it, and closes.
+    pub fn close(&mut self, out: &mut impl Extend<Stamped>) -> Result<(), ChainClosed> {
+        self.open()?;
+        self.genesis_into(out);
+        let count = self.next_seq;
+        let stamped = self.stamp(Body::Close { count });
+        out.extend([stamped]);
+        self.closed = true;
+        Ok(())
+    }
+
+    fn emit(&mut self, body: Body, checkpoint_after: bool, out: &mut impl Extend<Stamped>) {
+        self.genesis_into(out);
+        self.last_seq = self.next_seq;
+        let stamped = self.stamp(body);
+        out.extend([stamped]);
+        self.since_checkpoint += 1;
+        if self.signed && (checkpoint_after || self.since_checkpoint >= CHECKPOINT_EVERY) {
+            let stamped = self.stamp(Body::Checkpoint);
+            out.extend([stamped]);
+            self.since_checkpoint = 0;
+        }
+    }
+
+    fn genesis_into(&mut self, out: &mut impl Extend<Stamped>) {
+        if self.next_seq == 0 {
+            let stamped = self.stamp(Body::Genesis);
+            out.extend([stamped]);
+            self.since_checkpoint = 1;
+        }
+    }
+
+    fn stamp(&mut self, body: Body) -> Stamped {
+        // Clamp so the log never shows time going backwards, whatever the clock does.
+        self.last_t_ns = (self.clock)().max(self.last_t_ns);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        Stamped { seq, t_ns: self.last_t_ns, body }
+    }
+}
+
+/// The encoding half: the link to the line before, the run binding and the key.
+#[derive(Clone)]
+pub(super) struct Sealer {
+    prev: blake3::Hash,
+    binding: RunBinding,
+    nonce_hex: String,
+    key: Option<SigningKey>,
+    key_hex: Option<String>,
+}
+
+impl Sealer {
+    fn new(binding: RunBinding, key: Option<SigningKey>) -> Self {
+        Sealer {
+            prev: blake3::Hash::from_bytes([0; 32]),
+            nonce_hex: hex(&binding.nonce),
+            key_hex: key.as_ref().map(|k| hex(k.verifying_key().as_bytes())),
+            binding,
+            key,
+        }
+    }
+
+    /// Appends the line of `entry` to `line` and makes it the chain's head.
+    pub fn seal(&mut self, entry: &Stamped, line: &mut String) {
+        let prev = self.prev.to_hex();
+        let mut f = Fields { seq: entry.seq, t_ns: entry.t_ns, prev: prev.as_str(), ..Fields::blank("") };
+        let (content, manifest, sig);
+        match &entry.body {
+            Body::Io(e) => {
+                f.capsule = &e.capsule;
+                f.principal = &e.principal;
+                f.function = &e.function;
+                f.outcome = e.outcome;
+                f.elapsed_ns = e.elapsed_ns;
+                f.bytes = e.bytes;
+                f.pollable_count = e.pollable_count;
+                f.ready_count = e.ready_count;
+                f.error = e.error.as_deref();
+            }
+            Body::Genesis => {
+                f.function = FN_GENESIS;
+                f.nonce = Some(&self.nonce_hex);
+                f.build = Some(&self.binding.build);
+                f.key = self.key_hex.as_deref();
+            }
+            Body::Load { capsule, principal, content: c, manifest: m } => {
+                content = hex(c);
+                manifest = m.map(|m| hex(&m));
+                f.function = FN_CAPSULE_LOAD;
+                f.capsule = capsule;
+                f.principal = principal;
+                f.content = Some(&content);
+                f.manifest = manifest.as_deref();
+            }
+            Body::End { capsule, count } => {
+                f.function = FN_CAPSULE_END;
+                f.capsule = capsule;
+                f.count = Some(*count);
+            }
+            Body::Checkpoint => {
+                sig = self.sign(entry.seq);
+                f.function = FN_CHECKPOINT;
+                f.nonce = Some(&self.nonce_hex);
+                f.sig = sig.as_deref();
+            }
+            Body::Close { count } => {
+                sig = self.sign(entry.seq);
+                f.function = FN_CLOSE;
+                f.count = Some(*count);
+                f.sig = sig.as_deref();
+            }
+        }
+        self.prev = seal_into(&f, line);
+    }
+
+    /// The signature of a checkpoint at `seq`, after the current head.
+    fn sign(&self, seq: u64) -> Option<String> {
+        let key = self.key.as_ref()?;
+        let message = checkpoint_message(&self.binding.nonce, seq, self.prev.as_bytes());
+        Some(hex(&key.sign(&message).to_bytes()))
+    }
+}
+
+/// Both halves in one: records in, lines out.
+pub struct Chain {
+    ledger: Ledger,
+    binding: RunBinding,
+    key: Option<SigningKey>,
+    sealer: Option<Sealer>,
 }
 
 impl Default for Chain {
@@ -83,23 +293,26 @@ impl Chain {
     /// to a local nonce and unsigned until `bind` and `sign_with` say otherwise.
     pub fn with_clock(clock: Box<dyn FnMut() -> u64 + Send>) -> Self {
         Chain {
-            next_seq: 0,
-            prev: GENESIS.to_owned(),
-            last_t_ns: 0,
-            clock,
-            per_capsule: BTreeMap::new(),
-            closed: false,
+            ledger: Ledger {
+                next_seq: 0,
+                last_t_ns: 0,
+                clock,
+                per_capsule: HashMap::new(),
+                closed: false,
+                signed: false,
+                since_checkpoint: 0,
+                last_seq: 0,
+            },
             binding: RunBinding::local(&super::build_identity()),
             key: None,
-            since_checkpoint: 0,
-            last_seq: 0,
+            sealer: None,
         }
     }
 
     /// Binds the log to `binding` (before its first record).
     #[must_use]
     pub fn bind(mut self, binding: RunBinding) -> Self {
-        debug_assert_eq!(self.next_seq, 0, "bind before the first record");
+        debug_assert_eq!(self.ledger.next_seq, 0, "bind before the first record");
         self.binding = binding;
         self
     }
@@ -107,171 +320,76 @@ impl Chain {
     /// Signs checkpoints with `key` (before the first record).
     #[must_use]
     pub fn sign_with(mut self, key: SigningKey) -> Self {
-        debug_assert_eq!(self.next_seq, 0, "sign before the first record");
+        debug_assert_eq!(self.ledger.next_seq, 0, "sign before the first record");
         self.key = Some(key);
+        self.ledger.signed = true;
         self
+    }
+
+    /// The two halves, for the queue: the ledger under its lock, the sealer on its
+    /// drainer.
+    pub(super) fn split(self) -> (Ledger, Sealer) {
+        debug_assert_eq!(self.ledger.next_seq, 0, "split before the first record");
+        (self.ledger, Sealer::new(self.binding, self.key))
     }
 
     /// The sequence number the next record gets (= records so far).
     pub fn next_seq(&self) -> u64 {
-        self.next_seq
+        self.ledger.next_seq
     }
 
     /// The seq of the last record a caller appended (not the genesis or a checkpoint).
     pub fn last_seq(&self) -> u64 {
-        self.last_seq
+        self.ledger.last_seq
     }
 
     pub fn is_closed(&self) -> bool {
-        self.closed
+        self.ledger.closed
+    }
+
+    fn lines(&mut self, stamped: Vec<Stamped>) -> Vec<String> {
+        let sealer = self.sealer.get_or_insert_with(|| Sealer::new(self.binding.clone(), self.key.clone()));
+        stamped
+            .iter()
+            .map(|s| {
+                let mut line = String::new();
+                sealer.seal(s, &mut line);
+                line
+            })
+            .collect()
     }
 
     /// Appends the record of one io operation and returns its lines: the genesis record
     /// first when it is the log's first, then the record, then a checkpoint when one is
     /// due.
     pub fn append(&mut self, event: IoEvent) -> Result<Vec<String>, ChainClosed> {
-        self.open()?;
-        *self.per_capsule.entry(event.capsule.clone()).or_default() += 1;
-        let record = AuditRecord {
-            capsule: event.capsule,
-            principal: event.principal,
-            function: event.function,
-            outcome: event.outcome,
-            elapsed_ns: event.elapsed_ns,
-            bytes: event.bytes,
-            pollable_count: event.pollable_count,
-            ready_count: event.ready_count,
-            error: event.error,
-            ..blank("", "")
-        };
-        Ok(self.emit(record, false))
+        let mut out = Vec::new();
+        self.ledger.append(event, &mut out)?;
+        Ok(self.lines(out))
     }
 
     /// Appends the record of `capsule` loaded: the BLAKE3 of its bytes and of its
     /// manifest text.
-    pub fn capsule_load(
-        &mut self,
-        capsule: &str,
-        principal: &str,
-        content: &[u8],
-        manifest: Option<&str>,
-    ) -> Result<Vec<String>, ChainClosed> {
-        self.open()?;
-        let record = AuditRecord {
-            principal: principal.to_owned(),
-            content: Some(blake3::hash(content).to_hex().to_string()),
-            manifest: manifest.map(|m| blake3::hash(m.as_bytes()).to_hex().to_string()),
-            ..blank(capsule, FN_CAPSULE_LOAD)
-        };
-        Ok(self.emit(record, false))
+    pub fn capsule_load(&mut self, capsule: &str, principal: &str, content: &[u8], manifest: Option<&str>) -> Result<Vec<String>, ChainClosed> {
+        let mut out = Vec::new();
+        self.ledger.capsule_load(capsule, principal, content, manifest, &mut out)?;
+        Ok(self.lines(out))
     }
 
     /// Appends the record that ends `capsule`, counting its io records since its last
     /// end record (and a checkpoint after it in a signed log). Returns the lines and
     /// that count.
     pub fn capsule_end(&mut self, capsule: &str) -> Result<(Vec<String>, u64), ChainClosed> {
-        self.open()?;
-        let count = self.per_capsule.remove(capsule).unwrap_or(0);
-        Ok((self.emit(marker(capsule, FN_CAPSULE_END, count), true), count))
+        let mut out = Vec::new();
+        let count = self.ledger.capsule_end(capsule, &mut out)?;
+        Ok((self.lines(out), count))
     }
 
     /// Appends the final record, counting every record before it, and closes the chain.
     /// In a signed log the close record carries the signature of its own position.
     pub fn close(&mut self) -> Result<Vec<String>, ChainClosed> {
-        self.open()?;
-        let mut lines = Vec::with_capacity(2);
-        self.genesis_into(&mut lines);
-        let mut record = marker("", FN_CLOSE, self.next_seq);
-        record.sig = self.sign_here();
-        lines.push(self.link(record));
-        self.closed = true;
-        Ok(lines)
+        let mut out = Vec::new();
+        self.ledger.close(&mut out)?;
+        Ok(self.lines(out))
     }
-
-    fn open(&self) -> Result<(), ChainClosed> {
-        if self.closed { Err(ChainClosed) } else { Ok(()) }
-    }
-
-    /// Links `record` (after the genesis, if still due), then a checkpoint when the
-    /// interval is reached or `checkpoint_after` asks for one.
-    fn emit(&mut self, record: AuditRecord, checkpoint_after: bool) -> Vec<String> {
-        let mut lines = Vec::with_capacity(2);
-        self.genesis_into(&mut lines);
-        self.last_seq = self.next_seq;
-        lines.push(self.link(record));
-        self.since_checkpoint += 1;
-        if self.key.is_some() && (checkpoint_after || self.since_checkpoint >= CHECKPOINT_EVERY) {
-            let record = AuditRecord {
-                nonce: Some(hex(&self.binding.nonce)),
-                sig: self.sign_here(),
-                ..blank("", FN_CHECKPOINT)
-            };
-            lines.push(self.link(record));
-            self.since_checkpoint = 0;
-        }
-        lines
-    }
-
-    fn genesis_into(&mut self, lines: &mut Vec<String>) {
-        if self.next_seq != 0 {
-            return;
-        }
-        let record = AuditRecord {
-            nonce: Some(hex(&self.binding.nonce)),
-            build: Some(self.binding.build.clone()),
-            key: self.key.as_ref().map(|k| hex(k.verifying_key().as_bytes())),
-            ..blank("", FN_GENESIS)
-        };
-        lines.push(self.link(record));
-        self.since_checkpoint = 1;
-    }
-
-    /// The signature of a checkpoint at the next seq, after the current head.
-    fn sign_here(&self) -> Option<String> {
-        let key = self.key.as_ref()?;
-        let prev = blake3::Hash::from_hex(&self.prev).expect("the chain's own head is hex");
-        let message = checkpoint_message(&self.binding.nonce, self.next_seq, prev.as_bytes());
-        Some(hex(&key.sign(&message).to_bytes()))
-    }
-
-    fn link(&mut self, mut record: AuditRecord) -> String {
-        // Clamp so the log never shows time going backwards, whatever the clock does.
-        self.last_t_ns = (self.clock)().max(self.last_t_ns);
-        record.seq = self.next_seq;
-        record.t_ns = self.last_t_ns;
-        record.prev = std::mem::take(&mut self.prev);
-        let (line, hash) = seal(&record);
-        self.prev = hash;
-        self.next_seq += 1;
-        line
-    }
-}
-
-/// A record of `function` with nothing but its capsule set.
-pub(super) fn blank(capsule: &str, function: &str) -> AuditRecord {
-    AuditRecord {
-        seq: 0,
-        t_ns: 0,
-        capsule: capsule.to_owned(),
-        principal: String::new(),
-        function: function.to_owned(),
-        outcome: Outcome::Ok,
-        elapsed_ns: 0,
-        bytes: None,
-        pollable_count: None,
-        ready_count: None,
-        error: None,
-        count: None,
-        nonce: None,
-        build: None,
-        key: None,
-        content: None,
-        manifest: None,
-        sig: None,
-        prev: String::new(),
-    }
-}
-
-pub(super) fn marker(capsule: &str, function: &str, count: u64) -> AuditRecord {
-    AuditRecord { count: Some(count), ..blank(capsule, function) }
 }

@@ -1,7 +1,9 @@
-//! The bounded, lossless queue between the io path and a sink. Records are sealed into
-//! the chain as they enter (so queue order is log order), and one drainer thread hands
-//! them to the sink in batches. A full queue blocks the recording thread: backpressure,
-//! never a dropped record (a capsule's wait for room ends with its cancellation).
+//! The bounded, lossless queue between the io path and a sink. Records are numbered and
+//! timed as they enter (the chain's `Ledger`, under the queue's lock, so queue order is
+//! log order) and nothing more: one drainer thread seals them into lines (the chain's
+//! `Sealer`: encoding, hashing, signing) and hands them to the sink in batches, off the
+//! capsule's thread. A full queue blocks the recording thread: backpressure, never a
+//! dropped record (a capsule's wait for room ends with its cancellation).
 //!
 //! Fail-closed: when the sink fails, no further record is accepted (so nothing goes on
 //! unrecorded), the log's failure signal fires (launch cancels every capsule on it),
@@ -13,13 +15,16 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::chain::Chain;
+use super::chain::{Chain, Ledger, Sealer, Stamped};
 use super::record::{FN_SINK_FAILED, IoEvent, Outcome};
 use super::sink::Sink;
 use crate::wait::CancelToken;
 
 /// How often a writer waiting for room looks at its cancellation.
 const ROOM_CHECK: Duration = Duration::from_millis(5);
+
+/// How long `unwritten` waits for the drainer to finish writing its batch.
+const UNWRITTEN_PATIENCE: Duration = Duration::from_millis(500);
 
 /// Most lines handed to the sink in one call; bounds the drainer's own copy.
 const MAX_BATCH: usize = 256;
@@ -63,6 +68,11 @@ pub struct QueueStats {
 
 struct Shared {
     state: Mutex<State>,
+    /// The drainer's half. Lock order: `seal`, then `state`.
+    seal: Mutex<Sealing>,
+    /// Set by `unwritten`: the drainer stops after the batch it is writing, so that a
+    /// panic hook can put the rest on the console.
+    stop_for_dump: std::sync::atomic::AtomicBool,
     not_full: Condvar,
     not_empty: Condvar,
     /// Signalled when `written` moves or the sink fails.
@@ -71,9 +81,15 @@ struct Shared {
     failure: CancelToken,
 }
 
+struct Sealing {
+    sealer: Sealer,
+    /// The lines of the batch the drainer is writing.
+    lines: Vec<String>,
+}
+
 struct State {
-    chain: Chain,
-    queue: VecDeque<String>,
+    ledger: Ledger,
+    queue: VecDeque<Stamped>,
     capacity: usize,
     written: u64,
     high_water: usize,
@@ -87,14 +103,14 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Waits for room, then appends the lines `make` seals (a record, with the genesis
+    /// Waits for room, then appends the entries `make` stamps (a record, with the genesis
     /// before the first and a checkpoint after it when one is due: the queue may hold
-    /// up to two lines over `capacity`). Fails without sealing when the log is closed
+    /// up to two entries over `capacity`). Fails without stamping when the log is closed
     /// or broken, so refused records never take a sequence number.
     fn push<T>(
         &self,
         cancel: Option<&CancelToken>,
-        make: impl FnOnce(&mut Chain) -> (Vec<String>, T),
+        make: impl FnOnce(&mut Ledger, &mut VecDeque<Stamped>) -> T,
     ) -> Result<(MutexGuard<'_, State>, T), AuditError> {
         let mut st = self.lock();
         loop {
@@ -103,7 +119,7 @@ impl Shared {
                 st.refused += 1;
                 return Err(e);
             }
-            if st.chain.is_closed() {
+            if st.ledger.is_closed() {
                 st.refused += 1;
                 return Err(AuditError::Closed);
             }
@@ -119,8 +135,8 @@ impl Shared {
                 Some(_) => self.not_full.wait_timeout(st, ROOM_CHECK).unwrap_or_else(|p| p.into_inner()).0,
             };
         }
-        let (lines, out) = make(&mut st.chain);
-        st.queue.extend(lines);
+        let State { ledger, queue, .. } = &mut *st;
+        let out = make(ledger, queue);
         st.high_water = st.high_water.max(st.queue.len());
         self.not_empty.notify_one();
         Ok((st, out))
@@ -139,7 +155,10 @@ impl Shared {
             if let Some(e) = &st.failed {
                 return Err(AuditError::SinkFailed(e.clone()));
             }
-            st = self.progress.wait(st).unwrap_or_else(|p| p.into_inner());
+            if self.stop_for_dump.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(AuditError::SinkFailed("the log was stopped to put its records on the console".into()));
+            }
+            st = self.progress.wait_timeout(st, ROOM_CHECK).unwrap_or_else(|p| p.into_inner()).0;
         }
     }
 }
@@ -169,9 +188,12 @@ impl AuditLog {
     /// As `start`, with a given (fresh) chain, e.g. one with a test clock.
     pub fn start_with(chain: Chain, mut sink: impl Sink + 'static, capacity: usize) -> AuditLog {
         assert!(capacity > 0, "an audit queue needs room for one record");
+        let (ledger, sealer) = chain.split();
         let shared = Arc::new(Shared {
+            seal: Mutex::new(Sealing { sealer, lines: Vec::with_capacity(MAX_BATCH + 2) }),
+            stop_for_dump: std::sync::atomic::AtomicBool::new(false),
             state: Mutex::new(State {
-                chain,
+                ledger,
                 queue: VecDeque::with_capacity(capacity),
                 capacity,
                 written: 0,
@@ -206,9 +228,9 @@ impl AuditLog {
     }
 
     fn close_inner(&mut self) -> Result<u64, AuditError> {
-        let pushed = self.shared.push(None, |chain| {
-            let lines = chain.close().expect("only the owner closes, once");
-            (lines, chain.next_seq())
+        let pushed = self.shared.push(None, |ledger, queue| {
+            ledger.close(queue).expect("only the owner closes, once");
+            ledger.next_seq()
         });
         let result =
             pushed.and_then(|(st, total)| self.shared.wait_written(st, total).map(|()| total));
@@ -242,9 +264,9 @@ impl AuditHandle {
     /// As `record`, for a capsule's call: a wait for room in a full queue ends with the
     /// capsule's cancellation (`AuditError::Cancelled`).
     pub fn record_unless(&self, event: IoEvent, cancel: Option<&CancelToken>) -> Result<u64, AuditError> {
-        let (_st, seq) = self.shared.push(cancel, |chain| {
-            let lines = chain.append(event).expect("checked open under the same lock");
-            (lines, chain.last_seq())
+        let (_st, seq) = self.shared.push(cancel, |ledger, queue| {
+            ledger.append(event, queue).expect("checked open under the same lock");
+            ledger.last_seq()
         })?;
         Ok(seq)
     }
@@ -258,10 +280,9 @@ impl AuditHandle {
         content: &[u8],
         manifest: Option<&str>,
     ) -> Result<u64, AuditError> {
-        let (_st, seq) = self.shared.push(None, |chain| {
-            let lines =
-                chain.capsule_load(capsule, principal, content, manifest).expect("checked open under the same lock");
-            (lines, chain.last_seq())
+        let (_st, seq) = self.shared.push(None, |ledger, queue| {
+            ledger.capsule_load(capsule, principal, content, manifest, queue).expect("checked open under the same lock");
+            ledger.last_seq()
         })?;
         Ok(seq)
     }
@@ -271,8 +292,8 @@ impl AuditHandle {
     pub fn capsule_end(&self, capsule: &str) -> Result<u64, AuditError> {
         let (st, count) = self
             .shared
-            .push(None, |chain| chain.capsule_end(capsule).expect("checked open under the same lock"))?;
-        let target = st.chain.next_seq();
+            .push(None, |ledger, queue| ledger.capsule_end(capsule, queue).expect("checked open under the same lock"))?;
+        let target = st.ledger.next_seq();
         self.shared.wait_written(st, target)?;
         Ok(count)
     }
@@ -280,7 +301,7 @@ impl AuditHandle {
     /// Waits until every record sealed so far is written and flushed.
     pub fn drain(&self) -> Result<(), AuditError> {
         let st = self.shared.lock();
-        let target = st.chain.next_seq();
+        let target = st.ledger.next_seq();
         self.shared.wait_written(st, target)
     }
 
@@ -289,21 +310,46 @@ impl AuditHandle {
         self.shared.failure.clone()
     }
 
-    /// The sealed lines the sink has not taken yet, for a panic hook to put on the
-    /// console. Never blocks: `None` when the state is locked (by the panicking thread,
-    /// perhaps).
+    /// For a panic hook: stops the drainer after the batch it is writing and returns the
+    /// lines of every record it has not taken, sealed here as the drainer would have, so
+    /// the console can carry them on from the last line written. Waits at most
+    /// `UNWRITTEN_PATIENCE` for that batch; `None` when it does not end by then (or the
+    /// state stays locked, by the panicking thread perhaps). The log takes nothing more
+    /// to its sinks afterwards.
     pub fn unwritten(&self) -> Option<Vec<String>> {
-        match self.shared.state.try_lock() {
-            Ok(st) => Some(st.queue.iter().cloned().collect()),
-            Err(TryLockError::Poisoned(p)) => Some(p.into_inner().queue.iter().cloned().collect()),
-            Err(TryLockError::WouldBlock) => None,
-        }
+        self.shared.stop_for_dump.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.shared.not_empty.notify_all();
+        let started = std::time::Instant::now();
+        let sealing = loop {
+            match self.shared.seal.try_lock() {
+                Ok(s) => break s,
+                Err(TryLockError::Poisoned(p)) => break p.into_inner(),
+                Err(TryLockError::WouldBlock) if started.elapsed() < UNWRITTEN_PATIENCE => std::thread::sleep(ROOM_CHECK),
+                Err(TryLockError::WouldBlock) => return None,
+            }
+        };
+        let pending: Vec<Stamped> = match self.shared.state.try_lock() {
+            Ok(st) => st.queue.iter().cloned().collect(),
+            Err(TryLockError::Poisoned(p)) => p.into_inner().queue.iter().cloned().collect(),
+            Err(TryLockError::WouldBlock) => return None,
+        };
+        let mut sealer = sealing.sealer.clone();
+        Some(
+            pending
+                .iter()
+                .map(|entry| {
+                    let mut line = String::new();
+                    sealer.seal(entry, &mut line);
+                    line
+                })
+                .collect(),
+        )
     }
 
     pub fn stats(&self) -> QueueStats {
         let st = self.shared.lock();
         QueueStats {
-            sealed: st.chain.next_seq(),
+            sealed: st.ledger.next_seq(),
             written: st.written,
             high_water: st.high_water,
             capacity: st.capacity,
@@ -313,48 +359,79 @@ impl AuditHandle {
 }
 
 fn drain_loop(shared: &Shared, sink: &mut dyn Sink) {
-    let mut batch: Vec<String> = Vec::with_capacity(MAX_BATCH);
+    let mut batch: Vec<Stamped> = Vec::with_capacity(MAX_BATCH);
     loop {
+        // The sealer is held from taking a batch to writing it, so that `unwritten`
+        // always finds the chain's head just after what was written.
+        let dumping = || shared.stop_for_dump.load(std::sync::atomic::Ordering::SeqCst);
+        let mut sealing = shared.seal.lock().unwrap_or_else(|p| p.into_inner());
         {
             let mut st = shared.lock();
-            while st.queue.is_empty() {
-                // Closed and emptied (the close record is always last), or given up on.
-                if st.chain.is_closed() || st.failed.is_some() {
+            while st.queue.is_empty() || dumping() {
+                // Closed and emptied (the close record is always last), given up on, or
+                // stopped for a panic hook.
+                if st.ledger.is_closed() || st.failed.is_some() || dumping() {
                     return;
                 }
-                st = shared.not_empty.wait(st).unwrap_or_else(|p| p.into_inner());
+                // Idle: let go of the sealer while waiting.
+                drop(st);
+                drop(sealing);
+                st = shared.lock();
+                while st.queue.is_empty() && !st.ledger.is_closed() && st.failed.is_none() && !dumping() {
+                    st = shared.not_empty.wait(st).unwrap_or_else(|p| p.into_inner());
+                }
+                drop(st);
+                sealing = shared.seal.lock().unwrap_or_else(|p| p.into_inner());
+                st = shared.lock();
             }
             let n = st.queue.len().min(MAX_BATCH);
             batch.extend(st.queue.drain(..n));
             shared.not_full.notify_all();
         }
-        let result = sink.write_batch(&batch).and_then(|()| sink.flush());
+        let Sealing { sealer, lines } = &mut *sealing;
+        lines.clear();
+        for entry in &batch {
+            let mut line = String::with_capacity(320);
+            sealer.seal(entry, &mut line);
+            lines.push(line);
+        }
+        batch.clear();
+        let result = sink.write_batch(lines).and_then(|()| sink.flush());
+        let written = lines.len() as u64;
         let mut st = shared.lock();
         match result {
-            Ok(()) => st.written += batch.len() as u64,
+            Ok(()) => st.written += written,
             Err(e) => {
                 let reason = e.to_string();
                 st.failed = Some(reason.clone());
                 shared.failure.cancel();
                 shared.not_full.notify_all();
                 shared.progress.notify_all();
-                // Records already sealed describe operations that happened: they still go
-                // to whatever sink survives, then the record naming the failure.
-                let mut rest: Vec<String> = st.queue.drain(..).collect();
+                // Records already stamped describe operations that happened: they still
+                // go to whatever sink survives, then the record naming the failure.
+                let mut rest: Vec<Stamped> = st.queue.drain(..).collect();
                 let mut failure = IoEvent::ok("", "", FN_SINK_FAILED, 0);
                 failure.outcome = Outcome::Error;
                 failure.error = Some(reason);
-                if let Ok(lines) = st.chain.append(failure) {
-                    rest.extend(lines);
-                }
+                let _ = st.ledger.append(failure, &mut rest);
                 drop(st);
+                let lines: Vec<String> = rest
+                    .iter()
+                    .map(|entry| {
+                        let mut line = String::new();
+                        sealer.seal(entry, &mut line);
+                        line
+                    })
+                    .collect();
                 // Best effort: with no survivor this fails too, and the failure is already
                 // what the log reports.
-                let _ = sink.write_batch(&rest).and_then(|()| sink.flush());
+                let _ = sink.write_batch(&lines).and_then(|()| sink.flush());
                 return;
             }
         }
-        batch.clear();
+        drop(st);
+        lines.clear();
+        drop(sealing);
         shared.progress.notify_all();
     }
 }
@@ -409,7 +486,7 @@ mod tests {
                 thread::spawn(move || {
                     for i in 0..PER_WRITER {
                         let mut e = IoEvent::ok(
-                            &format!("w{w}"),
+                            format!("w{w}"),
                             "p",
                             "astrid:io/streams.output-stream.write",
                             i,
@@ -469,6 +546,26 @@ mod tests {
         assert_eq!(h.capsule_end("b"), Ok(2));
         assert_eq!(log.close(), Ok(9));
         assert!(verify(memory.lines().iter().map(String::as_str)).is_ok());
+    }
+
+    /// A panic hook's view: with the sink slow and records piling up, `unwritten` stops
+    /// the drainer after its batch and hands back the rest, sealed so that what the sink
+    /// got followed by what it returns is one unbroken chain.
+    #[test]
+    fn unwritten_lines_carry_on_from_the_last_written_line() {
+        let memory = MemorySink::new();
+        let log = AuditLog::start(SlowSink { inner: memory.clone(), delay: Duration::from_millis(20) }, 4096);
+        let h = log.handle();
+        for i in 0..2000 {
+            h.record(IoEvent::ok("c", "p", "astrid:io/poll.poll", i)).unwrap();
+        }
+        let rest = h.unwritten().expect("the drainer let go within its patience");
+        let mut all = memory.lines().clone();
+        assert!(!rest.is_empty(), "nothing was pending");
+        all.extend(rest);
+        assert_eq!(all.len(), 2001, "the genesis and every record, once");
+        super::super::verify::verify_open(all.iter().map(String::as_str)).expect("one unbroken chain");
+        assert!(log.close().is_err(), "a stopped log cannot close");
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! One audit record and its line: the JSON field order of `AuditRecord` is the canonical
 //! form, and every line ends in the BLAKE3 hash of everything before that hash.
 
+use std::borrow::Cow;
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 /// `fn` of the record a chain ends with when a capsule ends; `count` is how many io
@@ -47,12 +50,14 @@ pub enum Outcome {
 }
 
 /// What the io layer reports about one operation, before the chain numbers and links it.
+/// Compact on purpose: the capsule's thread only builds this and hands it over (its
+/// names are shared, not copied); encoding and hashing happen on the log's own thread.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IoEvent {
-    pub capsule: String,
-    pub principal: String,
+    pub capsule: Arc<str>,
+    pub principal: Arc<str>,
     /// The WIT function, e.g. `astrid:io/poll.poll`.
-    pub function: String,
+    pub function: Cow<'static, str>,
     pub outcome: Outcome,
     pub elapsed_ns: u64,
     pub bytes: Option<u64>,
@@ -63,11 +68,11 @@ pub struct IoEvent {
 
 impl IoEvent {
     /// A successful operation with no counters; set the optional fields directly.
-    pub fn ok(capsule: &str, principal: &str, function: &str, elapsed_ns: u64) -> Self {
+    pub fn ok(capsule: impl Into<Arc<str>>, principal: impl Into<Arc<str>>, function: impl Into<Cow<'static, str>>, elapsed_ns: u64) -> Self {
         IoEvent {
-            capsule: capsule.to_owned(),
-            principal: principal.to_owned(),
-            function: function.to_owned(),
+            capsule: capsule.into(),
+            principal: principal.into(),
+            function: function.into(),
             outcome: Outcome::Ok,
             elapsed_ns,
             bytes: None,
@@ -130,6 +135,84 @@ pub struct AuditRecord {
     pub prev: String,
 }
 
+/// A record's fields, borrowed: what the encoder writes, from an `AuditRecord` or
+/// straight from the event and its stamp.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Fields<'a> {
+    pub seq: u64,
+    pub t_ns: u64,
+    pub capsule: &'a str,
+    pub principal: &'a str,
+    pub function: &'a str,
+    pub outcome: Outcome,
+    pub elapsed_ns: u64,
+    pub bytes: Option<u64>,
+    pub pollable_count: Option<u32>,
+    pub ready_count: Option<u32>,
+    pub error: Option<&'a str>,
+    pub count: Option<u64>,
+    pub nonce: Option<&'a str>,
+    pub build: Option<&'a str>,
+    pub key: Option<&'a str>,
+    pub content: Option<&'a str>,
+    pub manifest: Option<&'a str>,
+    pub sig: Option<&'a str>,
+    pub prev: &'a str,
+}
+
+impl<'a> Fields<'a> {
+    /// A record of `function` with nothing else set.
+    pub fn blank(function: &'a str) -> Self {
+        Fields {
+            seq: 0,
+            t_ns: 0,
+            capsule: "",
+            principal: "",
+            function,
+            outcome: Outcome::Ok,
+            elapsed_ns: 0,
+            bytes: None,
+            pollable_count: None,
+            ready_count: None,
+            error: None,
+            count: None,
+            nonce: None,
+            build: None,
+            key: None,
+            content: None,
+            manifest: None,
+            sig: None,
+            prev: "",
+        }
+    }
+}
+
+impl AuditRecord {
+    pub(super) fn fields(&self) -> Fields<'_> {
+        Fields {
+            seq: self.seq,
+            t_ns: self.t_ns,
+            capsule: &self.capsule,
+            principal: &self.principal,
+            function: &self.function,
+            outcome: self.outcome,
+            elapsed_ns: self.elapsed_ns,
+            bytes: self.bytes,
+            pollable_count: self.pollable_count,
+            ready_count: self.ready_count,
+            error: self.error.as_deref(),
+            count: self.count,
+            nonce: self.nonce.as_deref(),
+            build: self.build.as_deref(),
+            key: self.key.as_deref(),
+            content: self.content.as_deref(),
+            manifest: self.manifest.as_deref(),
+            sig: self.sig.as_deref(),
+            prev: &self.prev,
+        }
+    }
+}
+
 /// What a checkpoint's signature covers: a domain tag, the run's nonce, the seq of the
 /// signed record and its `prev` (the chain head before it), as raw bytes.
 pub fn checkpoint_message(nonce: &[u8; 32], seq: u64, prev: &[u8; 32]) -> Vec<u8> {
@@ -179,12 +262,12 @@ const HASH_TAIL_LEN: usize = 9 + 64 + 2;
 /// `canonical_json_matches_serde_json` holds the two together.
 pub fn seal(record: &AuditRecord) -> (String, String) {
     let mut line = String::with_capacity(256);
-    let hash = seal_into(record, &mut line);
+    let hash = seal_into(&record.fields(), &mut line);
     (line, hash.to_hex().to_string())
 }
 
 /// As `seal`, appending the line to `line`; returns the hash.
-pub fn seal_into(record: &AuditRecord, line: &mut String) -> blake3::Hash {
+pub(super) fn seal_into(record: &Fields<'_>, line: &mut String) -> blake3::Hash {
     let start = line.len();
     write_canonical(record, line);
     let hash = blake3::hash(&line.as_bytes()[start..]);
@@ -197,17 +280,17 @@ pub fn seal_into(record: &AuditRecord, line: &mut String) -> blake3::Hash {
 }
 
 /// `AuditRecord`'s canonical JSON (field order as declared, absent options left out).
-fn write_canonical(r: &AuditRecord, out: &mut String) {
+fn write_canonical(r: &Fields<'_>, out: &mut String) {
     out.push_str("{\"seq\":");
     push_u64(out, r.seq);
     out.push_str(",\"t_ns\":");
     push_u64(out, r.t_ns);
     out.push_str(",\"capsule\":");
-    push_str(out, &r.capsule);
+    push_str(out, r.capsule);
     out.push_str(",\"principal\":");
-    push_str(out, &r.principal);
+    push_str(out, r.principal);
     out.push_str(",\"fn\":");
-    push_str(out, &r.function);
+    push_str(out, r.function);
     out.push_str(",\"outcome\":\"");
     out.push_str(match r.outcome {
         Outcome::Ok => "ok",
@@ -225,7 +308,7 @@ fn write_canonical(r: &AuditRecord, out: &mut String) {
             push_u64(out, v);
         }
     }
-    if let Some(e) = &r.error {
+    if let Some(e) = r.error {
         push_key(out, "error");
         push_str(out, e);
     }
@@ -234,12 +317,12 @@ fn write_canonical(r: &AuditRecord, out: &mut String) {
         push_u64(out, c);
     }
     let texts = [
-        ("nonce", &r.nonce),
-        ("build", &r.build),
-        ("key", &r.key),
-        ("content", &r.content),
-        ("manifest", &r.manifest),
-        ("sig", &r.sig),
+        ("nonce", r.nonce),
+        ("build", r.build),
+        ("key", r.key),
+        ("content", r.content),
+        ("manifest", r.manifest),
+        ("sig", r.sig),
     ];
     for (name, value) in texts {
         if let Some(v) = value {
@@ -248,7 +331,7 @@ fn write_canonical(r: &AuditRecord, out: &mut String) {
         }
     }
     out.push_str(",\"prev\":");
-    push_str(out, &r.prev);
+    push_str(out, r.prev);
     out.push('}');
 }
 

@@ -215,9 +215,9 @@ impl super::context::Core {
         };
         let Some(audit) = &self.audit else { return Ok(()) };
         let event = IoEvent {
-            capsule: self.identity.capsule.to_string(),
-            principal: self.identity.principal.to_string(),
-            function: func.full_name(),
+            capsule: self.identity.capsule.clone(),
+            principal: self.identity.principal.clone(),
+            function: func.full_name().into(),
             outcome,
             elapsed_ns: u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
             bytes: note.bytes,
