@@ -5,10 +5,10 @@
 //! `bench <name>: …` line.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
-use crate::audit::{AuditLog, ConsoleSink, IoEvent, LinesSink, Sink};
+use crate::audit::{AuditLog, ConsoleSink, FRAME_PREFIX, IoEvent, LinesSink, Sink};
 use crate::platform::{self, FutexWait};
 
 /// Round trips per ping-pong benchmark.
@@ -32,10 +32,19 @@ pub fn run(bench: Benchmark, audit_file: Option<&std::path::Path>) -> Result<Str
         Benchmark::Wait => Ok(wait_pingpong(PINGPONG_ROUNDS)),
         Benchmark::Memcpy => Ok(memcpy(MEMCPY_BYTES)),
         Benchmark::SinkSerial => sink(Box::new(ConsoleSink::stdout()), SERIAL_RECORDS, "serial"),
+        Benchmark::SerialRaw => Ok(serial_raw(SERIAL_RECORDS)),
         Benchmark::SinkFile => match audit_file {
-            Some(path) => std::fs::File::create(path)
-                .map_err(|e| format!("cannot create {}: {e}", path.display()))
-                .and_then(|f| sink(Box::new(LinesSink::new(f)), FILE_RECORDS, "file")),
+            Some(path) => {
+                let file = std::fs::File::create(path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+                let figure = sink(Box::new(LinesSink::new(file)), FILE_RECORDS, "file")?;
+                // Nothing lost or reordered at that rate: the log it wrote verifies whole.
+                let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read back {}: {e}", path.display()))?;
+                let summary = crate::audit::verify(text.lines()).map_err(|b| format!("the benchmark's own log does not verify: {b}"))?;
+                if summary.io_records != FILE_RECORDS {
+                    return Err(format!("the benchmark's log holds {} io records, not {FILE_RECORDS}", summary.io_records));
+                }
+                Ok(format!("{figure} verified=yes"))
+            }
             None => Err(format!("sink-file needs {}", crate::settings::AUDIT_FILE)),
         },
     }
@@ -126,17 +135,70 @@ fn memcpy(total: usize) -> String {
     format!("bench memcpy: mb_per_s={:.1}", moved as f64 / secs / 1e6)
 }
 
+/// A sink that counts the bytes its lines take on the console (frame and newline
+/// included), for a figure in bytes per second.
+struct Counted {
+    inner: Box<dyn Sink>,
+    bytes: Arc<AtomicU64>,
+}
+
+impl Sink for Counted {
+    fn write_batch(&mut self, lines: &[String]) -> std::io::Result<()> {
+        let bytes: usize = lines.iter().map(|l| FRAME_PREFIX.len() + l.len() + 1).sum();
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.inner.write_batch(lines)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The console's ceiling: `n` framed lines the size of a sealed io record, written in
+/// the console sink's largest writes, with nothing sealed. The lines say `@@raw`, not
+/// `@@audit`, so no reader takes them for the log.
+fn serial_raw(n: u64) -> String {
+    use std::io::Write;
+    let mut chain = crate::audit::Chain::new();
+    let mut sample = IoEvent::ok("bench.wasm", "bench", "astrid:io/streams.input-stream.read", 12345);
+    sample.bytes = Some(4096);
+    let mut lines = chain.append(sample.clone()).expect("a fresh chain is open");
+    lines.extend(chain.append(sample).expect("a fresh chain is open"));
+    let line = format!("@@raw   {}\n", lines.last().expect("two lines"));
+    let per_write = (ConsoleSink::<std::io::Stdout>::MAX_WRITE / line.len()).max(1);
+    let chunk = line.repeat(per_write);
+    let mut out = std::io::stdout();
+    let started = Instant::now();
+    let mut written = 0u64;
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(per_write as u64) as usize;
+        let _ = out.write_all(&chunk.as_bytes()[..k * line.len()]);
+        let _ = out.flush();
+        written += (k * line.len()) as u64;
+        left -= k as u64;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    format!("bench serial-raw: lines={n} bytes_per_s={:.0}", written as f64 / secs)
+}
+
 /// Pushes `n` records through the audit queue into `sink`, until closed.
 fn sink(sink: Box<dyn Sink>, n: u64, label: &str) -> Result<String, String> {
-    let log = AuditLog::start(sink, 4096);
+    let bytes = Arc::new(AtomicU64::new(0));
+    let log = AuditLog::start(Counted { inner: sink, bytes: bytes.clone() }, 4096);
     let handle = log.handle();
+    // Shared names, as a capsule's calls hand them over.
+    let (capsule, principal): (Arc<str>, Arc<str>) = ("bench.wasm".into(), "bench".into());
     let started = Instant::now();
     for i in 0..n {
-        let mut event = IoEvent::ok("bench.wasm", "bench", "astrid:io/streams.input-stream.read", i);
+        let mut event = IoEvent::ok(capsule.clone(), principal.clone(), "astrid:io/streams.input-stream.read", i);
         event.bytes = Some(4096);
         handle.record(event).map_err(|e| e.to_string())?;
     }
     let written = log.close().map_err(|e| e.to_string())?;
     let secs = started.elapsed().as_secs_f64();
-    Ok(format!("bench sink-{label}: records={written} records_per_s={:.0}", written as f64 / secs))
+    Ok(format!(
+        "bench sink-{label}: records={written} records_per_s={:.0} bytes_per_s={:.0}",
+        written as f64 / secs,
+        bytes.load(Ordering::Relaxed) as f64 / secs
+    ))
 }

@@ -38,13 +38,23 @@ pub enum Benchmark {
     Wait,
     Memcpy,
     SinkSerial,
+    /// The serial console's raw ceiling: framed lines the size of audit lines, written
+    /// as the console sink writes them, with no sealing.
+    SerialRaw,
     /// Needs `ASTRID_AUDIT_FILE`.
     SinkFile,
 }
 
 impl Benchmark {
-    pub const ALL: [Benchmark; 6] =
-        [Benchmark::Futex, Benchmark::FutexTimed, Benchmark::Wait, Benchmark::Memcpy, Benchmark::SinkSerial, Benchmark::SinkFile];
+    pub const ALL: [Benchmark; 7] = [
+        Benchmark::Futex,
+        Benchmark::FutexTimed,
+        Benchmark::Wait,
+        Benchmark::Memcpy,
+        Benchmark::SinkSerial,
+        Benchmark::SerialRaw,
+        Benchmark::SinkFile,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -53,6 +63,7 @@ impl Benchmark {
             Benchmark::Wait => "wait",
             Benchmark::Memcpy => "memcpy",
             Benchmark::SinkSerial => "sink-serial",
+            Benchmark::SerialRaw => "serial-raw",
             Benchmark::SinkFile => "sink-file",
         }
     }
@@ -670,7 +681,7 @@ settings! {
             default "256", accepts "a number of MiB";
         /// Runs a native baseline instead of capsules (the engine benchmarks use it).
         Image BENCH = "ASTRID_BENCH", bench: Option<Benchmark> = None,
-            default "unset", accepts "futex, futex-timed, wait, memcpy, sink-serial, sink-file";
+            default "unset", accepts "futex, futex-timed, wait, memcpy, sink-serial, serial-raw, sink-file";
         /// What test capsules read with `test-argument` (`--test-arg`; the testing image only).
         Image TEST_ARG = "ASTRID_TEST_ARG", test_arg: String = String::new(),
             default "", accepts "any text";
@@ -895,7 +906,7 @@ mod tests {
         (RAM_MIB, &["512"], &["512M"]),
         (RUN_NONCE, &["0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"], &["", ZERO_SEED, "01"]),
         (AUDIT_KEY, &["0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"], &["", ZERO_SEED, "01"]),
-        (BENCH, &["futex", "futex-timed", "wait", "memcpy", "sink-serial", "sink-file"], &["fast", ""]),
+        (BENCH, &["futex", "futex-timed", "wait", "memcpy", "sink-serial", "serial-raw", "sink-file"], &["fast", ""]),
         (TEST_ARG, &["", "bench-read-4k"], &[]),
         (DEBUG_EXIT, &["0xf4", "f4"], &["", "port", "0x10000"]),
         (BOOT, &["multiboot"], &["grub"]),
