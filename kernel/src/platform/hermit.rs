@@ -79,6 +79,23 @@ pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) ->
     }
 }
 
+unsafe extern "C" {
+    fn sys_set_current_task_priority(prio: u8);
+}
+
+/// The kernel's `HIGH_PRIO`; every std thread runs at `NORMAL_PRIO` (2).
+const WATCHDOG_PRIORITY: u8 = 3;
+
+/// Raises the calling thread above every capsule thread: the kernel then switches to it
+/// whenever its timer fires, even while capsules compute without pause. Only for a
+/// thread that sleeps almost always (the epoch ticker) and never waits for a lock by
+/// spinning or yielding: on one CPU a thread at this priority spinning on a lock that a
+/// normal thread holds never lets the holder run again.
+pub fn run_as_watchdog() {
+    // SAFETY: the call only changes the priority field of the calling task.
+    unsafe { sys_set_current_task_priority(WATCHDOG_PRIORITY) }
+}
+
 /// Wakes up to `count` sleepers on `word` (`u32::MAX`: all); returns how many woke.
 pub fn futex_wake(word: &AtomicU32, count: u32) -> u32 {
     // i32::MAX is the kernel's "wake everyone".
