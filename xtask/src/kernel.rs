@@ -277,6 +277,54 @@ const TIME_SLICE: &[Patch] = &[
     },
 ];
 
+/// Kernel 0.11's TCP `connect` ignores non-blocking mode and has no timeout: it parks
+/// the calling thread until the handshake ends, which for an address that never answers
+/// is never. The image connected on a helper thread that the capsule stopped waiting
+/// for at its timeout or cancellation, but the thread (and its socket) lived on. The
+/// fix: on a non-blocking socket `connect` starts the handshake and answers EINPROGRESS
+/// (POSIX's answer), so the image waits with `poll` under its own deadline and the
+/// capsule's cancellation, on the capsule's thread, and closing the socket ends it.
+const NONBLOCKING_CONNECT: &[Patch] = &[
+    Patch {
+        file: "src/io.rs",
+        why: "the kernel's error type has EINPROGRESS",
+        edits: &[
+            (
+            "\tENOTSOCK = crate::errno::ENOTSOCK as isize,\n}",
+            "\tENOTSOCK = crate::errno::ENOTSOCK as isize,\n\tEINPROGRESS = crate::errno::EINPROGRESS as isize,\n}",
+            ),
+        ],
+    },
+    Patch {
+        file: "src/fd/socket/tcp.rs",
+        why: "a non-blocking connect answers EINPROGRESS",
+        edits: &[
+            (
+            "\t\t\tself.with_context(|socket, cx| socket.connect(cx, endpoint, get_ephemeral_port()))\n\t\t\t\t.map_err(|_| io::Error::EIO)?;\n",
+            "\t\t\tself.with_context(|socket, cx| socket.connect(cx, endpoint, get_ephemeral_port()))\n\t\t\t\t.map_err(|_| io::Error::EIO)?;\n\t\t\t// astrid.img: a non-blocking connect returns at once; `poll` for POLLOUT tells\n\t\t\t// when the handshake ended (`getpeername` then says whether it succeeded).\n\t\t\tif self.is_nonblocking {\n\t\t\t\treturn Err(io::Error::EINPROGRESS);\n\t\t\t}\n",
+            ),
+        ],
+    },
+];
+
+/// Kernel 0.11 bug: a UDP send that found the socket's send buffer full registered the
+/// socket's *receive* waker and waited, in non-blocking mode too: the send then slept
+/// until a datagram happened to arrive, if ever, and the capsule's cancellation could
+/// not reach it (it sleeps in the kernel). A payload that did not fit the buffer's
+/// free space failed with EIO. The fix: a full buffer waits on the send waker, or
+/// answers EAGAIN on a non-blocking socket, which the image polls for under its
+/// deadline and the capsule's cancellation.
+const UDP_SEND_WHEN_FULL: &[Patch] = &[Patch {
+    file: "src/fd/socket/udp.rs",
+    why: "a UDP send on a full buffer waits for room, or answers EAGAIN when non-blocking",
+    edits: &[
+        (
+        "\t\t\t\t\tif socket.can_send() {\n\t\t\t\t\t\tPoll::Ready(\n\t\t\t\t\t\t\tsocket\n\t\t\t\t\t\t\t\t.send_slice(buffer, *meta)\n\t\t\t\t\t\t\t\t.map(|()| buffer.len())\n\t\t\t\t\t\t\t\t.map_err(|_| io::Error::EIO),\n\t\t\t\t\t\t)\n\t\t\t\t\t} else {\n\t\t\t\t\t\tsocket.register_recv_waker(cx.waker());\n\t\t\t\t\t\tPoll::Pending\n\t\t\t\t\t}",
+        "\t\t\t\t\t// astrid.img: a full send buffer waits for room (the send waker, not the\n\t\t\t\t\t// receive one), or answers EAGAIN on a non-blocking socket.\n\t\t\t\t\tif socket.can_send() {\n\t\t\t\t\t\tmatch socket.send_slice(buffer, *meta) {\n\t\t\t\t\t\t\tOk(()) => return Poll::Ready(Ok(buffer.len())),\n\t\t\t\t\t\t\tErr(udp::SendError::BufferFull) => {}\n\t\t\t\t\t\t\tErr(_) => return Poll::Ready(Err(io::Error::EIO)),\n\t\t\t\t\t\t}\n\t\t\t\t\t}\n\t\t\t\t\tif self.nonblocking {\n\t\t\t\t\t\tPoll::Ready(Err(io::Error::EAGAIN))\n\t\t\t\t\t} else {\n\t\t\t\t\t\tsocket.register_send_waker(cx.waker());\n\t\t\t\t\t\tPoll::Pending\n\t\t\t\t\t}",
+        ),
+    ],
+}];
+
 /// For PVM hosts: start XCR0 from X87 instead of reading it (`xgetbv`), and write it
 /// without the read-back check the `x86_64` crate's `XCr0::write` performs.
 const NO_XGETBV: &[Patch] = &[Patch {
@@ -289,7 +337,7 @@ const NO_XGETBV: &[Patch] = &[Patch {
 }];
 
 /// Bump when a patch changes, so cached patched copies are rebuilt.
-const PATCH_LEVEL: u32 = 5;
+const PATCH_LEVEL: u32 = 6;
 
 fn patched_source(paths: &Paths, pristine: &Path, variant: Variant) -> Result<PathBuf> {
     let dst = paths.out.join(format!("kernel-source-{}", variant.name()));
@@ -303,7 +351,7 @@ fn patched_source(paths: &Paths, pristine: &Path, variant: Variant) -> Result<Pa
         fs::remove_dir_all(&dst)?;
     }
     copy_dir(pristine, &dst)?;
-    let mut patches: Vec<&Patch> = FUTEX_WAKE_RACE.iter().chain(SEND_IN_CLOSE_WAIT).chain(ONESHOT_TIMER_ORDER).chain(TIME_SLICE).collect();
+    let mut patches: Vec<&Patch> = FUTEX_WAKE_RACE.iter().chain(SEND_IN_CLOSE_WAIT).chain(ONESHOT_TIMER_ORDER).chain(TIME_SLICE).chain(NONBLOCKING_CONNECT).chain(UDP_SEND_WHEN_FULL).collect();
     if variant == Variant::Pvm {
         patches.extend(NO_XGETBV);
     }
