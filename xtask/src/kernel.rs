@@ -202,6 +202,129 @@ const ONESHOT_TIMER_ORDER: &[Patch] = &[Patch {
     ],
 }];
 
+/// Kernel 0.11 has no periodic tick and no time slices: a task that never blocks keeps
+/// its CPU until a timer interrupt finds a ready task of its priority or higher. When
+/// the one-shot timer woke a task while a third one was running, the interrupt's
+/// reschedule switched to the task at the head of the ready queue (often the one that
+/// never blocks) and left the woken one queued behind it; the timer was then re-armed
+/// only for blocked tasks, and with none left, never fired again. On one CPU a capsule
+/// in an endless loop thereby kept the epoch ticker from ever running after its
+/// canceller had fired (the guest's LAPIC timer was found masked, the ticker ready).
+/// The fix: while a task of the running one's priority or higher is ready, the one-shot
+/// timer also fires at the end of a 10 ms time slice, and the interrupt's reschedule
+/// switches round robin; every programming of the timer goes through the one function
+/// that takes the earliest of the blocked tasks' wakeups, the network's and the slice.
+const TIME_SLICE: &[Patch] = &[
+    Patch {
+        file: "src/scheduler/task.rs",
+        why: "the one-shot timer also fires at the end of the running task's time slice",
+        edits: &[
+            (
+            "\tnetwork_wakeup_time: Option<u64>,\n}\n\nimpl BlockedTaskQueue {",
+            "\tnetwork_wakeup_time: Option<u64>,\n\t/// astrid.img: when the running task's time slice ends (`set_time_slice`).\n\tslice_end: Option<u64>,\n}\n\nimpl BlockedTaskQueue {",
+            ),
+            (
+            "\t\t\tnetwork_wakeup_time: None,\n\t\t}\n\t}",
+            "\t\t\tnetwork_wakeup_time: None,\n\t\t\tslice_end: None,\n\t\t}\n\t}",
+            ),
+            (
+            "\t\tself.network_wakeup_time = wakeup_time;\n\n\t\tlet next = self.list.front().and_then(|t| t.wakeup_time);\n\n\t\tlet time = match (wakeup_time, next) {\n\t\t\t(Some(a), Some(b)) => Some(a.min(b)),\n\t\t\t(a, b) => a.or(b),\n\t\t};\n\n\t\tarch::set_oneshot_timer(time);\n\t}",
+            "\t\tself.network_wakeup_time = wakeup_time;\n\t\tself.program_oneshot_timer();\n\t}",
+            ),
+            (
+            "\t\tarch::set_oneshot_timer(next);\n\t}",
+            "\t\tlet next = match (self.slice_end, next) {\n\t\t\t(Some(a), Some(b)) => Some(a.min(b)),\n\t\t\t(a, b) => a.or(b),\n\t\t};\n\t\tarch::set_oneshot_timer(next);\n\t}\n\n\t/// astrid.img: the end of the running task's time slice (`None`: no slice), which\n\t/// the one-shot timer also fires for.\n\tpub fn set_time_slice(&mut self, end: Option<u64>) {\n\t\tif self.slice_end != end {\n\t\t\tself.slice_end = end;\n\t\t\tself.program_oneshot_timer();\n\t\t}\n\t}\n\n\tpub fn time_slice(&self) -> Option<u64> {\n\t\tself.slice_end\n\t}",
+            ),
+            (
+            "\t\t\t\t// If this is the first task, adjust the One-Shot Timer to fire at the\n\t\t\t\t// next task's wakeup time (if any).\n\t\t\t\t#[cfg(any(feature = \"tcp\", feature = \"udp\"))]\n\t\t\t\tif first_task {\n\t\t\t\t\tarch::set_oneshot_timer(cursor.current().map_or_else(\n\t\t\t\t\t\t|| self.network_wakeup_time,\n\t\t\t\t\t\t|node| match node.wakeup_time {\n\t\t\t\t\t\t\tSome(wt) => {\n\t\t\t\t\t\t\t\tif let Some(timer) = self.network_wakeup_time {\n\t\t\t\t\t\t\t\t\tif wt < timer { Some(wt) } else { Some(timer) }\n\t\t\t\t\t\t\t\t} else {\n\t\t\t\t\t\t\t\t\tSome(wt)\n\t\t\t\t\t\t\t\t}\n\t\t\t\t\t\t\t}\n\t\t\t\t\t\t\tNone => self.network_wakeup_time,\n\t\t\t\t\t\t},\n\t\t\t\t\t));\n\t\t\t\t}\n\t\t\t\t#[cfg(not(any(feature = \"tcp\", feature = \"udp\")))]\n\t\t\t\tif first_task {\n\t\t\t\t\tarch::set_oneshot_timer(\n\t\t\t\t\t\tcursor\n\t\t\t\t\t\t\t.current()\n\t\t\t\t\t\t\t.map_or_else(|| None, |node| node.wakeup_time),\n\t\t\t\t\t);\n\t\t\t\t}",
+            "\t\t\t\t// The first task's wakeup may have been the one the timer was set for.\n\t\t\t\tif first_task {\n\t\t\t\t\tself.program_oneshot_timer();\n\t\t\t\t}",
+            ),
+            (
+            "\t\t#[cfg(any(feature = \"tcp\", feature = \"udp\"))]\n\t\tarch::set_oneshot_timer(cursor.current().map_or_else(\n\t\t\t|| self.network_wakeup_time,\n\t\t\t|node| match node.wakeup_time {\n\t\t\t\tSome(wt) => {\n\t\t\t\t\tif let Some(timer) = self.network_wakeup_time {\n\t\t\t\t\t\tif wt < timer { Some(wt) } else { Some(timer) }\n\t\t\t\t\t} else {\n\t\t\t\t\t\tSome(wt)\n\t\t\t\t\t}\n\t\t\t\t}\n\t\t\t\tNone => self.network_wakeup_time,\n\t\t\t},\n\t\t));\n\t\t#[cfg(not(any(feature = \"tcp\", feature = \"udp\")))]\n\t\tarch::set_oneshot_timer(\n\t\t\tcursor\n\t\t\t\t.current()\n\t\t\t\t.map_or_else(|| None, |node| node.wakeup_time),\n\t\t);",
+            "\t\t// A slice that ended makes way for the next one (the timer interrupt's reschedule\n\t\t// arms it while tasks are still waiting for the CPU).\n\t\tif self.slice_end.is_some_and(|end| end <= time) {\n\t\t\tself.slice_end = None;\n\t\t}\n\t\tself.program_oneshot_timer();",
+            ),
+        ],
+    },
+    Patch {
+        file: "src/scheduler/mod.rs",
+        why: "the scheduler arms a time slice while tasks of the running one's priority wait",
+        edits: &[
+            (
+            "\t\t\t\t#[cfg(not(target_arch = \"riscv64\"))]\n\t\t\t\treturn Some(last_stack_pointer);",
+            "\t\t\t\t#[cfg(not(target_arch = \"riscv64\"))]\n\t\t\t\t{\n\t\t\t\t\tself.update_time_slice();\n\t\t\t\t\treturn Some(last_stack_pointer);\n\t\t\t\t}",
+            ),
+            (
+            "\t\t}\n\n\t\tNone\n\t}\n}\n\nfn get_tid()",
+            "\t\t}\n\n\t\tself.update_time_slice();\n\t\tNone\n\t}\n\n\t/// astrid.img fix: there is no periodic tick, so a task that never blocks kept its\n\t/// core for good while tasks of its priority sat ready behind it (a timer interrupt\n\t/// that woke one switched to the task at the head of the ready queue instead, and\n\t/// then nothing fired again). While a task of the running one's priority or higher\n\t/// is ready, the one-shot timer fires within `TIME_SLICE_US`, and the timer\n\t/// interrupt's reschedule switches round robin. Interrupts must be disabled.\n\tfn update_time_slice(&mut self) {\n\t\tconst TIME_SLICE_US: u64 = 10_000;\n\t\tlet prio: u8 = self.current_task.borrow().prio.into();\n\t\tlet contended = (*self.ready_queue.get_priority_bitmap() >> prio) != 0;\n\t\tif !contended {\n\t\t\tself.blocked_tasks.set_time_slice(None);\n\t\t} else if self.blocked_tasks.time_slice().is_none() {\n\t\t\tlet end = arch::processor::get_timer_ticks() + TIME_SLICE_US;\n\t\t\tself.blocked_tasks.set_time_slice(Some(end));\n\t\t}\n\t}\n}\n\nfn get_tid()",
+            ),
+            (
+            "\t\t\t\tif let Some(task) = self.blocked_tasks.custom_wakeup(task) {\n\t\t\t\t\tself.ready_queue.push(task);\n\t\t\t\t}\n\t\t\t});",
+            "\t\t\t\tif let Some(task) = self.blocked_tasks.custom_wakeup(task) {\n\t\t\t\t\tself.ready_queue.push(task);\n\t\t\t\t\tself.update_time_slice();\n\t\t\t\t}\n\t\t\t});",
+            ),
+            (
+            "\t\t\tif let Some(task) = self.blocked_tasks.custom_wakeup(task) {\n\t\t\t\tself.ready_queue.push(task);\n\t\t\t}\n\t\t});",
+            "\t\t\tif let Some(task) = self.blocked_tasks.custom_wakeup(task) {\n\t\t\t\tself.ready_queue.push(task);\n\t\t\t\tself.update_time_slice();\n\t\t\t}\n\t\t});",
+            ),
+            (
+            "\t\t\tself.ready_queue.push(task.clone());\n\t\t}\n\t}",
+            "\t\t\tself.ready_queue.push(task.clone());\n\t\t}\n\t\tself.update_time_slice();\n\t}",
+            ),
+            (
+            "\t\t\t\tcore_scheduler().ready_queue.push(task);\n\t\t\t\tfalse\n\t\t\t} else {\n\t\t\t\tinput_locked.new_tasks.push_back(new_task);",
+            "\t\t\t\tcore_scheduler().ready_queue.push(task);\n\t\t\t\tcore_scheduler().update_time_slice();\n\t\t\t\tfalse\n\t\t\t} else {\n\t\t\t\tinput_locked.new_tasks.push_back(new_task);",
+            ),
+        ],
+    },
+];
+
+/// Kernel 0.11's TCP `connect` ignores non-blocking mode and has no timeout: it parks
+/// the calling thread until the handshake ends, which for an address that never answers
+/// is never. The image connected on a helper thread that the capsule stopped waiting
+/// for at its timeout or cancellation, but the thread (and its socket) lived on. The
+/// fix: on a non-blocking socket `connect` starts the handshake and answers EINPROGRESS
+/// (POSIX's answer), so the image waits with `poll` under its own deadline and the
+/// capsule's cancellation, on the capsule's thread, and closing the socket ends it.
+const NONBLOCKING_CONNECT: &[Patch] = &[
+    Patch {
+        file: "src/io.rs",
+        why: "the kernel's error type has EINPROGRESS",
+        edits: &[
+            (
+            "\tENOTSOCK = crate::errno::ENOTSOCK as isize,\n}",
+            "\tENOTSOCK = crate::errno::ENOTSOCK as isize,\n\tEINPROGRESS = crate::errno::EINPROGRESS as isize,\n}",
+            ),
+        ],
+    },
+    Patch {
+        file: "src/fd/socket/tcp.rs",
+        why: "a non-blocking connect answers EINPROGRESS",
+        edits: &[
+            (
+            "\t\t\tself.with_context(|socket, cx| socket.connect(cx, endpoint, get_ephemeral_port()))\n\t\t\t\t.map_err(|_| io::Error::EIO)?;\n",
+            "\t\t\tself.with_context(|socket, cx| socket.connect(cx, endpoint, get_ephemeral_port()))\n\t\t\t\t.map_err(|_| io::Error::EIO)?;\n\t\t\t// astrid.img: a non-blocking connect returns at once; `poll` for POLLOUT tells\n\t\t\t// when the handshake ended (`getpeername` then says whether it succeeded).\n\t\t\tif self.is_nonblocking {\n\t\t\t\treturn Err(io::Error::EINPROGRESS);\n\t\t\t}\n",
+            ),
+        ],
+    },
+];
+
+/// Kernel 0.11 bug: a UDP send that found the socket's send buffer full registered the
+/// socket's *receive* waker and waited, in non-blocking mode too: the send then slept
+/// until a datagram happened to arrive, if ever, and the capsule's cancellation could
+/// not reach it (it sleeps in the kernel). A payload that did not fit the buffer's
+/// free space failed with EIO. The fix: a full buffer waits on the send waker, or
+/// answers EAGAIN on a non-blocking socket, which the image polls for under its
+/// deadline and the capsule's cancellation.
+const UDP_SEND_WHEN_FULL: &[Patch] = &[Patch {
+    file: "src/fd/socket/udp.rs",
+    why: "a UDP send on a full buffer waits for room, or answers EAGAIN when non-blocking",
+    edits: &[
+        (
+        "\t\t\t\t\tif socket.can_send() {\n\t\t\t\t\t\tPoll::Ready(\n\t\t\t\t\t\t\tsocket\n\t\t\t\t\t\t\t\t.send_slice(buffer, *meta)\n\t\t\t\t\t\t\t\t.map(|()| buffer.len())\n\t\t\t\t\t\t\t\t.map_err(|_| io::Error::EIO),\n\t\t\t\t\t\t)\n\t\t\t\t\t} else {\n\t\t\t\t\t\tsocket.register_recv_waker(cx.waker());\n\t\t\t\t\t\tPoll::Pending\n\t\t\t\t\t}",
+        "\t\t\t\t\t// astrid.img: a full send buffer waits for room (the send waker, not the\n\t\t\t\t\t// receive one), or answers EAGAIN on a non-blocking socket.\n\t\t\t\t\tif socket.can_send() {\n\t\t\t\t\t\tmatch socket.send_slice(buffer, *meta) {\n\t\t\t\t\t\t\tOk(()) => return Poll::Ready(Ok(buffer.len())),\n\t\t\t\t\t\t\tErr(udp::SendError::BufferFull) => {}\n\t\t\t\t\t\t\tErr(_) => return Poll::Ready(Err(io::Error::EIO)),\n\t\t\t\t\t\t}\n\t\t\t\t\t}\n\t\t\t\t\tif self.nonblocking {\n\t\t\t\t\t\tPoll::Ready(Err(io::Error::EAGAIN))\n\t\t\t\t\t} else {\n\t\t\t\t\t\tsocket.register_send_waker(cx.waker());\n\t\t\t\t\t\tPoll::Pending\n\t\t\t\t\t}",
+        ),
+    ],
+}];
+
 /// For PVM hosts: start XCR0 from X87 instead of reading it (`xgetbv`), and write it
 /// without the read-back check the `x86_64` crate's `XCr0::write` performs.
 const NO_XGETBV: &[Patch] = &[Patch {
@@ -214,7 +337,7 @@ const NO_XGETBV: &[Patch] = &[Patch {
 }];
 
 /// Bump when a patch changes, so cached patched copies are rebuilt.
-const PATCH_LEVEL: u32 = 4;
+const PATCH_LEVEL: u32 = 6;
 
 fn patched_source(paths: &Paths, pristine: &Path, variant: Variant) -> Result<PathBuf> {
     let dst = paths.out.join(format!("kernel-source-{}", variant.name()));
@@ -228,7 +351,7 @@ fn patched_source(paths: &Paths, pristine: &Path, variant: Variant) -> Result<Pa
         fs::remove_dir_all(&dst)?;
     }
     copy_dir(pristine, &dst)?;
-    let mut patches: Vec<&Patch> = FUTEX_WAKE_RACE.iter().chain(SEND_IN_CLOSE_WAIT).chain(ONESHOT_TIMER_ORDER).collect();
+    let mut patches: Vec<&Patch> = FUTEX_WAKE_RACE.iter().chain(SEND_IN_CLOSE_WAIT).chain(ONESHOT_TIMER_ORDER).chain(TIME_SLICE).chain(NONBLOCKING_CONNECT).chain(UDP_SEND_WHEN_FULL).collect();
     if variant == Variant::Pvm {
         patches.extend(NO_XGETBV);
     }

@@ -38,10 +38,11 @@ pub struct LoadReport {
 }
 
 pub struct CapsuleEngine {
+    /// Held for its drop, which stops the ticker thread (first: fields drop in order).
+    _ticker: EpochTicker,
     engine: wasmtime::Engine,
     linker: Linker<CapsuleState>,
     module_linker: wasmtime::Linker<CapsuleState>,
-    ticker_stop: CancelToken,
     /// What the capsules of this image share: the message bus and the network.
     shared: Shared,
 }
@@ -165,22 +166,8 @@ impl CapsuleEngine {
         let mut linker = Linker::new(&engine);
         crate::host::add_to_linker(&mut linker)?;
         let module_linker = wasmtime::Linker::new(&engine);
-        let ticker_stop = CancelToken::new();
-        let weak = engine.weak();
-        let stop = ticker_stop.clone();
-        std::thread::Builder::new().name("astrid-epoch".into()).spawn(move || {
-            loop {
-                let next = Instant::now() + EPOCH_TICK;
-                if wait::wait_any(&[], &stop, Some(next)) != Err(wait::WaitError::TimedOut) {
-                    return;
-                }
-                match weak.upgrade() {
-                    Some(engine) => engine.increment_epoch(),
-                    None => return,
-                }
-            }
-        })?;
-        Ok(CapsuleEngine { engine, linker, module_linker, ticker_stop, shared: Shared::default() })
+        let ticker = EpochTicker::start(engine.weak())?;
+        Ok(CapsuleEngine { _ticker: ticker, engine, linker, module_linker, shared: Shared::default() })
     }
 
     /// Sets up the image's network: whether connections may leave through a NIC (or
@@ -256,10 +243,13 @@ impl CapsuleEngine {
                     };
                     match CapsuleState::new(spec, &self.shared) {
                         Err(why) => RunOutcome::InstantiateFailed(why),
-                        Ok(state) => match options.deadline.map(|d| wait::cancel_after(cancel, d)) {
-                            Some(Err(e)) => RunOutcome::InstantiateFailed(format!("cannot start the deadline watchdog: {e}")),
-                            _ => self.run_in_store(state, loaded, &options.entry),
-                        },
+                        Ok(state) => {
+                            let deadline = options.deadline.map(|d| Instant::now().checked_add(d).unwrap_or_else(far_future));
+                            match options.deadline.map(|d| wait::cancel_after(cancel, d)) {
+                                Some(Err(e)) => RunOutcome::InstantiateFailed(format!("cannot start the deadline watchdog: {e}")),
+                                _ => self.run_in_store(state, loaded, &options.entry, deadline),
+                            }
+                        }
                     }
                 });
             match handle {
@@ -277,7 +267,11 @@ impl CapsuleEngine {
         outcome
     }
 
-    fn run_in_store(&self, state: CapsuleState, loaded: &Loaded, entry: &Entry) -> RunOutcome {
+    /// Runs the capsule in a store of its own. `deadline` is when its deadline watchdog
+    /// cancels it; the epoch callback checks it too, on the capsule's own thread, so a
+    /// capsule in pure compute is cancelled on time even if the watchdog thread is slow
+    /// to get the CPU from it.
+    fn run_in_store(&self, state: CapsuleState, loaded: &Loaded, entry: &Entry, deadline: Option<Instant>) -> RunOutcome {
         let cancel = state.core.cancel.clone();
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| s);
@@ -285,6 +279,9 @@ impl CapsuleEngine {
         let watched = cancel.clone();
         let mut cancel_seen: Option<Instant> = None;
         store.epoch_deadline_callback(move |_| {
+            if !watched.is_cancelled() && deadline.is_some_and(|d| Instant::now() >= d) {
+                watched.cancel();
+            }
             if watched.is_cancelled() && cancel_seen.get_or_insert_with(Instant::now).elapsed() >= CANCEL_GRACE {
                 return Err(Cancelled.into());
             }
@@ -332,10 +329,57 @@ impl CapsuleEngine {
     }
 }
 
-impl Drop for CapsuleEngine {
-    fn drop(&mut self) {
-        self.ticker_stop.cancel();
+/// The thread that advances the engine's epoch every `EPOCH_TICK`: what lets a capsule
+/// in pure compute notice its cancellation (and its deadline, see `run_in_store`).
+///
+/// It runs above every capsule thread's priority, so the kernel switches to it whenever
+/// its timer fires, however many capsules compute on its CPU. A thread at that priority
+/// must never spin on a lock a capsule-priority thread may hold (on one CPU it would
+/// spin for ever: the holder never runs again), so it sleeps on a futex word of its own
+/// instead of the wait primitive, whose notifier lists are guarded by yielding spin
+/// locks, and otherwise touches only atomics.
+struct EpochTicker {
+    stop: std::sync::Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl EpochTicker {
+    fn start(engine: wasmtime::EngineWeak) -> std::io::Result<Self> {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let word = stop.clone();
+        std::thread::Builder::new().name("astrid-epoch".into()).spawn(move || {
+            crate::platform::run_as_watchdog();
+            loop {
+                let next = Instant::now() + EPOCH_TICK;
+                while let Some(left) = next.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) {
+                    if word.load(Ordering::SeqCst) != 0 {
+                        return;
+                    }
+                    crate::platform::futex_wait(&word, 0, Some(left));
+                }
+                if word.load(Ordering::SeqCst) != 0 {
+                    return;
+                }
+                match engine.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => return,
+                }
+            }
+        })?;
+        Ok(EpochTicker { stop })
     }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(1, std::sync::atomic::Ordering::SeqCst);
+        crate::platform::futex_wake(&self.stop, u32::MAX);
+    }
+}
+
+/// An instant no deadline reaches (a century from now).
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
 }
 
 /// Calls `astrid-hook-trigger(action, payload)` and reads the `capsule-result` record

@@ -334,7 +334,7 @@ host_fns! { impl HostUdpSocket for NetView<'_> as "astrid:net/host.udp-socket" {
     fn send_to(cx, this: Resource<UdpSocket>, data: Vec<u8>, peer_host: String, peer_port: u16) -> Result<u32, ErrorCode> {
         cx.core.moved(data.len() as u64);
         let socket = cx.core.get(&this)?;
-        let result = cx.pkg.policy.udp_target(socket.is_outside(), &peer_host, peer_port).and_then(|to| socket.send_to(data, to, &cx.pkg.network.loopback));
+        let result = cx.pkg.policy.udp_target(socket.is_outside(), &peer_host, peer_port).and_then(|to| socket.send_to(data, to, &cx.pkg.network.loopback, &cx.core.cancel));
         Ok(answer(cx.core, result))
     }
 
@@ -359,7 +359,7 @@ host_fns! { impl HostUdpSocket for NetView<'_> as "astrid:net/host.udp-socket" {
 
     fn send(cx, this: Resource<UdpSocket>, data: Vec<u8>) -> Result<u32, ErrorCode> {
         cx.core.moved(data.len() as u64);
-        let result = cx.core.get(&this)?.send(data, &cx.pkg.network.loopback);
+        let result = cx.core.get(&this)?.send(data, &cx.pkg.network.loopback, &cx.core.cancel);
         Ok(answer(cx.core, result))
     }
 

@@ -12,9 +12,10 @@
 //!   draining what the capsule wrote even after it dropped the stream (lossless close),
 //!   for at most the linger time when the peer stops reading.
 //!
-//! Kernel 0.11 gaps handled here: `connect` blocks without a timeout and ignores
-//! non-blocking mode (so it runs on a helper thread and the capsule waits for it with
-//! its own deadline and cancellation); half-close (`shutdown`) is a no-op in the kernel.
+//! Kernel 0.11 gaps handled here: `connect` blocks without a timeout (our kernel patch
+//! makes a non-blocking connect answer EINPROGRESS, so the capsule's thread connects
+//! without blocking and polls under its own deadline and cancellation); half-close
+//! (`shutdown`) is a no-op in the kernel.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -45,14 +46,15 @@ pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 const THREAD_STACK: usize = 64 << 10;
 /// Pause between connect attempts while the kernel has no address yet (before DHCP).
 const CONNECT_RETRY: Duration = Duration::from_millis(20);
+/// Longest single kernel wait of a connect, or of a UDP send for room: how soon the
+/// capsule's cancellation ends it (the kernel cannot wake the wait primitive).
+const KERNEL_POLL: Duration = Duration::from_millis(20);
 /// Pause after a failed accept on a published port before the next one.
 const ACCEPT_RETRY: Duration = Duration::from_millis(20);
 /// Accepts on a published port that may fail in a row before it is given up.
 const ACCEPT_FAILURES: u32 = 50;
 /// How long a UDP send may wait for room in the kernel's socket buffer.
 const UDP_SEND_PATIENCE: Duration = Duration::from_secs(1);
-/// Longest single kernel wait of a UDP send for room.
-const UDP_SEND_POLL: Duration = Duration::from_millis(50);
 /// Receive buffer of a kernel UDP socket: the largest datagram IP carries.
 const UDP_RECEIVE_BYTES: usize = 65_536;
 /// Hermit 0.11's errno for "no address yet" (EIO) from a connect before DHCP finished.
@@ -276,40 +278,47 @@ fn writer_pump(link: &Link, from_capsule: &PipeSource) {
     }
 }
 
-/// A connect running on a helper thread, which the capsule waits for.
-struct PendingConnect {
-    slot: Mutex<Option<std::io::Result<TcpStream>>>,
-    notifier: Notifier,
-}
-
-impl Readiness for PendingConnect {
-    fn is_ready(&self) -> bool {
-        self.slot.lock().unwrap_or_else(|p| p.into_inner()).is_some()
-    }
-    fn notifier(&self) -> Option<&Notifier> {
-        Some(&self.notifier)
-    }
-}
-
-impl PendingConnect {
-    fn take(&self) -> Option<std::io::Result<TcpStream>> {
-        self.slot.lock().unwrap_or_else(|p| p.into_inner()).take()
-    }
-}
-
 /// Connects to `addr`, waiting until `deadline` or the capsule's cancellation, and
-/// wraps the socket as a capsule connection.
+/// wraps the socket as a capsule connection. The connect runs on the capsule's own
+/// thread, non-blocking (kernel 0.11 as we patch it answers EINPROGRESS), so nothing
+/// outlives the capsule's wait: a connect given up on is closed at once.
 pub fn connect(addr: SocketAddr, deadline: Instant, cancel: &CancelToken) -> Result<Conn, NetError> {
-    let pending = start_connect(addr, deadline).map_err(|e| io_error(&e))?;
-    match wait::wait_one(&*pending, cancel, Some(deadline)) {
-        Ok(()) => {}
-        Err(WaitError::Cancelled) => return Err(NetError::Cancelled),
-        Err(WaitError::TimedOut) => return Err(NetError::Timeout),
-    }
-    match pending.take() {
-        Some(Ok(stream)) => attach(stream).map_err(|e| io_error(&e)),
-        Some(Err(e)) => Err(io_error(&e)),
-        None => Err(NetError::other("the connect finished without a result")),
+    let stream = loop {
+        if cancel.is_cancelled() {
+            return Err(NetError::Cancelled);
+        }
+        match platform::connect_start(addr) {
+            Ok(stream) => break stream,
+            // Kernel 0.11 fails at once while DHCP has not finished: try again shortly.
+            Err(e) if retryable(&e) && Instant::now() + CONNECT_RETRY < deadline => {
+                if wait::wait_any(&[], cancel, Some(Instant::now() + CONNECT_RETRY)) == Err(WaitError::Cancelled) {
+                    return Err(NetError::Cancelled);
+                }
+            }
+            Err(e) => return Err(io_error(&e)),
+        }
+    };
+    let fd = stream.as_raw_fd();
+    wait_writable(|slice| platform::poll_fd(fd, POLLOUT | POLLERR | POLLHUP, slice).map(|ev| ev != 0), deadline, cancel)?;
+    platform::connect_outcome(&stream).map_err(|e| io_error(&e))?;
+    attach(stream).map_err(|e| io_error(&e))
+}
+
+/// Waits until `writable` says a kernel socket is (a connect's handshake ended, a send
+/// buffer has room), until `until` (`timeout`) or the capsule's cancellation
+/// (`cancelled`). `writable` waits in the kernel for at most the slice it is given,
+/// never more than `KERNEL_POLL`, so the cancellation ends the wait within one slice.
+fn wait_writable(mut writable: impl FnMut(Duration) -> std::io::Result<bool>, until: Instant, cancel: &CancelToken) -> Result<(), NetError> {
+    loop {
+        if cancel.is_cancelled() {
+            return Err(NetError::Cancelled);
+        }
+        let Some(left) = until.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
+            return Err(NetError::Timeout);
+        };
+        if writable(left.min(KERNEL_POLL)).map_err(|e| io_error(&e))? {
+            return Ok(());
+        }
     }
 }
 
@@ -328,28 +337,6 @@ pub fn io_error(e: &std::io::Error) -> NetError {
         K::QuotaExceeded => NetError::Quota,
         _ => NetError::Other(e.to_string()),
     }
-}
-
-/// Starts connecting to `addr` until `deadline`. Kernel 0.11 fails a connect at once
-/// while DHCP has not finished (EIO): that is retried until the deadline. A connect the
-/// capsule gave up on finishes on its own and its socket is closed.
-fn start_connect(addr: SocketAddr, deadline: Instant) -> std::io::Result<Arc<PendingConnect>> {
-    let pending = Arc::new(PendingConnect { slot: Mutex::new(None), notifier: Notifier::new() });
-    let result = Arc::clone(&pending);
-    spawn("astrid-net-connect", move || {
-        let outcome = loop {
-            match TcpStream::connect(addr) {
-                Ok(s) => break Ok(s),
-                Err(e) if retryable(&e) && Instant::now() + CONNECT_RETRY < deadline => {
-                    std::thread::sleep(CONNECT_RETRY);
-                }
-                Err(e) => break Err(e),
-            }
-        };
-        *result.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
-        result.notifier.notify();
-    })?;
-    Ok(pending)
 }
 
 /// Kernel 0.11 answers EIO (no address yet) before DHCP completes.
@@ -433,6 +420,8 @@ pub fn udp_bind(ip: std::net::IpAddr, port: u16) -> std::io::Result<Arc<UdpLink>
     } else {
         UDP_PORTS.allocate(|p| std::net::UdpSocket::bind(SocketAddr::new(ip, p)).ok()).ok_or_else(|| std::io::Error::new(std::io::ErrorKind::AddrInUse, format!("no free UDP port in {}-{}", EPHEMERAL.start(), EPHEMERAL.end())))?
     };
+    // Sends must never park the capsule's thread in the kernel (see `send_to`).
+    socket.set_nonblocking(true)?;
     let local = socket.local_addr().unwrap_or(SocketAddr::new(ip, port));
     let link = Arc::new(UdpLink { socket, queue: Arc::new(UdpQueue::new(local)) });
     let weak = Arc::downgrade(&link);
@@ -458,16 +447,115 @@ fn udp_receiver(link: &std::sync::Weak<UdpLink>) {
 }
 
 impl UdpLink {
-    /// Sends one datagram; a send that cannot go within a second fails.
-    pub fn send_to(&self, data: &[u8], to: SocketAddr) -> std::io::Result<usize> {
+    /// Sends one datagram. While the kernel's send buffer is full the send waits for
+    /// room, at most `UDP_SEND_PATIENCE` (then `timeout`), and the capsule's
+    /// cancellation ends the wait (`cancelled`).
+    pub fn send_to(&self, data: &[u8], to: SocketAddr, cancel: &CancelToken) -> Result<usize, NetError> {
         let until = Instant::now() + UDP_SEND_PATIENCE;
         loop {
             match self.socket.send_to(data, to) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < until => {
-                    platform::poll_fd(self.socket.as_raw_fd(), POLLOUT, UDP_SEND_POLL)?;
-                }
-                other => return other,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io_error(&e)),
+                Ok(n) => return Ok(n),
             }
+            let fd = self.socket.as_raw_fd();
+            wait_writable(|slice| platform::poll_fd(fd, POLLOUT, slice).map(|ev| ev != 0), until, cancel)?;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A kernel that never says writable: the wait ends at the capsule's cancellation,
+    /// which lands in the middle of the third slice, and every slice is short.
+    #[test]
+    fn a_kernel_wait_ends_on_cancellation_in_the_next_slice() {
+        let cancel = CancelToken::new();
+        let mut slices = 0;
+        let got = wait_writable(
+            |slice| {
+                assert!(slice <= KERNEL_POLL, "a slice of {slice:?}");
+                slices += 1;
+                if slices == 3 {
+                    cancel.cancel();
+                }
+                Ok(false)
+            },
+            Instant::now() + Duration::from_secs(3600),
+            &cancel,
+        );
+        assert_eq!(got, Err(NetError::Cancelled));
+        assert_eq!(slices, 3);
+    }
+
+    #[test]
+    fn a_kernel_wait_ends_at_its_deadline_or_when_writable() {
+        let never = CancelToken::new();
+        let mut asked = false;
+        let past = wait_writable(
+            |_| {
+                asked = true;
+                Ok(true)
+            },
+            Instant::now(),
+            &never,
+        );
+        assert_eq!(past, Err(NetError::Timeout));
+        assert!(!asked, "a deadline already past still waited in the kernel");
+        let soon = Instant::now() + Duration::from_millis(30);
+        let slept = |slice: Duration| {
+            std::thread::sleep(slice);
+            Ok(false)
+        };
+        assert_eq!(wait_writable(slept, soon, &never), Err(NetError::Timeout));
+        assert_eq!(wait_writable(|_| Ok(true), soon + Duration::from_secs(60), &never), Ok(()));
+        let failed = wait_writable(|_| Err(std::io::Error::from(std::io::ErrorKind::ConnectionReset)), soon + Duration::from_secs(60), &never);
+        assert_eq!(failed, Err(NetError::ConnectionReset));
+    }
+
+    /// A listener on this host's loopback whose accept queue (backlog 0) is already
+    /// full: further handshakes get no answer, so a connect to it stays in progress.
+    fn unanswering_listener() -> (std::net::TcpListener, Vec<std::net::TcpStream>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        // SAFETY: listen() on a socket we own, bound above.
+        assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+        let addr = listener.local_addr().unwrap();
+        // Fill the queue: the first handshake completes, later ones are dropped.
+        let fillers: Vec<_> = (0..2).map(|_| platform::connect_start(addr).unwrap()).collect();
+        std::thread::sleep(Duration::from_millis(50));
+        (listener, fillers)
+    }
+
+    #[test]
+    fn a_connect_without_an_answer_ends_on_cancellation_or_at_its_deadline() {
+        let (listener, _fillers) = unanswering_listener();
+        let addr = listener.local_addr().unwrap();
+        let cancel = CancelToken::new();
+        let canceller = {
+            let cancel = cancel.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                cancel.cancel();
+            })
+        };
+        let far = Instant::now() + Duration::from_secs(3600);
+        assert!(matches!(connect(addr, far, &cancel), Err(NetError::Cancelled)));
+        canceller.join().unwrap();
+        let soon = Instant::now() + Duration::from_millis(100);
+        assert!(matches!(connect(addr, soon, &CancelToken::new()), Err(NetError::Timeout)));
+    }
+
+    #[test]
+    fn a_connect_reaches_a_listener_and_is_refused_by_a_closed_port() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let far = Instant::now() + Duration::from_secs(60);
+        let conn = connect(addr, far, &CancelToken::new()).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(conn.peer, addr);
+        drop(listener);
+        assert!(matches!(connect(addr, far, &CancelToken::new()), Err(NetError::ConnectionRefused)));
     }
 }

@@ -253,13 +253,14 @@ impl UdpSocket {
     }
 
     /// Sends one datagram to `to` (which the policy chose); its length when it went.
-    pub fn send_to(&self, data: Vec<u8>, to: SocketAddr, loopback: &Loopback) -> Result<u32, NetError> {
+    /// A send leaving the image may wait for room in the kernel: `cancel` ends that.
+    pub fn send_to(&self, data: Vec<u8>, to: SocketAddr, loopback: &Loopback, cancel: &CancelToken) -> Result<u32, NetError> {
         if data.len() > MAX_DATAGRAM {
             return Err(NetError::Other(format!("a datagram of {} bytes is over the {MAX_DATAGRAM}-byte limit", data.len())));
         }
         let n = data.len() as u32;
         if let Some(link) = &self.kernel {
-            return link.send_to(&data, to).map(|_| n).map_err(|e| link::io_error(&e));
+            return link.send_to(&data, to, cancel).map(|_| n);
         }
         // Delivered or lost (no socket there, its queue full): UDP does not say.
         loopback.send_udp(to.port(), Datagram { data, from: self.queue.addr });
@@ -267,9 +268,9 @@ impl UdpSocket {
     }
 
     /// Sends one datagram to the connected peer.
-    pub fn send(&self, data: Vec<u8>, loopback: &Loopback) -> Result<u32, NetError> {
+    pub fn send(&self, data: Vec<u8>, loopback: &Loopback, cancel: &CancelToken) -> Result<u32, NetError> {
         match self.peer {
-            Some(to) => self.send_to(data, to, loopback),
+            Some(to) => self.send_to(data, to, loopback, cancel),
             None => Err(NetError::other("the socket is not connected: call connect first or use send-to")),
         }
     }
@@ -388,19 +389,19 @@ mod tests {
         let a = UdpSocket::bind(&net, UdpBind::Loopback(lo()), 0).unwrap();
         let mut b = UdpSocket::bind(&net, UdpBind::Loopback(lo()), 0).unwrap();
         assert!(!a.is_outside());
-        assert!(b.send(b"x".to_vec(), &net).is_err(), "not connected");
+        assert!(b.send(b"x".to_vec(), &net, &never).is_err(), "not connected");
         assert!(b.recv(8, &never).is_err(), "not connected");
-        assert_eq!(a.send_to(b"hello".to_vec(), b.local_addr(), &net), Ok(5));
+        assert_eq!(a.send_to(b"hello".to_vec(), b.local_addr(), &net, &never), Ok(5));
         let d = b.recv_from(3, &never).unwrap().unwrap();
         assert_eq!((d.data.as_slice(), d.from), (&b"hel"[..], a.local_addr()));
-        assert!(a.send_to(vec![0; MAX_DATAGRAM + 1], b.local_addr(), &net).is_err());
+        assert!(a.send_to(vec![0; MAX_DATAGRAM + 1], b.local_addr(), &net, &never).is_err());
         // A connected socket hears only its peer.
         b.peer = Some(a.local_addr());
         b.read_timeout = Some(Duration::from_millis(1));
         let c = UdpSocket::bind(&net, UdpBind::Loopback(lo()), 0).unwrap();
-        c.send_to(b"other".to_vec(), b.local_addr(), &net).unwrap();
+        c.send_to(b"other".to_vec(), b.local_addr(), &net, &never).unwrap();
         assert_eq!(b.recv(8, &never), Ok(None));
-        a.send_to(b"peer".to_vec(), b.local_addr(), &net).unwrap();
+        a.send_to(b"peer".to_vec(), b.local_addr(), &net, &never).unwrap();
         assert_eq!(b.recv(8, &never), Ok(Some(b"peer".to_vec())));
     }
 }

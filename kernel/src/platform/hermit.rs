@@ -79,6 +79,23 @@ pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) ->
     }
 }
 
+unsafe extern "C" {
+    fn sys_set_current_task_priority(prio: u8);
+}
+
+/// The kernel's `HIGH_PRIO`; every std thread runs at `NORMAL_PRIO` (2).
+const WATCHDOG_PRIORITY: u8 = 3;
+
+/// Raises the calling thread above every capsule thread: the kernel then switches to it
+/// whenever its timer fires, even while capsules compute without pause. Only for a
+/// thread that sleeps almost always (the epoch ticker) and never waits for a lock by
+/// spinning or yielding: on one CPU a thread at this priority spinning on a lock that a
+/// normal thread holds never lets the holder run again.
+pub fn run_as_watchdog() {
+    // SAFETY: the call only changes the priority field of the calling task.
+    unsafe { sys_set_current_task_priority(WATCHDOG_PRIORITY) }
+}
+
 /// Wakes up to `count` sleepers on `word` (`u32::MAX`: all); returns how many woke.
 pub fn futex_wake(word: &AtomicU32, count: u32) -> u32 {
     // i32::MAX is the kernel's "wake everyone".
@@ -129,4 +146,90 @@ pub fn poll_fd(fd: i32, events: i16, timeout: Duration) -> std::io::Result<i16> 
         return Err(std::io::Error::from_raw_os_error(-rc));
     }
     Ok(if rc == 0 { 0 } else { pfd.revents })
+}
+
+/// Kernel 0.11's socket ABI (`src/syscalls/socket.rs`): its own family numbers, and a
+/// length byte before the family.
+const AF_INET: i32 = 3;
+const AF_INET6: i32 = 1;
+const SOCK_STREAM: i32 = 1;
+const SOCK_NONBLOCK: i32 = 0o4000;
+const EINPROGRESS: i32 = 115;
+
+#[repr(C)]
+struct SockaddrIn {
+    sin_len: u8,
+    sin_family: u8,
+    sin_port: u16,
+    sin_addr: [u8; 4],
+    sin_zero: [u8; 8],
+}
+
+#[repr(C)]
+struct SockaddrIn6 {
+    sin6_len: u8,
+    sin6_family: u8,
+    sin6_port: u16,
+    sin6_flowinfo: u32,
+    sin6_addr: [u8; 16],
+    sin6_scope_id: u32,
+}
+
+unsafe extern "C" {
+    fn sys_socket(domain: i32, type_: i32, protocol: i32) -> i32;
+    fn sys_connect(fd: i32, name: *const u8, namelen: u32) -> i32;
+}
+
+/// Starts a TCP connect to `addr` without waiting for it: the socket is non-blocking
+/// (our kernel patch makes `connect` honour that), and `poll_fd` for `POLLOUT` tells
+/// when the handshake ended (then `connect_outcome`). Dropping the stream closes the
+/// socket, which abandons the connect.
+pub fn connect_start(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpStream> {
+    use std::os::fd::FromRawFd;
+    let domain;
+    let v4;
+    let v6;
+    let (name, len): (*const u8, usize) = match addr {
+        std::net::SocketAddr::V4(a) => {
+            domain = AF_INET;
+            v4 = SockaddrIn { sin_len: size_of::<SockaddrIn>() as u8, sin_family: AF_INET as u8, sin_port: a.port().to_be(), sin_addr: a.ip().octets(), sin_zero: [0; 8] };
+            ((&raw const v4).cast(), size_of::<SockaddrIn>())
+        }
+        std::net::SocketAddr::V6(a) => {
+            domain = AF_INET6;
+            v6 = SockaddrIn6 {
+                sin6_len: size_of::<SockaddrIn6>() as u8,
+                sin6_family: AF_INET6 as u8,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: a.ip().octets(),
+                sin6_scope_id: a.scope_id(),
+            };
+            ((&raw const v6).cast(), size_of::<SockaddrIn6>())
+        }
+    };
+    // SAFETY: plain socket creation; a negative result is an errno.
+    let fd = unsafe { sys_socket(domain, SOCK_STREAM | SOCK_NONBLOCK, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::from_raw_os_error(-fd));
+    }
+    // SAFETY: `fd` is a socket we just created and own; the stream closes it.
+    let stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    // SAFETY: `name` points to a socket address of `len` bytes that lives across the call.
+    let rc = unsafe { sys_connect(fd, name, len as u32) };
+    if rc == 0 || rc == -EINPROGRESS {
+        Ok(stream)
+    } else {
+        Err(std::io::Error::from_raw_os_error(-rc))
+    }
+}
+
+/// After `poll_fd` reported a connecting socket writable or hung up: whether the
+/// connect succeeded. Kernel 0.11 keeps no error for the socket: a handshake that
+/// failed leaves it closed without a peer, which is what a refused connect looks like.
+pub fn connect_outcome(stream: &std::net::TcpStream) -> std::io::Result<()> {
+    match stream.peer_addr() {
+        Ok(_) => Ok(()),
+        Err(_) => Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
+    }
 }

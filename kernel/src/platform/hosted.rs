@@ -13,6 +13,9 @@ pub fn boot_module(_addr: u64, _len: u64) -> Option<&'static [u8]> {
 /// The process exit status already carries everything.
 pub fn report_exit(_status: u8) {}
 
+/// Linux preempts a busy thread on its own: the watchdog threads need no help.
+pub fn run_as_watchdog() {}
+
 /// Longest single futex sleep: far beyond any deadline a capsule can ask for, and small
 /// enough that the seconds never overflow `time_t`. A caller with a later deadline just
 /// loops.
@@ -85,4 +88,61 @@ pub fn poll_fd(fd: i32, events: i16, timeout: Duration) -> std::io::Result<i16> 
         return if e.kind() == std::io::ErrorKind::Interrupted { Ok(0) } else { Err(e) };
     }
     Ok(if rc == 0 { 0 } else { pfd.revents })
+}
+
+/// Starts a TCP connect to `addr` without waiting for it: the socket is non-blocking,
+/// and `poll_fd` for `POLLOUT` tells when the handshake ended (then
+/// `connect_outcome`). Dropping the stream abandons the connect.
+pub fn connect_start(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpStream> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: sockaddr_storage is plain data; all zeroes is a valid (empty) value.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let (family, len) = match addr {
+        std::net::SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+            unsafe { std::ptr::write((&raw mut storage).cast::<libc::sockaddr_in>(), sin) };
+            (libc::AF_INET, std::mem::size_of::<libc::sockaddr_in>())
+        }
+        std::net::SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+            unsafe { std::ptr::write((&raw mut storage).cast::<libc::sockaddr_in6>(), sin6) };
+            (libc::AF_INET6, std::mem::size_of::<libc::sockaddr_in6>())
+        }
+    };
+    // SAFETY: plain socket creation; the result is checked.
+    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a socket we just created and own; the stream closes it.
+    let stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    // SAFETY: `storage` holds a socket address of `len` bytes for the whole call.
+    let rc = unsafe { libc::connect(fd, (&raw const storage).cast::<libc::sockaddr>(), len as libc::socklen_t) };
+    if rc == 0 {
+        return Ok(stream);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EINPROGRESS) { Ok(stream) } else { Err(e) }
+}
+
+/// After `poll_fd` reported a connecting socket writable or hung up: whether the
+/// connect succeeded, or why not.
+pub fn connect_outcome(stream: &std::net::TcpStream) -> std::io::Result<()> {
+    match stream.take_error()? {
+        Some(e) => Err(e),
+        None => stream.peer_addr().map(|_| ()),
+    }
 }

@@ -323,6 +323,52 @@ mod tests {
         assert_eq!(write_all(&mut out, Payload::Zeroes(200_000), &live), Ended::Done(200_000));
     }
 
+    /// An always-writable sink that cancels the capsule when its `at`-th segment arrives.
+    struct CancellingSink {
+        inner: NullSink,
+        segments: std::sync::atomic::AtomicU32,
+        at: u32,
+        cancel: CancelToken,
+    }
+
+    impl Readiness for CancellingSink {
+        fn is_ready(&self) -> bool {
+            true
+        }
+        fn notifier(&self) -> Option<&crate::wait::Notifier> {
+            None
+        }
+    }
+
+    impl crate::sources::ByteSink for CancellingSink {
+        fn check_write(&self) -> Result<usize, crate::sources::StreamFailure> {
+            self.inner.check_write()
+        }
+        fn write(&self, bytes: &[u8]) -> Result<(), crate::sources::StreamFailure> {
+            if self.segments.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == self.at {
+                self.cancel.cancel();
+            }
+            self.inner.write(bytes)
+        }
+        fn flush(&self) -> Result<(), crate::sources::StreamFailure> {
+            Ok(())
+        }
+    }
+
+    /// The cancel lands in the middle of `blocking-write-zeroes-and-flush` of 2^64 - 1
+    /// bytes on a sink that never makes it wait: the write ends right after the segment
+    /// during which it landed instead of running on (for ever, in practice).
+    #[test]
+    fn a_huge_zero_write_ends_when_cancelled_mid_way() {
+        let cancel = CancelToken::new();
+        let sink = Arc::new(CancellingSink { inner: NullSink::default(), segments: Default::default(), at: 3, cancel: cancel.clone() });
+        let mut out = OutputStream::new(sink.clone());
+        assert_eq!(write_all(&mut out, Payload::Zeroes(u64::MAX), &cancel), Ended::Cancelled);
+        assert_eq!(sink.segments.load(std::sync::atomic::Ordering::SeqCst), 3);
+        let segment = sink.inner.check_write().unwrap().min(ZEROES_CHUNK) as u64;
+        assert_eq!(sink.inner.taken(), 3 * segment);
+    }
+
     #[test]
     fn a_closed_stream_stays_closed() {
         let (w, r) = pipe(4);
