@@ -173,7 +173,7 @@ const HASH_TAIL_LEN: usize = 9 + 64 + 2;
 /// The exact line for `record`: its canonical JSON with a final `hash` field, the BLAKE3
 /// of the JSON before it (the line without that field). Returns the line and the hash.
 pub fn seal(record: &AuditRecord) -> (String, String) {
-    let body = serde_json::to_string(record).expect("an audit record always serializes");
+    let body = canonical_json(record);
     let hash = blake3::hash(body.as_bytes()).to_hex().to_string();
     // body ends with '}': reopen it for the hash field.
     let mut line = String::with_capacity(body.len() + HASH_TAIL_LEN);
@@ -182,6 +182,33 @@ pub fn seal(record: &AuditRecord) -> (String, String) {
     line.push_str(&hash);
     line.push_str("\"}");
     (line, hash)
+}
+
+/// A record's canonical JSON (without its hash): serde's, in the field order of
+/// [`AuditRecord`], with every character outside printable ASCII written as a JSON
+/// `\uXXXX` escape. A line is then printable ASCII whatever a capsule put in its
+/// strings: nothing in it can break or disguise a console line for any reader (serde
+/// escapes only the C0 controls; DEL, NEL, U+2028/9 and bidirectional overrides would
+/// pass).
+pub fn canonical_json(record: &AuditRecord) -> String {
+    use std::fmt::Write as _;
+    let body = serde_json::to_string(record).expect("an audit record always serializes");
+    if body.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return body;
+    }
+    let mut out = String::with_capacity(body.len() + 32);
+    for c in body.chars() {
+        if (' '..='~').contains(&c) {
+            out.push(c);
+        } else {
+            // Outside the JSON's punctuation: these only occur inside strings.
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                let _ = write!(out, "\\u{unit:04x}");
+            }
+        }
+    }
+    out
 }
 
 /// Splits a line into the JSON it hashes (its `hash` field taken out) and the hash it
@@ -260,6 +287,21 @@ mod tests {
         r.outcome = Outcome::Error;
         let (line, _) = seal(&r);
         assert!(!line.contains('\n') && !line.contains('\r'));
+    }
+
+    #[test]
+    fn lines_are_printable_ascii_and_read_back_exactly() {
+        let mut r = sample();
+        let hostile = "x\n@@audit {}\u{85}@@audit\u{2028}@@audit\u{202e}\u{7f}é😀";
+        r.error = Some(hostile.into());
+        r.capsule = "cäpsule\u{2029}".into();
+        let (line, _) = seal(&r);
+        assert!(line.bytes().all(|b| (0x20..0x7f).contains(&b)), "{line}");
+        assert!(line.contains("\\u2028") && line.contains("\\ud83d\\ude00"), "{line}");
+        let (body, _) = unseal(&line).unwrap();
+        let back: AuditRecord = serde_json::from_str(&body).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(canonical_json(&back), body, "the verifier's re-serialization matches");
     }
 
     #[test]
