@@ -629,8 +629,9 @@ mod tests {
         let named = |n: &str| crate::manifest::Manifest::encode(&format!("[package]\nname = \"{n}\"\n"));
         let serves = crate::manifest::Manifest::encode("[capabilities]\nnet_bind = [\"127.0.0.1:47700\"]\n");
         let two = [one.clone(), other.clone()];
+        type Case = (Vec<String>, Vec<(&'static str, String)>, Status);
         #[rustfmt::skip]
-        let cases: Vec<(Vec<String>, Vec<(&str, String)>, Status)> = vec![
+        let cases: Vec<Case> = vec![
             (two.to_vec(), vec![], Status::Ok),
             // One file name in two directories: one principal.
             (vec![one.clone(), same_name.display().to_string()], vec![], Status::DataErr),
