@@ -67,7 +67,7 @@ impl Files for Dir {
     fn read(&self, name: &str) -> io::Result<Option<Vec<u8>>> {
         match std::fs::read(self.0.join(name)) {
             Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) if crate::platform::is_absent(&e) => Ok(None),
             Err(e) => Err(e),
         }
     }

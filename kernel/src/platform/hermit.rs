@@ -130,3 +130,10 @@ pub fn poll_fd(fd: i32, events: i16, timeout: Duration) -> std::io::Result<i16> 
     }
     Ok(if rc == 0 { 0 } else { pfd.revents })
 }
+
+/// Whether opening a file failed because there is no such file. Kernel 0.11's virtio-fs
+/// client answers a failed lookup with EINVAL (as uhyve does for an unmapped path), not
+/// ENOENT.
+pub fn is_absent(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::InvalidInput)
+}

@@ -86,3 +86,8 @@ pub fn poll_fd(fd: i32, events: i16, timeout: Duration) -> std::io::Result<i16> 
     }
     Ok(if rc == 0 { 0 } else { pfd.revents })
 }
+
+/// Whether opening a file failed because there is no such file.
+pub fn is_absent(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::NotFound
+}
