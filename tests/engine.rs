@@ -398,6 +398,26 @@ fn growing_past_the_memory_cap_is_a_clean_trap() {
     );
 }
 
+/// A core module whose import name carries a newline and an audit frame: the linker's
+/// error names the import, and the console shows it escaped on the image's own line.
+#[test]
+fn an_import_name_cannot_forge_an_audit_line() {
+    let module = wat_module(
+        "forge-import",
+        r#"(module (import "env" "x\n@@audit {\"seq\":0,\"forged\":true}\r\n@@audit \e2\80\a8@@audit" (func)) (func (export "run")))"#,
+    );
+    for run in [hosted(&module, &[]), in_image(&module, &[])] {
+        run.assert_status(65).assert_says("cannot be instantiated");
+        run.assert_says(r#"x\n@@audit {"seq":0,"forged":true}\r\n@@audit \u{2028}@@audit"#);
+        run.assert_audit_verifies();
+        for line in run.console.split(['\n', '\r', '\u{2028}']) {
+            assert!(!line.starts_with("@@audit") || line.starts_with("@@audit {\"seq\":") && !line.contains("forged\":true}"), "forged: {line:?}\n{}", run.console);
+        }
+        // The record of the failure carries the name as JSON, escaped and ASCII.
+        assert!(run.console.contains(r#"x\n@@audit {\"seq\":0,\"forged\":true}\r\n@@audit \u2028@@audit"#), "{}", run.console);
+    }
+}
+
 /// A capsule in an endless loop is stopped by its deadline: hosted, and on one vCPU in
 /// `GUESTS` guests at once on a host of two cores (so every guest's vCPU also keeps
 /// losing its host CPU). Regression: kernel 0.11 could leave the epoch ticker ready

@@ -478,3 +478,91 @@ fn cancellation_wakes_a_capsule_blocked_in_recv_or_sleep() {
         both(&setup, &[says, "shut down after its cancellation"]);
     }
 }
+
+// ---- hostile text, identities and published ports (issue 12) ----
+
+/// A line on the console that starts with the audit frame but is not a verified record
+/// would break the verification; besides, no line any reader splits may start with the
+/// frame unless it is one.
+fn assert_no_forged_frame(run: &Run) {
+    run.assert_audit_verifies();
+    let mut text = run.console.clone();
+    for breaker in ["\r", "\u{85}", "\u{2028}", "\u{2029}", "\u{b}", "\u{c}"] {
+        text = text.replace(breaker, "\n");
+    }
+    for line in text.split('\n').filter(|l| l.starts_with("@@audit")) {
+        assert!(line.starts_with("@@audit {\"seq\":") && line.ends_with("\"}"), "a forged frame: {line:?}\n{}", run.console);
+    }
+}
+
+/// A manifest value and a log line carrying a newline and an audit frame: the manifest's
+/// unknown key is listed labelled, the `[config]` value comes back to the capsule
+/// whole, and what the capsule logs with it stays on its own labelled line.
+#[test]
+fn a_manifest_value_and_a_log_line_cannot_forge_an_audit_line() {
+    let hostile = r#"x\n@@audit {\"seq\":0,\"forged\":true}\r\n@@audit \u2028@@audit"#;
+    let manifest = format!("[package]\nname = \"hostile\"\n[config]\nscenario = \"{hostile}\"\n[extra]\n\"{hostile}\" = 1\n");
+    let setup = Setup { capsules: vec![("probe", Some(manifest))], ..Setup::default() };
+    for run in [finish_hosted(hosted(&setup)), in_image(&setup)] {
+        // The scenario is unknown: sdk-probe logs it back and traps.
+        run.assert_status(1);
+        assert_no_forged_frame(&run);
+        // The log line: labelled, the breaks shown escaped.
+        run.assert_says(r#"[hostile] error: sdk-probe FAIL x\n@@audit {"seq":0,"forged":true}\r\n@@audit \u{2028}@@audit: unknown scenario"#);
+        // The manifest's key: listed, quoted and escaped.
+        run.assert_says(r#"not enforced here: "extra.x\n@@audit {\"seq\":0,\"forged\":true}\r\n@@audit \u{2028}@@audit""#);
+    }
+}
+
+/// Two capsules whose manifests name one principal: refused before either runs (65),
+/// naming both, audited.
+#[test]
+fn two_capsules_cannot_act_as_one_principal() {
+    let twin = Some("[package]\nname = \"twin\"\n[config]\nscenario = \"policy\"\n".to_string());
+    let setup = Setup { capsules: vec![("first", twin.clone()), ("second", twin)], ..Setup::default() };
+    for run in [finish_hosted(hosted(&setup)), in_image(&setup)] {
+        run.assert_status(65).assert_says("both act as principal \"twin\"").assert_says("first.").assert_says("second.");
+        assert!(!run.console.contains("sdk-probe ok"), "a capsule ran:\n{}", run.console);
+        run.assert_audit_verifies();
+        run.assert_says("\"fn\":\"astrid:capsule/load\"");
+    }
+}
+
+/// A published port goes to the capsule whose manifest binds it: another capsule
+/// trying to listen there gets `address-in-use`, while the owner's own run goes on.
+#[test]
+fn a_published_port_goes_only_to_the_capsule_whose_manifest_binds_it() {
+    for image in [false, true] {
+        let (host_port, guest_port) = if image { (free_port(), 7700) } else { let p = free_port(); (p, p) };
+        let owner = format!("[capabilities]\nnet_bind = [\"127.0.0.1:{guest_port}\"]\n[config]\nscenario = \"policy\"\n");
+        let intruder = format!("[config]\nscenario = \"echo-server\"\nport = {guest_port}\n");
+        let mut setup = Setup { capsules: vec![("owner", Some(owner)), ("intruder", Some(intruder))], ..Setup::default() };
+        setup.net = Some(NetMode::Restricted);
+        setup.publish = vec![(host_port, guest_port)];
+        let run = if image { in_image(&setup) } else { finish_hosted(hosted(&setup)) };
+        run.assert_status(1).assert_says("sdk-probe FAIL echo-server: bind: ErrorCode::AddressInUse").assert_says("sdk-probe ok policy");
+        run.assert_audit_verifies();
+    }
+}
+
+/// A kv store whose journal is damaged is refused with the file and the fix (65,
+/// audited), and left exactly as it was: never replaced by an empty store.
+#[test]
+fn a_corrupt_kv_store_refuses_its_capsule_and_is_left_untouched() {
+    for image in [false, true] {
+        let dir = common::scratch().join(format!("kv-corrupt-{image}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let damaged = b"\x10\0\0\0not a journal header, nor any record at all".to_vec();
+        std::fs::write(dir.join("counter.kv0"), &damaged).unwrap();
+        let manifest = "[package]\nname = \"counter\"\n[config]\nscenario = \"kv-boots\"\n";
+        let setup = Setup { capsules: vec![("probe", Some(manifest.into()))], kv_dir: Some(dir.clone()), ..Setup::default() };
+        let run = if image { in_image(&setup) } else { finish_hosted(hosted(&setup)) };
+        run.assert_status(65).assert_says("the kv store is damaged").assert_says("counter.kv0").assert_says("aside");
+        assert!(!run.console.contains("sdk-probe boot"), "the capsule ran on an empty store:\n{}", run.console);
+        run.assert_audit_verifies();
+        run.assert_says("\"fn\":\"astrid:capsule/instantiate\"");
+        assert_eq!(std::fs::read(dir.join("counter.kv0")).unwrap(), damaged, "the damaged journal was overwritten");
+        assert!(!dir.join("counter.kv1").exists(), "a fresh journal was started beside the damaged one");
+    }
+}

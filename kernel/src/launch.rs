@@ -4,7 +4,7 @@
 
 use crate::capsule::{self, CapsuleBytes, CapsuleSource, LoadError, SourceError};
 use crate::exit::Status;
-use crate::manifest::Manifest;
+use crate::manifest::{BootCapsule, Manifest, PublishError};
 use crate::settings::{self, Settings, SettingsError};
 use crate::wasm::{self, HeaderError};
 
@@ -65,19 +65,41 @@ fn run(args: &[String], settings: &Settings) -> Result<Status, Status> {
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    println!("astrid: {} capsule(s) ready", capsules.len());
+    let foreign_ports = check_identities(&sources, &manifests, settings)?;
+    say!("astrid: {} capsule(s) ready", capsules.len());
     if settings.check_only.0 {
-        println!("astrid: check only ({}=1): capsules checked, not run", settings::CHECK_ONLY);
+        say!("astrid: check only ({}=1): capsules checked, not run", settings::CHECK_ONLY);
         return Ok(Status::Ok);
     }
-    run_capsules(&capsules, &manifests, settings)
+    run_capsules(&capsules, &manifests, &foreign_ports, settings)
+}
+
+/// What holds between the capsules of one boot: each acts for its own principal (a
+/// duplicate is refused, 65, naming both), and each published port goes to the one
+/// capsule whose manifest binds it. Returns the published ports each capsule must not
+/// bind.
+fn check_identities(sources: &[CapsuleSource], manifests: &[Option<Manifest>], settings: &Settings) -> Result<Vec<Vec<u16>>, Status> {
+    let (names, ids): (Vec<String>, Vec<String>) = sources.iter().map(|s| (s.name(), s.id())).unzip();
+    let boot: Vec<BootCapsule<'_>> =
+        (0..sources.len()).map(|i| BootCapsule { name: &names[i], id: &ids[i], manifest: manifests[i].as_ref() }).collect();
+    crate::manifest::unique_principals(&boot).map_err(|(i, why)| {
+        audit_rejection(settings, boot[i].principal(), &why);
+        fail(Status::DataErr, &why)
+    })?;
+    crate::manifest::published_port_owners(&settings.publish.0, &boot).map_err(|e| match e {
+        PublishError::Contested { capsule, why } => {
+            audit_rejection(settings, boot[capsule].principal(), &why);
+            fail(Status::DataErr, &why)
+        }
+        PublishError::Unclaimed(why) => fail(Status::Usage, &format!("{}: {why}", settings::PUBLISH)),
+    })
 }
 
 /// Runs a native baseline benchmark and prints its line.
 fn run_bench(bench: settings::Benchmark, settings: &Settings) -> Result<Status, Status> {
     let audit_file = settings.audit_file.as_ref().map(|p| p.0.as_path());
     let line = crate::bench::run(bench, audit_file).map_err(|e| fail(Status::Software, &format!("benchmark {bench}: {e}")))?;
-    println!("{line}");
+    say!("{line}");
     Ok(Status::Ok)
 }
 
@@ -101,8 +123,14 @@ fn manifest_for(index: usize, source: &CapsuleSource, settings: &Settings) -> Re
         return Ok(None);
     };
     let manifest = Manifest::parse(&text).map_err(|e| format!("capsule {}: manifest {origin}: {e}", source.name()))?;
-    let ignored = if manifest.ignored.is_empty() { String::new() } else { format!("; not enforced here: {}", manifest.ignored.join(", ")) };
-    println!(
+    let ignored = if manifest.ignored.is_empty() {
+        String::new()
+    } else {
+        // Keys are the manifest's text: labelled, each one.
+        let keys: Vec<String> = manifest.ignored.iter().map(|k| crate::audit::Untrusted(k).to_string()).collect();
+        format!("; not enforced here: {}", keys.join(", "))
+    };
+    say!(
         "astrid: capsule {}: manifest {origin} ({} capabilities{ignored})",
         source.name(),
         manifest.capabilities().len()
@@ -111,22 +139,23 @@ fn manifest_for(index: usize, source: &CapsuleSource, settings: &Settings) -> Re
 }
 
 #[cfg(not(feature = "engine"))]
-fn run_capsules(_: &[CapsuleBytes], _: &[Option<Manifest>], _: &Settings) -> Result<Status, Status> {
-    println!("astrid: this image is built without the engine (the soft-float smoke image): capsules checked, not run");
+fn run_capsules(_: &[CapsuleBytes], _: &[Option<Manifest>], _: &[Vec<u16>], _: &Settings) -> Result<Status, Status> {
+    say!("astrid: this image is built without the engine (the soft-float smoke image): capsules checked, not run");
     Ok(Status::Ok)
 }
 
 /// Runs the checked capsules: the engine, the audit log, every capsule loaded, then all
 /// run side by side, the network drained, the audit log closed.
 #[cfg(feature = "engine")]
-fn run_capsules(capsules: &[CapsuleBytes], manifests: &[Option<Manifest>], settings: &Settings) -> Result<Status, Status> {
+fn run_capsules(capsules: &[CapsuleBytes], manifests: &[Option<Manifest>], foreign_ports: &[Vec<u16>], settings: &Settings) -> Result<Status, Status> {
     let mut options = run_options(settings);
     seed_randomness(settings)?;
     fit_memory(&mut options, settings, capsules.len());
     let engine = start_engine(settings)?;
     let log = start_audit(settings)?;
     let audit = log.as_ref().map(crate::audit::AuditLog::handle);
-    let (ready, loading) = load_all(&engine, capsules, manifests, &options, audit.as_ref());
+    report_panics(audit.clone());
+    let (ready, loading) = load_all(&engine, capsules, manifests, foreign_ports, &options, audit.as_ref());
     let running = run_all(&engine, &ready, audit.as_ref());
     drain_network();
     let closing = close_audit(log);
@@ -201,23 +230,20 @@ fn start_audit(settings: &Settings) -> Result<Option<crate::audit::AuditLog>, St
         return Ok(None);
     }
     let log = crate::audit::AuditLog::start_with(audit_chain(settings), audit_sink(settings)?, AUDIT_QUEUE);
-    put_unwritten_records_on_panic(log.handle());
     Ok(Some(log))
 }
 
-/// A panic anywhere in the image would lose the records still queued for the sink: the
-/// hook puts them on the serial console first (framed as the console sink frames them),
-/// then lets the panic go on.
+/// A panic anywhere in the image is reported through the console's one escaping path
+/// (the default hook would print its message, which can carry a capsule's text, as it
+/// is). With an audit log, the records still queued for the sink would be lost: the
+/// hook puts them on the serial console first, framed as the console sink frames them.
 #[cfg(feature = "engine")]
-fn put_unwritten_records_on_panic(audit: crate::audit::AuditHandle) {
-    let previous = std::panic::take_hook();
+fn report_panics(audit: Option<crate::audit::AuditHandle>) {
     std::panic::set_hook(Box::new(move |info| {
-        if let Some(lines) = audit.unwritten() {
-            for line in lines {
-                println!("{}", crate::audit::frame(&line));
-            }
+        if let Some(lines) = audit.as_ref().and_then(crate::audit::AuditHandle::unwritten) {
+            let _ = crate::audit::Sink::write_batch(&mut crate::audit::ConsoleSink::stdout(), &lines);
         }
-        previous(info);
+        say!("{}", crate::audit::panic_line(info));
     }));
 }
 
@@ -259,19 +285,27 @@ fn load_all<'a>(
     engine: &crate::engine::CapsuleEngine,
     capsules: &'a [CapsuleBytes],
     manifests: &[Option<Manifest>],
+    foreign_ports: &[Vec<u16>],
     options: &crate::engine::RunOptions,
     audit: Option<&crate::audit::AuditHandle>,
 ) -> (Vec<Ready<'a>>, Status) {
     let mut status = Status::Ok;
     let mut ready = Vec::new();
-    for (capsule, manifest) in capsules.iter().zip(manifests) {
+    for ((capsule, manifest), foreign) in capsules.iter().zip(manifests).zip(foreign_ports) {
         match engine.load(&capsule.bytes) {
             Ok(report) => {
-                println!("astrid: capsule {}: {} in {} us", capsule.name, report.how, report.elapsed.as_micros());
-                let (id, options) = match manifest {
-                    Some(m) => (m.name.clone().unwrap_or_else(|| capsule.id.clone()), options.with_manifest(m)),
+                say!("astrid: capsule {}: {} in {} us", capsule.name, report.how, report.elapsed.as_micros());
+                let (id, mut options) = match manifest {
+                    Some(m) => {
+                        let above = crate::engine::limits_above_image(options, m);
+                        if !above.is_empty() {
+                            say!("astrid: capsule {}: its manifest asks for more than the image allows: {}", capsule.name, above.join(", "));
+                        }
+                        (m.name.clone().unwrap_or_else(|| capsule.id.clone()), options.with_manifest(m))
+                    }
                     None => (capsule.id.clone(), options.clone()),
                 };
+                options.net_policy.foreign_published = foreign.clone();
                 if let Some(audit) = audit {
                     let text = manifest.as_ref().map(|m| m.text.as_str());
                     let principal = options.principal.as_deref().unwrap_or(&id);
@@ -289,7 +323,7 @@ fn load_all<'a>(
                     let recorded = audit.record(rejection_event(&capsule.id, &why)).and_then(|_| audit.capsule_end(&capsule.id));
                     if let Err(e) = recorded {
                         // The log's close reports the failure with its own status.
-                        println!("astrid: capsule {}: its refusal is not in the audit log: {e}", capsule.name);
+                        say!("astrid: capsule {}: its refusal is not in the audit log: {e}", capsule.name);
                     }
                 }
                 status = worst(status, fail(Status::DataErr, &why));
@@ -312,7 +346,7 @@ fn run_all(engine: &crate::engine::CapsuleEngine, ready: &[Ready], audit: Option
             let (failure, cancels, all_ended) = (audit.failure(), &cancels, &all_ended);
             scope.spawn(move || {
                 if crate::wait::wait_any(&[&failure as &dyn crate::wait::Readiness, all_ended], &CancelToken::new(), None).is_ok() && failure.is_cancelled() {
-                    println!("astrid: the audit log's sink failed: every capsule is cancelled");
+                    say!("astrid: the audit log's sink failed: every capsule is cancelled");
                     cancels.iter().for_each(CancelToken::cancel);
                 }
             });
@@ -342,23 +376,23 @@ fn report_outcome(name: &str, outcome: &crate::engine::RunOutcome, ran: std::tim
     match outcome {
         RunOutcome::Completed => {
             let after = if cancelled { " (shut down after its cancellation)" } else { "" };
-            println!("astrid: capsule {name}: completed in {} us{after}", ran.as_micros());
+            say!("astrid: capsule {name}: completed in {} us{after}", ran.as_micros());
             Status::Ok
         }
         RunOutcome::CompletedSilently => {
-            println!(
+            say!(
                 "astrid: capsule {name}: completed in {} us without calling the host — the SDK's empty `run` stub when the capsule has no #[astrid::run] (an interceptor needs --hook ACTION)",
                 ran.as_micros()
             );
             Status::Ok
         }
         RunOutcome::NoRun => {
-            println!("astrid: capsule {name}: exports no `run` (nor `_start`): nothing to run (an interceptor needs --hook ACTION)");
+            say!("astrid: capsule {name}: exports no `run` (nor `_start`): nothing to run (an interceptor needs --hook ACTION)");
             Status::Ok
         }
         RunOutcome::Answered { action, data } => {
             let data = data.as_deref().unwrap_or("");
-            println!("astrid: capsule {name}: hook answered {action:?} {data:?}");
+            say!("astrid: capsule {name}: hook answered {action:?} {data:?}");
             // The SDK's stub answers every action it has no handler for so.
             if action == "deny" && data.starts_with("unknown hook action") {
                 fail(Status::Usage, &format!("capsule {name}: has no handler for that hook action (the SDK's stub answered): check the action name against its #[interceptor]/#[hook] methods"))
@@ -384,10 +418,10 @@ fn drain_network() {
     if open == 0 {
         return;
     }
-    println!("astrid: waiting for {open} connection(s) to finish sending (at most {} s)", EXIT_LINGER.as_secs());
+    say!("astrid: waiting for {open} connection(s) to finish sending (at most {} s)", EXIT_LINGER.as_secs());
     let left = crate::net::drain(EXIT_LINGER);
     if left > 0 {
-        println!("astrid: {left} connection(s) still open after {} s: closing them unsent", EXIT_LINGER.as_secs());
+        say!("astrid: {left} connection(s) still open after {} s: closing them unsent", EXIT_LINGER.as_secs());
     }
 }
 
@@ -396,11 +430,11 @@ fn drain_network() {
 fn close_audit(log: Option<crate::audit::AuditLog>) -> Status {
     match log.map(crate::audit::AuditLog::close) {
         None => {
-            println!("astrid: audit off ({}=off)", settings::AUDIT);
+            say!("astrid: audit off ({}=off)", settings::AUDIT);
             Status::Ok
         }
         Some(Ok(n)) => {
-            println!("astrid: audit log closed: {n} records");
+            say!("astrid: audit log closed: {n} records");
             Status::Ok
         }
         Some(Err(e @ crate::audit::AuditError::SinkFailed(_))) => fail(Status::AuditFailed, &format!("audit log failed: {e}")),
@@ -478,7 +512,7 @@ fn check_quietly(source: &CapsuleSource, max: u64) -> Result<CapsuleBytes, (Stat
             format!("wasm {} (binary version {:#x})", header.kind, header.version)
         }
     };
-    println!("astrid: capsule {}: {kind}, {} bytes, from {origin}", loaded.name, loaded.bytes.len());
+    say!("astrid: capsule {}: {kind}, {} bytes, from {origin}", loaded.name, loaded.bytes.len());
     Ok(loaded)
 }
 
@@ -504,7 +538,7 @@ fn audit_rejection(settings: &Settings, capsule: &str, why: &str) {
     let recorded = handle.record(rejection_event(capsule, why)).and_then(|_| handle.capsule_end(capsule)).and_then(|_| log.close());
     if let Err(e) = recorded {
         // The refusal's own status stands; the missing record is said, not hidden.
-        println!("astrid: the refusal of {capsule:?} could not be audited: {e}");
+        say!("astrid: the refusal of {capsule:?} could not be audited: {e}");
     }
 }
 
@@ -526,7 +560,7 @@ fn precompiled_kind(bytes: &[u8]) -> Option<&'static str> {
 }
 
 fn fail(status: Status, what: &dyn std::fmt::Display) -> Status {
-    println!("astrid: error: {what}");
+    say!("astrid: error: {what}");
     status
 }
 
@@ -581,6 +615,37 @@ mod tests {
                 _ => None,
             };
             assert_eq!(main(std::slice::from_ref(&component), vars), status, "{key}={value}");
+        }
+    }
+
+    #[test]
+    fn each_principal_acts_once_in_a_boot_and_a_published_port_has_one_server() {
+        let one = temp_file("dup-a.wasm", EMPTY_COMPONENT);
+        let dir = std::env::temp_dir().join(format!("astrid-launch-{}-other", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let same_name = dir.join("dup-a.wasm");
+        std::fs::write(&same_name, EMPTY_COMPONENT).unwrap();
+        let other = temp_file("dup-b.wasm", EMPTY_COMPONENT);
+        let named = |n: &str| crate::manifest::Manifest::encode(&format!("[package]\nname = \"{n}\"\n"));
+        let serves = crate::manifest::Manifest::encode("[capabilities]\nnet_bind = [\"127.0.0.1:47700\"]\n");
+        let two = [one.clone(), other.clone()];
+        type Case = (Vec<String>, Vec<(&'static str, String)>, Status);
+        #[rustfmt::skip]
+        let cases: Vec<Case> = vec![
+            (two.to_vec(), vec![], Status::Ok),
+            // One file name in two directories: one principal.
+            (vec![one.clone(), same_name.display().to_string()], vec![], Status::DataErr),
+            // Two manifests with one name.
+            (two.to_vec(), vec![("ASTRID_MANIFEST_0", named("p")), ("ASTRID_MANIFEST_1", named("p"))], Status::DataErr),
+            (two.to_vec(), vec![("ASTRID_MANIFEST_0", named("p")), ("ASTRID_MANIFEST_1", named("q"))], Status::Ok),
+            // A published port among several capsules needs the manifest that binds it.
+            (two.to_vec(), vec![("ASTRID_PUBLISH", "47700".into())], Status::Usage),
+            (two.to_vec(), vec![("ASTRID_PUBLISH", "47700".into()), ("ASTRID_MANIFEST_0", serves.clone()), ("ASTRID_MANIFEST_1", serves.clone())], Status::DataErr),
+            (two.to_vec(), vec![("ASTRID_PUBLISH", "47700".into()), ("ASTRID_MANIFEST_1", serves.clone())], Status::Ok),
+        ];
+        for (args, vars, want) in cases {
+            let lookup = |k: &str| vars.iter().find(|(name, _)| *name == k).map(|(_, v)| v.clone());
+            assert_eq!(main(&args, lookup), want, "{args:?} {vars:?}");
         }
     }
 

@@ -3,6 +3,7 @@
 //! ("hosted mode") for fast tests and side-by-side benchmarks; everything that differs
 //! between the two lives behind `platform`.
 
+#[macro_use]
 pub mod audit;
 pub mod bench;
 pub mod capsule;

@@ -640,10 +640,10 @@ settings! {
         /// Linear memory cap per capsule in MiB (never above its share of guest RAM; a manifest can lower it).
         Image MEMORY_MIB = "ASTRID_MEMORY_MIB", memory_mib: Number = Number(DEFAULT_MEMORY_MIB),
             default "64", accepts "a number of MiB";
-        /// Live resource handles (streams, pollables, errors) per capsule.
+        /// Live resource handles (streams, pollables, errors) per capsule (a manifest can lower it).
         Image HANDLE_QUOTA = "ASTRID_HANDLE_QUOTA", handle_quota: Number = Number(DEFAULT_HANDLE_QUOTA),
             default "1024", accepts "a number";
-        /// Byte quota of each capsule's astrid:kv store (16 MiB; a manifest's `[limits] kv_bytes` wins).
+        /// Byte quota of each capsule's astrid:kv store (16 MiB; a manifest's `[limits] kv_bytes` can lower it).
         Image KV_QUOTA_BYTES = "ASTRID_KV_QUOTA_BYTES", kv_quota_bytes: Number = Number(DEFAULT_KV_QUOTA_BYTES),
             default "16777216", accepts "a number of bytes";
         /// Keeps each capsule's astrid:kv store in this directory across runs (`--kv-dir`).
@@ -658,7 +658,7 @@ settings! {
         /// The network (`--net`): `none` has no NIC, `restricted` lets nothing out, `outbound` lets capsules connect out; hosted mode reaches outside only with `outbound`.
         Image NET = "ASTRID_NET", net: NetMode = NetMode::Restricted,
             default "restricted", accepts "none, restricted, outbound";
-        /// Loopback ports that accept connections from outside the image (`--publish`).
+        /// Loopback ports that accept connections from outside the image (`--publish`); each goes to the capsule whose manifest binds it.
         Image PUBLISH = "ASTRID_PUBLISH", publish: Ports = Ports::default(),
             default "", accepts "ports 1-65535 separated by ; or ,";
         /// Calls each capsule's `astrid-hook-trigger` with this action instead of its `run` (`--hook`).

@@ -33,6 +33,12 @@ pub fn build(paths: &Paths, dir: &Path) -> Result<PathBuf> {
     Ok(dest)
 }
 
+/// The file name `build` gives the component of the capsule crate in `dir`
+/// (`<package>.wasm`), without building it.
+pub fn output_name(dir: &Path) -> Result<String> {
+    Ok(format!("{}.wasm", package_name(&dir.join("Cargo.toml"))?))
+}
+
 fn package_name(manifest: &Path) -> Result<String> {
     let text = fs::read_to_string(manifest)?;
     let mut in_package = false;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use astrid_kernel::engine::CodeTarget;
 use astrid_kernel::exit::{GuestExit, Status};
-use astrid_kernel::manifest::Manifest;
+use astrid_kernel::manifest::{BootCapsule, Manifest, PublishError};
 use astrid_kernel::settings::{self, ConfigPairs, Flag, GuestPath, HexBytes, NetMode, Number, Ports, Scope, Settings};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -408,6 +408,7 @@ fn run_steps(paths: &Paths, args: RunArgs) -> Result<u8> {
     check_inputs(&args)?;
     let under = target(&args);
     let manifests = read_manifests(&args.capsules)?;
+    check_identities(&args, &manifests)?;
     apply_flags(&mut guest, &args, &manifests)?;
     bind_audit(&mut guest, &args)?;
     let capsules = capsule_files(paths, &args, under)?;
@@ -457,6 +458,36 @@ fn read_manifests(capsules: &[PathBuf]) -> Result<Vec<Option<String>>> {
             Ok(Some(text))
         })
         .collect()
+}
+
+/// What the image checks between the capsules of a boot, checked here first so the
+/// mistake shows before anything is built or booted: every capsule acts for its own
+/// principal (its manifest's name, else the file name the image will know it by), and
+/// each published port goes to the one capsule whose manifest binds it.
+fn check_identities(args: &RunArgs, manifests: &[Option<String>]) -> Result<()> {
+    let parsed: Vec<Option<Manifest>> = manifests.iter().map(|t| t.as_deref().and_then(|t| Manifest::parse(t).ok())).collect();
+    let names: Vec<String> = args.capsules.iter().map(|c| c.display().to_string()).collect();
+    let ids = args.capsules.iter().map(|c| boot_id(c, args.precompile)).collect::<Result<Vec<_>>>()?;
+    let boot: Vec<BootCapsule<'_>> =
+        (0..ids.len()).map(|i| BootCapsule { name: &names[i], id: &ids[i], manifest: parsed[i].as_ref() }).collect();
+    astrid_kernel::manifest::unique_principals(&boot).map_err(|(_, why)| refuse(EXIT_DATA_ERR, why))?;
+    let published: Vec<u16> = args.publish.iter().map(|(_, guest)| *guest).collect();
+    astrid_kernel::manifest::published_port_owners(&published, &boot).map_err(|e| match e {
+        PublishError::Contested { why, .. } => refuse(EXIT_DATA_ERR, why),
+        PublishError::Unclaimed(why) => refuse(EXIT_USAGE, format!("--publish: {why}")),
+    })?;
+    Ok(())
+}
+
+/// The name the image will know a capsule by: the file name it boots as (a crate's
+/// component, a precompiled artifact's `.cwasm`).
+fn boot_id(capsule: &std::path::Path, precompile: bool) -> Result<String> {
+    let name = if capsule.is_dir() {
+        capsule::output_name(capsule)?
+    } else {
+        capsule.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| capsule.display().to_string())
+    };
+    Ok(if precompile { std::path::Path::new(&name).with_extension("cwasm").display().to_string() } else { name })
 }
 
 /// The image settings `--env` gives, checked against the settings table: an unknown name
@@ -811,6 +842,39 @@ mod tests {
         // A good setting passes on to the next check (the missing file).
         let args = run_args(&["--env", "ASTRID_AUDIT=off", "/nonexistent/x.wasm"]);
         assert_eq!(refused(run_steps(&Paths::discover(), args)).0, EXIT_NO_INPUT);
+    }
+
+    #[test]
+    fn identities_are_checked_before_anything_is_built() {
+        let dir = std::env::temp_dir().join(format!("astrid-xtask-ids-{}", std::process::id()));
+        let (a, b) = (dir.join("a"), dir.join("b"));
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        let file = |d: &std::path::Path, name: &str, text: &str| {
+            let p = d.join(name);
+            std::fs::write(&p, text).unwrap();
+            p.display().to_string()
+        };
+        let (ax, bx, by) = (file(&a, "x.wasm", ""), file(&b, "x.wasm", ""), file(&b, "y.wasm", ""));
+        let (ap, bq) = (file(&a, "p.wasm", ""), file(&b, "q.wasm", ""));
+        file(&a, "p.toml", "[package]\nname = \"same\"\n[capabilities]\nnet_bind = [\"127.0.0.1:7700\"]\n");
+        file(&b, "q.toml", "[package]\nname = \"same\"\n");
+        #[rustfmt::skip]
+        let cases: &[(&[&str], u8, &str)] = &[
+            (&[&ax, &bx], EXIT_DATA_ERR, "both act as principal \"x.wasm\""),
+            // With `--precompile` the image sees the `.cwasm` names.
+            (&["--precompile", &ax, &by, &bx], EXIT_DATA_ERR, "both act as principal \"x.cwasm\""),
+            (&[&ap, &bq], EXIT_DATA_ERR, "both act as principal \"same\""),
+            (&["--publish", "8080:7700", &ax, &by], EXIT_USAGE, "no manifest binds it"),
+        ];
+        for (argv, status, says) in cases {
+            let mut all = vec!["--env", "ASTRID_AUDIT=off"];
+            all.extend_from_slice(argv);
+            let (got, message) = refused(run_steps(&Paths::discover(), run_args(&all)));
+            assert_eq!(got, *status, "{argv:?}: {message}");
+            assert!(message.contains(says), "{argv:?}: {message}");
+        }
+        assert!(boot_id(std::path::Path::new("d/x.wasm"), true).unwrap() == "x.cwasm");
     }
 
     #[test]

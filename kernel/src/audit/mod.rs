@@ -4,6 +4,7 @@
 //! host layer's envelope), `Sink`s out.
 
 mod chain;
+#[macro_use]
 mod console;
 mod queue;
 mod record;
@@ -12,11 +13,11 @@ mod verify;
 
 pub use chain::{CHECKPOINT_EVERY, Chain, ChainClosed, RunBinding};
 pub use ed25519_dalek::{SigningKey, VerifyingKey};
-pub use console::{ConsoleSink, FRAME_PREFIX, extract, frame};
+pub use console::{ConsoleSink, FRAME_PREFIX, Untrusted, console_line, escape, extract, frame, needs_escape, panic_line, say_line};
 pub use queue::{AuditError, AuditHandle, AuditLog, QueueStats};
 pub use record::{
     AuditRecord, FN_CAPSULE_END, FN_CAPSULE_LOAD, FN_CHECKPOINT, FN_CLOSE, FN_GENESIS, FN_SINK_FAILED, GENESIS, IoEvent, MAX_FIELD_BYTES,
-    Outcome, checkpoint_message, hex, seal, unhex, unseal,
+    Outcome, canonical_json, checkpoint_message, hex, seal, unhex, unseal,
 };
 pub use sink::{LinesSink, MemorySink, Sink, TeeSink};
 pub use verify::{Break, BreakKind, Options, Signing, Summary, verify, verify_open, verify_with};

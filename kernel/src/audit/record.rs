@@ -256,10 +256,10 @@ const HASH_TAIL_LEN: usize = 9 + 64 + 2;
 /// The exact line for `record`: its canonical JSON with a final `hash` field, the BLAKE3
 /// of the JSON before it (the line without that field). Returns the line and the hash.
 ///
-/// The canonical JSON is what `serde_json` makes of `AuditRecord` (the verifier parses
-/// and re-serializes with it); this writes the same bytes by hand, without the
+/// The canonical JSON is `canonical_json`'s (serde_json's, printable ASCII; the verifier
+/// parses and re-serializes with it); this writes the same bytes by hand, without the
 /// serializer's machinery, because every operation of every capsule passes through here.
-/// `canonical_json_matches_serde_json` holds the two together.
+/// `canonical_json_matches_serde_json` holds it to `canonical_json`.
 pub fn seal(record: &AuditRecord) -> (String, String) {
     let mut line = String::with_capacity(256);
     let hash = seal_into(&record.fields(), &mut line);
@@ -356,38 +356,72 @@ fn push_u64(out: &mut String, mut n: u64) {
     out.push_str(std::str::from_utf8(&digits[i..]).expect("ASCII digits"));
 }
 
-/// A JSON string as serde_json writes it: `"` and backslash escaped, control characters as
-/// the short escapes (`\n`, `\t`, …) or `\u00XX`, everything else (non-ASCII included) as is.
+/// A JSON string in the canonical form (`canonical_json`): `"` and backslash escaped,
+/// the C0 controls as serde_json writes them (`\n`, `\t`, … or `\u00XX`), and every
+/// other character outside printable ASCII as `\uXXXX` (UTF-16 units, lowercase hex).
 fn push_str(out: &mut String, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
+    fn unit(out: &mut String, u: u16) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        out.push_str("\\u");
+        for shift in [12, 8, 4, 0] {
+            out.push(HEX[usize::from((u >> shift) & 0xf)] as char);
+        }
+    }
     out.push('"');
     let mut clean = 0;
-    for (i, b) in s.bytes().enumerate() {
-        let escape: Option<&str> = match b {
-            b'"' => Some("\\\""),
-            b'\\' => Some("\\\\"),
-            b'\n' => Some("\\n"),
-            b'\r' => Some("\\r"),
-            b'\t' => Some("\\t"),
-            0x08 => Some("\\b"),
-            0x0c => Some("\\f"),
-            0..=0x1f => None,
-            _ => continue,
+    for (i, c) in s.char_indices() {
+        let escape: Option<&str> = match c {
+            '"' => Some("\\\""),
+            '\\' => Some("\\\\"),
+            '\n' => Some("\\n"),
+            '\r' => Some("\\r"),
+            '\t' => Some("\\t"),
+            '\u{8}' => Some("\\b"),
+            '\u{c}' => Some("\\f"),
+            ' '..='~' => continue,
+            _ => None,
         };
-        // Bytes below 0x80 are whole characters, so `clean..i` ends on a boundary.
         out.push_str(&s[clean..i]);
         match escape {
             Some(e) => out.push_str(e),
             None => {
-                out.push_str("\\u00");
-                out.push(HEX[usize::from(b >> 4)] as char);
-                out.push(HEX[usize::from(b & 0xf)] as char);
+                let mut units = [0u16; 2];
+                for u in c.encode_utf16(&mut units) {
+                    unit(out, *u);
+                }
             }
         }
-        clean = i + 1;
+        clean = i + c.len_utf8();
     }
     out.push_str(&s[clean..]);
     out.push('"');
+}
+
+/// A record's canonical JSON (without its hash): serde's, in the field order of
+/// [`AuditRecord`], with every character outside printable ASCII written as a JSON
+/// `\uXXXX` escape. A line is then printable ASCII whatever a capsule put in its
+/// strings: nothing in it can break or disguise a console line for any reader (serde
+/// escapes only the C0 controls; DEL, NEL, U+2028/9 and bidirectional overrides would
+/// pass).
+pub fn canonical_json(record: &AuditRecord) -> String {
+    use std::fmt::Write as _;
+    let body = serde_json::to_string(record).expect("an audit record always serializes");
+    if body.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return body;
+    }
+    let mut out = String::with_capacity(body.len() + 32);
+    for c in body.chars() {
+        if (' '..='~').contains(&c) {
+            out.push(c);
+        } else {
+            // Outside the JSON's punctuation: these only occur inside strings.
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                let _ = write!(out, "\\u{unit:04x}");
+            }
+        }
+    }
+    out
 }
 
 /// Splits a line into the JSON it hashes (its `hash` field taken out) and the hash it
@@ -459,8 +493,9 @@ mod tests {
         assert_eq!(back, sample());
     }
 
-    /// The hand-written encoder writes exactly serde_json's bytes: every field set and
-    /// unset, every ASCII byte, multi-byte characters, extremes of every number.
+    /// The hand-written encoder writes exactly the verifier's canonical form (serde_json's
+    /// bytes, printable ASCII): every field set and unset, every ASCII byte, multi-byte
+    /// characters, extremes of every number.
     #[test]
     fn canonical_json_matches_serde_json() {
         let every_ascii: String = (0u8..0x80).map(char::from).collect();
@@ -499,7 +534,7 @@ mod tests {
                 prev: text(&mut pick),
             };
             let (line, hash) = seal(&r);
-            let body = serde_json::to_string(&r).unwrap();
+            let body = canonical_json(&r);
             let (unsealed, stated) = unseal(&line).unwrap_or_else(|| panic!("round {round}: {line}"));
             assert_eq!(unsealed, body, "round {round}");
             assert_eq!(stated, hash);
@@ -514,6 +549,21 @@ mod tests {
         r.outcome = Outcome::Error;
         let (line, _) = seal(&r);
         assert!(!line.contains('\n') && !line.contains('\r'));
+    }
+
+    #[test]
+    fn lines_are_printable_ascii_and_read_back_exactly() {
+        let mut r = sample();
+        let hostile = "x\n@@audit {}\u{85}@@audit\u{2028}@@audit\u{202e}\u{7f}é😀";
+        r.error = Some(hostile.into());
+        r.capsule = "cäpsule\u{2029}".into();
+        let (line, _) = seal(&r);
+        assert!(line.bytes().all(|b| (0x20..0x7f).contains(&b)), "{line}");
+        assert!(line.contains("\\u2028") && line.contains("\\ud83d\\ude00"), "{line}");
+        let (body, _) = unseal(&line).unwrap();
+        let back: AuditRecord = serde_json::from_str(&body).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(canonical_json(&back), body, "the verifier's re-serialization matches");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use ed25519_dalek::{Signature, VerifyingKey};
 use super::chain::CHECKPOINT_EVERY;
 use super::record::{
     AuditRecord, FN_CAPSULE_END, FN_CAPSULE_LOAD, FN_CHECKPOINT, FN_CLOSE, FN_GENESIS, FN_SINK_FAILED, GENESIS, checkpoint_message,
-    hex, unhex, unseal,
+    canonical_json, hex, unhex, unseal,
 };
 
 /// Whose signatures a log carries, as far as the verifier could tell.
@@ -280,7 +280,7 @@ impl Walk {
             Ok(r) => r,
             Err(e) => return Err(at(BreakKind::Structure(e.to_string()))),
         };
-        if serde_json::to_string(&record).ok().as_deref() != Some(body.as_str()) {
+        if canonical_json(&record) != body {
             return Err(at(BreakKind::NotCanonical));
         }
         if blake3::hash(body.as_bytes()).to_hex().as_str() != stated {

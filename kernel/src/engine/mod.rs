@@ -136,18 +136,20 @@ impl RunOptions {
             o.net_policy.udp_send = patterns(&sends);
         }
         if let Some(ms) = m.connect_timeout_ms {
-            o.net_policy.connect_timeout = Duration::from_millis(ms);
+            o.net_policy.connect_timeout = o.net_policy.connect_timeout.min(Duration::from_millis(ms));
         }
         o.ipc_publish = m.ipc_publish.clone().or(o.ipc_publish);
         o.ipc_subscribe = m.ipc_subscribe.clone().or(o.ipc_subscribe);
         if let Some(mib) = m.memory_mib {
             o.limits.memory_bytes = o.limits.memory_bytes.min((mib as usize).saturating_mul(1 << 20));
         }
+        // A manifest only lowers the image's limits: the operator's settings bound every
+        // capsule, whatever its own file asks for.
         if let Some(b) = m.kv_bytes {
-            o.limits.kv_bytes = b as usize;
+            o.limits.kv_bytes = o.limits.kv_bytes.min(usize::try_from(b).unwrap_or(usize::MAX));
         }
         if let Some(h) = m.handles {
-            o.limits.handles = h as usize;
+            o.limits.handles = o.limits.handles.min(usize::try_from(h).unwrap_or(usize::MAX));
         }
         o.config.extend(m.config.clone());
         o.capabilities = m.capabilities();
@@ -156,6 +158,23 @@ impl RunOptions {
         }
         o
     }
+}
+
+/// The `[limits]` of a manifest above what the image allows (`options`), each as
+/// `key = asked (the image's limit applies: N)`: the console says so, since the
+/// image's limit is what holds.
+pub fn limits_above_image(options: &RunOptions, m: &crate::manifest::Manifest) -> Vec<String> {
+    let mib = 1u64 << 20;
+    let image = [
+        ("memory_mib", m.memory_mib, options.limits.memory_bytes as u64 / mib),
+        ("kv_bytes", m.kv_bytes, options.limits.kv_bytes as u64),
+        ("handles", m.handles, options.limits.handles as u64),
+        ("connect_timeout_ms", m.connect_timeout_ms, options.net_policy.connect_timeout.as_millis() as u64),
+    ];
+    image
+        .into_iter()
+        .filter_map(|(key, asked, limit)| asked.filter(|a| *a > limit).map(|a| format!("{key} = {a} (the image's {limit} applies)")))
+        .collect()
 }
 
 impl CapsuleEngine {
@@ -174,7 +193,7 @@ impl CapsuleEngine {
     /// the host's sockets in hosted mode), and which loopback ports to publish on it.
     /// Call before any capsule runs.
     pub fn set_network(&mut self, external: bool, publish: &[u16]) -> std::io::Result<()> {
-        let loopback = std::sync::Arc::new(crate::net::local::Loopback::default());
+        let loopback = std::sync::Arc::new(crate::net::local::Loopback::with_published(publish));
         for &port in publish {
             // In the image the NIC's address; in hosted mode the host's loopback.
             let ip = if cfg!(target_os = "hermit") { std::net::Ipv4Addr::UNSPECIFIED } else { std::net::Ipv4Addr::LOCALHOST };
@@ -261,7 +280,7 @@ impl CapsuleEngine {
             let recorded = lifecycle_record(&identity, &outcome).map_or(Ok(0), |event| audit.record(event)).and_then(|_| audit.capsule_end(name));
             if let Err(e) = recorded {
                 // The log's close reports the failure with its own status.
-                println!("astrid: capsule {name}: its end is not in the audit log: {e}");
+                say!("astrid: capsule {name}: its end is not in the audit log: {e}");
             }
         }
         outcome
@@ -464,4 +483,28 @@ fn lifecycle_record(id: &Identity, outcome: &RunOutcome) -> Option<IoEvent> {
     event.outcome = outcome;
     event.error = error.map(|e| crate::host::envelope::clip(e.to_string(), crate::audit::MAX_FIELD_BYTES));
     Some(event)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Manifest;
+
+    #[test]
+    fn a_manifest_only_lowers_the_images_limits() {
+        let image = RunOptions::default();
+        let (mem, kv, handles, connect) =
+            (image.limits.memory_bytes, image.limits.kv_bytes, image.limits.handles, image.net_policy.connect_timeout);
+        let above = Manifest::parse("[limits]\nmemory_mib = 100000\nkv_bytes = 99999999999\nhandles = 1000000\nconnect_timeout_ms = 3600000\n").unwrap();
+        let o = image.with_manifest(&above);
+        assert_eq!((o.limits.memory_bytes, o.limits.kv_bytes, o.limits.handles, o.net_policy.connect_timeout), (mem, kv, handles, connect));
+        let said = limits_above_image(&image, &above);
+        assert_eq!(said.len(), 4, "{said:?}");
+        assert!(said[2].starts_with("handles = 1000000 (the image's 1024 applies)"), "{said:?}");
+        let below = Manifest::parse("[limits]\nmemory_mib = 8\nkv_bytes = 100\nhandles = 7\nconnect_timeout_ms = 50\n").unwrap();
+        let o = image.with_manifest(&below);
+        assert_eq!((o.limits.memory_bytes, o.limits.kv_bytes, o.limits.handles), (8 << 20, 100, 7));
+        assert_eq!(o.net_policy.connect_timeout, Duration::from_millis(50));
+        assert!(limits_above_image(&image, &below).is_empty());
+    }
 }

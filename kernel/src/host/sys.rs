@@ -40,7 +40,9 @@ host_fns! { impl Host for SysView<'_> as "astrid:sys/host" {
             LogLevel::Warn => "warn",
             LogLevel::Error => "error",
         };
-        println!("[{}] {level}: {}", cx.core.identity.capsule, sys::one_line(&message));
+        let (shown, more) = sys::clip_log(&message);
+        // The console's one path: the message cannot start a line of its own.
+        say!("[{}] {level}: {shown}{more}", cx.core.identity.capsule);
         cx.core.moved(message.len() as u64);
         Ok(())
     }

@@ -25,9 +25,15 @@ impl Kv {
         Kv { store: KvStore::new(quota), journal: None }
     }
 
-    /// The store of `principal` in `dir`, replayed from its journal.
+    /// The store of `principal` in `dir`, replayed from its journal. A damaged store is
+    /// an error (naming the file and the fix), never an empty store.
     pub fn persisted(dir: &Path, principal: &str, quota: usize) -> Result<Kv, String> {
-        let (journal, store) = journal::Journal::open(dir, principal, quota)?;
+        Kv::persisted_in(Box::new(journal::Dir(dir.to_path_buf())), principal, quota)
+    }
+
+    /// As `persisted`, over any `journal::Files` (the fault-injection tests').
+    pub fn persisted_in(files: Box<dyn journal::Files>, principal: &str, quota: usize) -> Result<Kv, String> {
+        let (journal, store) = journal::Journal::open_in(files, principal, quota)?;
         Ok(Kv { store, journal: Some(journal) })
     }
 
@@ -88,7 +94,8 @@ impl Kv {
     }
 
     /// Writes a change already made in memory to the journal, if there is one; if that
-    /// fails, puts the keys back as they were and says why.
+    /// fails, puts the keys back as they were, has the journal rewrite what is
+    /// acknowledged, and says why.
     fn persist(&mut self, before: Before, change: journal::Change<'_>) -> Result<(), KvError> {
         let Some(journal) = self.journal.as_mut() else { return Ok(()) };
         journal.append(change, &self.store).map_err(|why| {
@@ -99,7 +106,16 @@ impl Kv {
                     None => self.store.delete(&key),
                 };
             }
+            journal.recover(&self.store);
             KvError::Persist(why)
         })
+    }
+
+    /// Every entry, in key order (what a replay must give back).
+    pub fn entries(&self) -> Vec<(String, Vec<u8>)> {
+        self.store.list("").into_iter().map(|k| {
+            let v = self.store.get(&k).ok().flatten().unwrap_or_default();
+            (k, v)
+        }).collect()
     }
 }

@@ -6,6 +6,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use crate::audit::Untrusted;
+
 /// Where a name leads.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Destination {
@@ -39,10 +41,12 @@ pub fn classify(host: &str) -> Option<Destination> {
     name_ok.then(|| Destination::Name(bare.to_ascii_lowercase()))
 }
 
+/// The image's loopback in every spelling: 127.0.0.0/8, `::1`, and 127.0.0.0/8 written
+/// as IPv4-mapped (`::ffff:127.0.0.1`) or IPv4-compatible (`::127.0.0.1`) IPv6.
 pub fn is_loopback(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        IpAddr::V6(v6) => v6.is_loopback() || v4_in_v6(v6).is_some_and(|v4| v4.is_loopback()),
     }
 }
 
@@ -54,20 +58,58 @@ pub fn loopback_like(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Ranges the airlock keeps capsules away from: loopback, private (RFC 1918, CGNAT,
-/// unique local), link-local, multicast, broadcast, unspecified, documentation.
-pub fn airlock_blocks(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => blocks_v4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => blocks_v4(v4),
-            None => blocks_v6(v6),
-        },
+/// The IPv4 address an IPv6 address stands for on the way out: IPv4-mapped
+/// (`::ffff:0:0/96`), IPv4-compatible (`::/96`, deprecated; not `::` or `::1`), NAT64's
+/// well-known prefix (`64:ff9b::/96`, RFC 6052) and 6to4 (`2002::/16`, RFC 3056, the
+/// address in bits 16–47). A gateway or relay would carry a connection to it.
+pub fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = ip.segments();
+    let low = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+    match s {
+        [0x0064, 0xff9b, 0, 0, 0, 0, _, _] => Some(low),
+        [0x2002, hi, lo, ..] => Some(Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8)),
+        _ => v4_in_v6(ip),
     }
 }
 
+/// IPv4-mapped or IPv4-compatible: the two spellings a dual stack reads as the IPv4
+/// address itself.
+fn v4_in_v6(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    let s = ip.segments();
+    (s[..6] == [0; 6] && !ip.is_unspecified() && !ip.is_loopback()).then(|| Ipv4Addr::from(u32::from(s[6]) << 16 | u32::from(s[7])))
+}
+
+/// Addresses no exemption lets out: the loopback and "this host" (the unspecified
+/// address, 0.0.0.0/8, which a hosted image's own stack answers on the host) in any
+/// spelling, including through NAT64 and 6to4 — outside the image they are some
+/// other machine's, or the host's, loopback. The image's own loopback is served in
+/// memory before any route is asked.
+pub fn never_outward(ip: IpAddr) -> bool {
+    let v4_local = |v4: Ipv4Addr| v4.is_loopback() || v4.octets()[0] == 0;
+    match ip {
+        IpAddr::V4(v4) => v4_local(v4),
+        IpAddr::V6(v6) => v6.is_loopback() || v6.is_unspecified() || embedded_v4(v6).is_some_and(v4_local),
+    }
+}
+
+/// Ranges the airlock keeps capsules away from unless an entry names the address:
+/// everything [`never_outward`] refuses, private (RFC 1918, CGNAT, unique local),
+/// link-local, site-local, multicast, broadcast, documentation, benchmarking, reserved
+/// and protocol-assignment ranges, and an IPv6 address that embeds a blocked IPv4 one
+/// (mapped, compatible, NAT64, 6to4).
+pub fn airlock_blocks(ip: IpAddr) -> bool {
+    never_outward(ip)
+        || match ip {
+            IpAddr::V4(v4) => blocks_v4(v4),
+            IpAddr::V6(v6) => blocks_v6(v6) || embedded_v4(v6).is_some_and(blocks_v4),
+        }
+}
+
 fn blocks_v4(ip: Ipv4Addr) -> bool {
-    let [a, b, ..] = ip.octets();
+    let [a, b, c, _] = ip.octets();
     ip.is_loopback()
         || ip.is_private()
         || ip.is_link_local()
@@ -77,17 +119,32 @@ fn blocks_v4(ip: Ipv4Addr) -> bool {
         || ip.is_documentation()
         || a == 0
         || (a == 100 && (64..128).contains(&b))
+        // IETF protocol assignments (192.0.0.0/24) and the 6to4 relay anycast.
+        || (a, b, c) == (192, 0, 0)
+        || (a, b, c) == (192, 88, 99)
+        // Benchmarking (RFC 2544): 198.18.0.0/15.
+        || (a == 198 && (b & 0xfe) == 18)
         || a >= 240
 }
 
 fn blocks_v6(ip: Ipv6Addr) -> bool {
-    let first = ip.segments()[0];
+    let s = ip.segments();
     ip.is_loopback()
         || ip.is_unspecified()
         || ip.is_multicast()
-        || (first & 0xfe00) == 0xfc00
-        || (first & 0xffc0) == 0xfe80
-        || first == 0x2001 && ip.segments()[1] == 0x0db8
+        // Unique local fc00::/7, link-local fe80::/10, site-local fec0::/10 (deprecated,
+        // still routed inside sites).
+        || (s[0] & 0xfe00) == 0xfc00
+        || (s[0] & 0xffc0) == 0xfe80
+        || (s[0] & 0xffc0) == 0xfec0
+        // Documentation 2001:db8::/32 and 3fff::/20.
+        || (s[0], s[1]) == (0x2001, 0x0db8)
+        || (s[0] & 0xfff0) == 0x3ff0
+        // IETF protocol assignments 2001::/23 (Teredo, benchmarking 2001:2::/48, ORCHID).
+        || (s[0] == 0x2001 && s[1] < 0x0200)
+        // Discard-only 100::/64, NAT64 for local use 64:ff9b:1::/48.
+        || s[..4] == [0x0100, 0, 0, 0]
+        || s[..3] == [0x0064, 0xff9b, 0x0001]
 }
 
 /// `ip:port` the way the WIT's accessors print it (brackets around IPv6).
@@ -107,15 +164,15 @@ impl Pattern {
     pub fn parse(text: &str) -> Result<Pattern, String> {
         let (host, port) = text
             .rsplit_once(':')
-            .ok_or_else(|| format!("{text:?} is not host:port (use * for any port)"))?;
+            .ok_or_else(|| format!("{} is not host:port (use * for any port)", Untrusted(text)))?;
         let port = match port {
             "*" => None,
-            p => Some(p.parse::<u16>().map_err(|_| format!("{text:?}: port {p:?} is not a number from 0 to 65535 or *"))?),
+            p => Some(p.parse::<u16>().map_err(|_| format!("{}: port {} is not a number from 0 to 65535 or *", Untrusted(text), Untrusted(p)))?),
         };
         let host = match host {
             "*" => None,
             h => {
-                classify(h).ok_or_else(|| format!("{text:?}: {h:?} is not a host name or address"))?;
+                classify(h).ok_or_else(|| format!("{}: {} is not a host name or address", Untrusted(text), Untrusted(h)))?;
                 let bare = h.strip_prefix('[').and_then(|x| x.strip_suffix(']')).unwrap_or(h);
                 Some(bare.to_ascii_lowercase())
             }
@@ -145,10 +202,11 @@ impl Pattern {
         }
     }
 
-    /// Whether the entry names this exact address (which lets a capsule past the
-    /// airlock to it: an operator wrote it down).
-    pub fn names_address(&self, ip: IpAddr) -> bool {
-        self.host.as_deref().and_then(|h| h.parse::<IpAddr>().ok()) == Some(ip)
+    /// Whether the entry names this exact address and allows `port` (which lets a
+    /// capsule past the airlock to `ip:port`, and nowhere else: an operator wrote that
+    /// destination down). A name, `*` or another address names nothing.
+    pub fn names_destination(&self, ip: IpAddr, port: u16) -> bool {
+        self.port.is_none_or(|p| p == port) && self.host.as_deref().and_then(|h| h.parse::<IpAddr>().ok()) == Some(ip)
     }
 }
 
@@ -158,7 +216,7 @@ mod tests {
 
     #[test]
     fn loopback_names_stay_in_the_image() {
-        for h in ["localhost", "LOCALHOST", "127.0.0.1", "127.9.9.9", "::1", "[::1]", "::ffff:127.0.0.1", "app.localhost"] {
+        for h in ["localhost", "LOCALHOST", "127.0.0.1", "127.9.9.9", "::1", "[::1]", "::ffff:127.0.0.1", "::127.0.0.1", "app.localhost"] {
             assert!(matches!(classify(h), Some(Destination::Loopback(_))), "{h}");
         }
         assert_eq!(classify("10.0.2.2"), Some(Destination::External("10.0.2.2".parse().unwrap())));
@@ -168,13 +226,128 @@ mod tests {
         }
     }
 
+    /// Every range the airlock knows, with addresses on both sides of its edges:
+    /// (address, served by the image's loopback, blocked unless named, never let out).
     #[test]
-    fn airlock_ranges() {
-        for ip in ["127.0.0.1", "10.0.2.2", "192.168.1.1", "172.16.0.1", "169.254.1.1", "224.0.0.1", "0.0.0.0", "100.64.0.1", "::1", "fe80::1", "fd00::1", "::ffff:10.0.0.1", "255.255.255.255"] {
-            assert!(airlock_blocks(ip.parse().unwrap()), "{ip}");
+    fn address_classes() {
+        #[rustfmt::skip]
+        let cases: &[(&str, bool, bool, bool)] = &[
+            // Loopback in every spelling a dual stack reads as 127/8.
+            ("127.0.0.1", true, true, true),
+            ("127.255.255.254", true, true, true),
+            ("::1", true, true, true),
+            ("::ffff:127.0.0.1", true, true, true),
+            ("::127.0.0.1", true, true, true),
+            ("::127.9.9.9", true, true, true),
+            // Loopback and "this host" behind a translator or relay: not ours, never out.
+            ("64:ff9b::7f00:1", false, true, true),
+            ("64:ff9b::127.1.2.3", false, true, true),
+            ("2002:7f00:0001::", false, true, true),
+            ("2002:7f00:1:ffff::1", false, true, true),
+            ("0.0.0.0", false, true, true),
+            ("0.1.2.3", false, true, true),
+            ("::", false, true, true),
+            ("::ffff:0.0.0.0", false, true, true),
+            ("::0.0.0.2", false, true, true),
+            ("64:ff9b::", false, true, true),
+            ("2002::", false, true, true),
+            // Private, shared, link-local, multicast, broadcast, reserved: named, they pass.
+            ("10.0.2.2", false, true, false),
+            ("172.16.0.1", false, true, false),
+            ("172.31.255.255", false, true, false),
+            ("192.168.1.1", false, true, false),
+            ("100.64.0.1", false, true, false),
+            ("100.127.255.255", false, true, false),
+            ("169.254.1.1", false, true, false),
+            ("224.0.0.1", false, true, false),
+            ("255.255.255.255", false, true, false),
+            ("240.0.0.1", false, true, false),
+            ("192.0.0.8", false, true, false),
+            ("192.88.99.1", false, true, false),
+            ("192.0.2.1", false, true, false),
+            ("198.51.100.1", false, true, false),
+            ("203.0.113.1", false, true, false),
+            // Benchmarking 198.18.0.0/15, and its edges.
+            ("198.18.0.0", false, true, false),
+            ("198.19.255.255", false, true, false),
+            ("198.17.255.255", false, false, false),
+            ("198.20.0.0", false, false, false),
+            // IPv6 ranges: unique local, link-local, site-local, multicast, documentation,
+            // protocol assignments (Teredo, benchmarking), discard, NAT64 local use.
+            ("fd00::1", false, true, false),
+            ("fc00::1", false, true, false),
+            ("fe80::1", false, true, false),
+            ("febf::1", false, true, false),
+            ("fec0::1", false, true, false),
+            ("feff::1", false, true, false),
+            ("ff02::1", false, true, false),
+            ("2001:db8::1", false, true, false),
+            ("3fff::1", false, true, false),
+            ("2001::1", false, true, false),
+            ("2001:2::1", false, true, false),
+            ("2001:1ff::1", false, true, false),
+            ("100::1", false, true, false),
+            ("64:ff9b:1::1", false, true, false),
+            // Private behind mapped, compatible, NAT64 and 6to4 spellings.
+            ("::ffff:10.0.0.1", false, true, false),
+            ("::10.0.0.1", false, true, false),
+            ("64:ff9b::a00:202", false, true, false),
+            ("64:ff9b::192.168.0.1", false, true, false),
+            ("2002:c0a8:0101::1", false, true, false),
+            ("2002:a9fe:0101::", false, true, false),
+            // Public, in each spelling.
+            ("1.1.1.1", false, false, false),
+            ("93.184.216.34", false, false, false),
+            ("100.63.255.255", false, false, false),
+            ("100.128.0.0", false, false, false),
+            ("172.32.0.1", false, false, false),
+            ("2606:4700::1111", false, false, false),
+            ("2001:200::1", false, false, false),
+            ("::ffff:1.1.1.1", false, false, false),
+            ("64:ff9b::101:101", false, false, false),
+            ("2002:0101:0101::1", false, false, false),
+            ("fbff::1", false, false, false),
+            ("4000::1", false, false, false),
+        ];
+        for &(text, loopback, blocked, never) in cases {
+            let ip: IpAddr = text.parse().unwrap_or_else(|_| panic!("{text}"));
+            assert_eq!(is_loopback(ip), loopback, "{text}: loopback");
+            assert_eq!(matches!(classify(text), Some(Destination::Loopback(_))), loopback, "{text}: classify");
+            assert_eq!(airlock_blocks(ip), blocked, "{text}: airlock");
+            assert_eq!(never_outward(ip), never, "{text}: never outward");
         }
-        for ip in ["1.1.1.1", "93.184.216.34", "2606:4700::1111"] {
-            assert!(!airlock_blocks(ip.parse().unwrap()), "{ip}");
+    }
+
+    /// Differential against std's classification where std has a stable method: what
+    /// std calls loopback, private, link-local, multicast, broadcast, documentation,
+    /// unspecified, unique local or unicast link-local, the airlock blocks; what std
+    /// calls loopback stays in the image.
+    #[test]
+    fn the_airlock_agrees_with_std_where_std_answers() {
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..200_000 {
+            let r = next();
+            let v4 = Ipv4Addr::from(r as u32);
+            let std_blocks = v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_multicast() || v4.is_broadcast() || v4.is_documentation() || v4.is_unspecified();
+            assert!(!std_blocks || airlock_blocks(IpAddr::V4(v4)), "{v4}");
+            assert_eq!(is_loopback(IpAddr::V4(v4)), v4.is_loopback(), "{v4}");
+            // The same address through every IPv6 spelling that embeds it.
+            let [a, b, c, d] = v4.octets();
+            let embedded = [v4.to_ipv6_mapped(), v4.to_ipv6_compatible(), Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, u16::from_be_bytes([a, b]), u16::from_be_bytes([c, d])), Ipv6Addr::new(0x2002, u16::from_be_bytes([a, b]), u16::from_be_bytes([c, d]), 0, 0, 0, 0, 1)];
+            for v6 in embedded {
+                assert_eq!(airlock_blocks(IpAddr::V6(v6)), airlock_blocks(IpAddr::V4(v4)) || v6.is_unspecified(), "{v6} embeds {v4}");
+                assert!(!v4.is_loopback() || never_outward(IpAddr::V6(v6)), "{v6}");
+            }
+            let v6 = Ipv6Addr::from(u128::from(r) << 64 | u128::from(next()));
+            let std_blocks = v6.is_loopback() || v6.is_unspecified() || v6.is_multicast() || v6.is_unique_local() || v6.is_unicast_link_local();
+            assert!(!std_blocks || airlock_blocks(IpAddr::V6(v6)), "{v6}");
+            assert_eq!(v6.is_loopback(), v6 == Ipv6Addr::LOCALHOST);
         }
     }
 
@@ -182,9 +355,10 @@ mod tests {
     fn patterns() {
         let p = Pattern::parse("10.0.2.2:8080").unwrap();
         assert!(p.matches("10.0.2.2", 8080) && !p.matches("10.0.2.2", 8081) && !p.matches("10.0.2.3", 8080));
-        assert!(p.names_address("10.0.2.2".parse().unwrap()));
+        assert!(p.names_destination("10.0.2.2".parse().unwrap(), 8080));
+        assert!(!p.names_destination("10.0.2.2".parse().unwrap(), 8081));
         let any = Pattern::parse("*:*").unwrap();
-        assert!(any.matches("example.org", 1) && !any.names_address("10.0.2.2".parse().unwrap()));
+        assert!(any.matches("example.org", 1) && !any.names_destination("10.0.2.2".parse().unwrap(), 1));
         let local = Pattern::parse("localhost:*").unwrap();
         assert!(local.matches("127.0.0.1", 9) && local.matches("[::1]", 9));
         let v6 = Pattern::parse("[2001:db8::1]:443").unwrap();

@@ -388,7 +388,7 @@ pub fn publish(port: u16, bind_ip: std::net::IpAddr, hand_over: impl Fn(Conn) + 
                 Err(e) => {
                     failures += 1;
                     if failures >= ACCEPT_FAILURES {
-                        println!("astrid: error: published port {port} stopped accepting: {e}");
+                        say!("astrid: error: published port {port} stopped accepting: {e}");
                         return;
                     }
                     std::thread::sleep(ACCEPT_RETRY);

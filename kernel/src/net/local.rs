@@ -94,6 +94,9 @@ pub struct Loopback {
     tcp: Mutex<HashMap<u16, Weak<AcceptQueue>>>,
     udp: Mutex<HashMap<u16, Weak<UdpQueue>>>,
     ports: Ephemeral,
+    /// Published ports: never handed out for port 0 (only the capsule that serves one
+    /// may hold it).
+    published: Vec<u16>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -101,11 +104,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Loopback {
+    /// The loopback of an image that publishes `published` to the outside.
+    pub fn with_published(published: &[u16]) -> Loopback {
+        Loopback { published: published.to_vec(), ..Loopback::default() }
+    }
+
     fn claim<T>(&self, map: &Mutex<HashMap<u16, Weak<T>>>, ip: IpAddr, port: u16, make: impl FnOnce(SocketAddr) -> T) -> Result<Arc<T>, BindError> {
         let mut map = lock(map);
         map.retain(|_, w| w.strong_count() > 0);
         let port = match port {
-            0 => self.ports.allocate(|p| (!map.contains_key(&p)).then_some(p)).ok_or(BindError::NoFreePort)?,
+            0 => self.ports.allocate(|p| (!map.contains_key(&p) && !self.published.contains(&p)).then_some(p)).ok_or(BindError::NoFreePort)?,
             p if map.contains_key(&p) => return Err(BindError::InUse),
             p => p,
         };
@@ -213,6 +221,16 @@ mod tests {
         assert!(EPHEMERAL.contains(&a.addr.port()));
         let u = net.bind_udp(lo(), 0).unwrap();
         assert!(EPHEMERAL.contains(&u.addr.port()));
+    }
+
+    #[test]
+    fn port_zero_never_gets_a_published_port() {
+        let first = EPHEMERAL.start();
+        let net = Loopback::with_published(&[*first, first + 1]);
+        assert_eq!(net.listen(lo(), 0).unwrap().addr.port(), first + 2);
+        assert_eq!(net.bind_udp(lo(), 0).unwrap().addr.port(), first + 3);
+        // The capsule that serves it binds it by number.
+        assert!(net.listen(lo(), *first).is_ok());
     }
 
     #[test]

@@ -30,12 +30,23 @@ pub struct NetPolicy {
     pub udp_bind: Vec<Pattern>,
     pub udp_send: Vec<Pattern>,
     pub connect_timeout: Duration,
+    /// Published ports (`ASTRID_PUBLISH`) another capsule serves: binding one is
+    /// `address-in-use`, so outside connections reach only the capsule whose manifest
+    /// binds the port (`manifest::published_port_owners`).
+    pub foreign_published: Vec<u16>,
 }
 
 impl Default for NetPolicy {
     fn default() -> Self {
         let lo = || vec![Pattern { host: Some("localhost".into()), port: None }];
-        NetPolicy { bind: lo(), connect: lo(), udp_bind: lo(), udp_send: lo(), connect_timeout: DEFAULT_CONNECT_TIMEOUT }
+        NetPolicy {
+            bind: lo(),
+            connect: lo(),
+            udp_bind: lo(),
+            udp_send: lo(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            foreign_published: Vec::new(),
+        }
     }
 }
 
@@ -44,10 +55,13 @@ pub fn allowed(patterns: &[Pattern], host: &str, port: u16) -> bool {
     patterns.iter().any(|p| p.matches(host, port))
 }
 
-/// Whether the airlock lets a capsule with `patterns` reach `ip`: an address outside
-/// the blocked ranges, or one an entry names exactly (an operator wrote it down).
-pub fn passes_airlock(patterns: &[Pattern], ip: IpAddr) -> bool {
-    !addr::airlock_blocks(ip) || patterns.iter().any(|p| p.names_address(ip))
+/// Whether the airlock lets a capsule with `patterns` reach `ip:port`: an address
+/// outside the blocked ranges, or one that the entry allowing this very destination
+/// names exactly, host and port (an operator wrote it down; `10.0.2.2:8080` opens
+/// 10.0.2.2 on 8080 only, whatever `*:443` allows elsewhere). Loopback and "this host"
+/// never leave, named or not (`addr::never_outward`).
+pub fn passes_airlock(patterns: &[Pattern], ip: IpAddr, port: u16) -> bool {
+    !addr::never_outward(ip) && (!addr::airlock_blocks(ip) || patterns.iter().any(|p| p.names_destination(ip, port)))
 }
 
 /// Where a connect leads.
@@ -102,7 +116,7 @@ impl NetPolicy {
         let ip = match dest {
             Destination::Loopback(ip) => return Ok(Route::Loopback(SocketAddr::new(ip, port))),
             Destination::External(ip) => {
-                if !passes_airlock(&self.connect, ip) {
+                if !passes_airlock(&self.connect, ip, port) {
                     return Err(NetError::AirlockRejected);
                 }
                 ip
@@ -116,7 +130,7 @@ impl NetPolicy {
                     return Err(NetError::NameUnresolvable);
                 }
                 // A name never leads to the image's loopback or past the airlock.
-                *ips.iter().find(|ip| passes_airlock(&self.connect, **ip)).ok_or(NetError::AirlockRejected)?
+                *ips.iter().find(|ip| passes_airlock(&self.connect, **ip, port)).ok_or(NetError::AirlockRejected)?
             }
         };
         if !external {
@@ -129,6 +143,7 @@ impl NetPolicy {
     /// loopback (the WIT's rule); outside clients reach them through `--publish`.
     pub fn listen_address(&self, host: &str, port: u16) -> Result<IpAddr, NetError> {
         match addr::classify(host) {
+            Some(Destination::Loopback(_)) if port != 0 && self.foreign_published.contains(&port) => Err(NetError::AddressInUse),
             Some(Destination::Loopback(ip)) if allowed(&self.bind, host, port) => Ok(ip),
             Some(Destination::Loopback(_)) => Err(NetError::CapabilityDenied),
             _ => Err(NetError::AddressNotAvailable),
@@ -167,7 +182,7 @@ impl NetPolicy {
         match dest {
             Destination::Loopback(ip) if !outside => Ok(SocketAddr::new(ip, port)),
             Destination::External(ip) if outside => {
-                if passes_airlock(&self.udp_send, ip) {
+                if passes_airlock(&self.udp_send, ip, port) {
                     Ok(SocketAddr::new(ip, port))
                 } else {
                     Err(NetError::AirlockRejected)
@@ -307,6 +322,7 @@ mod tests {
     fn route() {
         let open = policy(&["*:*"], &[]);
         let pinned = policy(&["10.0.2.2:8080", "*:443"], &[]);
+        let named_loopback = policy(&["[64:ff9b::7f00:1]:*", "[2002:7f00:1::1]:*", "0.0.0.0:*", "[::]:*"], &[]);
         let default = NetPolicy::default();
         #[rustfmt::skip]
         let cases: &[(&NetPolicy, bool, &str, u16, Want<Route>)] = &[
@@ -324,12 +340,26 @@ mod tests {
             (&open, false, "1.1.1.1", 80, Err(NoInterface)),
             (&open, true, "10.0.2.2", 80, Err(AirlockRejected)),
             (&open, false, "10.0.2.2", 80, Err(AirlockRejected)),
-            // An entry naming the address lets it past the airlock (on any port another
-            // entry allows); the policy still decides the port.
+            // An entry naming the address lets it past the airlock on that entry's port
+            // only: `*:443` allows port 443, but names no address, so 10.0.2.2:443 stays
+            // behind the airlock.
             (&pinned, true, "10.0.2.2", 8080, Ok(Route::External(sa("10.0.2.2:8080")))),
             (&pinned, true, "10.0.2.2", 8081, Err(CapabilityDenied)),
-            (&pinned, true, "10.0.2.2", 443, Ok(Route::External(sa("10.0.2.2:443")))),
+            (&pinned, true, "10.0.2.2", 443, Err(AirlockRejected)),
             (&pinned, true, "10.0.2.3", 443, Err(AirlockRejected)),
+            // Loopback in a spelling that would leave never does, named or not; the
+            // spellings a dual stack reads as 127.0.0.1 stay in the image.
+            (&named_loopback, true, "64:ff9b::7f00:1", 80, Err(AirlockRejected)),
+            (&named_loopback, true, "2002:7f00:1::1", 80, Err(AirlockRejected)),
+            (&named_loopback, true, "0.0.0.0", 80, Err(AirlockRejected)),
+            (&named_loopback, true, "::", 80, Err(AirlockRejected)),
+            (&open, true, "::127.0.0.1", 80, Ok(Route::Loopback(sa("[::127.0.0.1]:80")))),
+            (&open, true, "::ffff:127.0.0.1", 80, Ok(Route::Loopback(sa("[::ffff:127.0.0.1]:80")))),
+            // Private ranges behind NAT64 or 6to4 are private.
+            (&open, true, "64:ff9b::a00:202", 80, Err(AirlockRejected)),
+            (&open, true, "64:ff9b::101:101", 80, Ok(Route::External(sa("[64:ff9b::101:101]:80")))),
+            (&open, true, "198.18.0.1", 80, Err(AirlockRejected)),
+            (&open, true, "fec0::1", 80, Err(AirlockRejected)),
             // Names: resolved only with a NIC, never to a blocked range.
             (&open, true, "example.org", 443, Ok(Route::External(sa("93.184.216.34:443")))),
             (&open, false, "example.org", 443, Err(NameUnresolvable)),
@@ -362,19 +392,26 @@ mod tests {
     fn airlock_exemption() {
         let pinned = policy(&["10.0.2.2:*", "[fd00::1]:443", "*:*"], &[]);
         let star = policy(&["*:*"], &[]);
+        let local = policy(&["127.0.0.1:*", "0.0.0.0:80", "[::ffff:127.0.0.1]:*"], &[]);
         #[rustfmt::skip]
-        let cases: &[(&[Pattern], &str, bool)] = &[
-            (&[], "1.1.1.1", true),
-            (&[], "10.0.2.2", false),
-            (&pinned.connect, "10.0.2.2", true),
-            (&pinned.connect, "10.0.2.3", false),
-            (&pinned.connect, "fd00::1", true),
-            (&pinned.connect, "169.254.1.1", false),
+        let cases: &[(&[Pattern], &str, u16, bool)] = &[
+            (&[], "1.1.1.1", 80, true),
+            (&[], "10.0.2.2", 80, false),
+            (&pinned.connect, "10.0.2.2", 80, true),
+            (&pinned.connect, "10.0.2.3", 80, false),
+            (&pinned.connect, "fd00::1", 443, true),
+            // The entry naming fd00::1 allows 443 only; `*:*` allows 80 but names nothing.
+            (&pinned.connect, "fd00::1", 80, false),
+            (&pinned.connect, "169.254.1.1", 80, false),
             // `*` names no address.
-            (&star.connect, "192.168.1.1", false),
+            (&star.connect, "192.168.1.1", 80, false),
+            // Loopback and "this host" stay in, named or not.
+            (&local.connect, "127.0.0.1", 80, false),
+            (&local.connect, "0.0.0.0", 80, false),
+            (&local.connect, "::ffff:127.0.0.1", 80, false),
         ];
-        for (patterns, addr, want) in cases {
-            assert_eq!(passes_airlock(patterns, ip(addr)), *want, "{addr}");
+        for (patterns, addr, port, want) in cases {
+            assert_eq!(passes_airlock(patterns, ip(addr), *port), *want, "{addr}:{port}");
         }
     }
 
@@ -382,6 +419,7 @@ mod tests {
     fn listen_address() {
         let default = NetPolicy::default();
         let none = NetPolicy { bind: Vec::new(), ..NetPolicy::default() };
+        let beside_a_server = NetPolicy { foreign_published: vec![8080], ..NetPolicy::default() };
         #[rustfmt::skip]
         let cases: &[(&NetPolicy, &str, Want<IpAddr>)] = &[
             (&default, "127.0.0.1", Ok(ip("127.0.0.1"))),
@@ -392,10 +430,16 @@ mod tests {
             (&default, "10.0.2.15", Err(AddressNotAvailable)),
             (&default, "example.org", Err(AddressNotAvailable)),
             (&none, "", Err(AddressNotAvailable)),
+            // A published port another capsule serves is in use, whatever this one may bind.
+            (&beside_a_server, "127.0.0.1", Err(AddressInUse)),
+            (&beside_a_server, "::1", Err(AddressInUse)),
+            (&beside_a_server, "10.0.2.15", Err(AddressNotAvailable)),
         ];
         for (p, host, want) in cases {
             assert_eq!(p.listen_address(host, 8080), *want, "{host}");
         }
+        assert_eq!(beside_a_server.listen_address("127.0.0.1", 8081), Ok(ip("127.0.0.1")));
+        assert_eq!(beside_a_server.listen_address("127.0.0.1", 0), Ok(ip("127.0.0.1")));
     }
 
     #[test]

@@ -233,3 +233,10 @@ pub fn connect_outcome(stream: &std::net::TcpStream) -> std::io::Result<()> {
         Err(_) => Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
     }
 }
+
+/// Whether opening a file failed because there is no such file. Kernel 0.11's virtio-fs
+/// client answers a failed lookup with EINVAL (as uhyve does for an unmapped path), not
+/// ENOENT.
+pub fn is_absent(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::InvalidInput)
+}

@@ -146,3 +146,8 @@ pub fn connect_outcome(stream: &std::net::TcpStream) -> std::io::Result<()> {
         None => stream.peer_addr().map(|_| ()),
     }
 }
+
+/// Whether opening a file failed because there is no such file.
+pub fn is_absent(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::NotFound
+}
