@@ -214,8 +214,8 @@ fn the_run_command_precompiles_by_default_with_a_key_it_makes_once() {
     assert!(!text.contains("made the artifact key") && !text.contains("==> compiled"), "{text}");
     assert_eq!(std::fs::read_to_string(&key_file).unwrap(), key);
 
-    // --jit: the image compiles the .wasm itself.
-    let (code, text) = run_command(&state, &["--jit", capsule]);
+    // --jit: the image compiles the .wasm itself (on one vCPU: README, known limits).
+    let (code, text) = run_command(&state, &["--jit", "--cpus", "1", capsule]);
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("capsule sdk-hello.wasm: wasm component") && text.contains("compiled component in"), "{text}");
 

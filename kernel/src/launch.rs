@@ -269,7 +269,8 @@ fn load_all<'a>(
     for (capsule, manifest) in capsules.iter().zip(manifests) {
         match engine.load(&capsule.bytes) {
             Ok(report) => {
-                println!("astrid: capsule {}: {} in {} us", capsule.name, report.how, report.elapsed.as_micros());
+                let seal = report.verified_in.map(|t| format!(" (seal verified in {} us)", t.as_micros())).unwrap_or_default();
+                println!("astrid: capsule {}: {} in {} us{seal}", capsule.name, report.how, report.elapsed.as_micros());
                 let (id, options) = match manifest {
                     Some(m) => (m.name.clone().unwrap_or_else(|| capsule.id.clone()), options.with_manifest(m)),
                     None => (capsule.id.clone(), options.clone()),

@@ -740,7 +740,8 @@ fn test(paths: &Paths, test_args: &[String]) -> Result<u8> {
 
 /// Clippy with warnings as errors, over everything we build: the workspace hosted (with
 /// the testing sources, so every host file is checked), the image's application without
-/// its engine (the soft-float image), and the loader for its real target and its tests.
+/// its engine (the soft-float image) and without its compiler, and the loader for its
+/// real target and its tests.
 fn lint(paths: &Paths) -> Result<()> {
     xtask::step("clippy (warnings are errors)");
     let deny = ["--", "-D", "warnings"];
@@ -754,6 +755,13 @@ fn lint(paths: &Paths) -> Result<()> {
         process::cargo(toolchain::APP)
             .current_dir(&paths.root)
             .args(["clippy", "-p", "astrid-kernel", "--no-default-features"])
+            .args(deny),
+    )?;
+    // The engine without its compiler (an image that runs only sealed artifacts).
+    process::run(
+        process::cargo(toolchain::APP)
+            .current_dir(&paths.root)
+            .args(["clippy", "-p", "astrid-kernel", "--no-default-features", "--features", "engine"])
             .args(deny),
     )?;
     for target in ["x86_64-unknown-none", "x86_64-unknown-linux-gnu"] {

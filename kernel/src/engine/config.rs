@@ -87,9 +87,12 @@ pub fn engine_config(target: CodeTarget) -> wasmtime::Result<Config> {
     if target == CodeTarget::HermitImage {
         config.target(HERMIT_TRIPLE)?;
     }
+    // Without a compiler in this build (an image without `jit`) the opt level shapes
+    // nothing here; it stays in the fingerprint, which the host's compiler matches.
+    #[cfg(feature = "jit")]
+    config.cranelift_opt_level(s.opt_level);
     config
         .wasm_component_model(s.component_model)
-        .cranelift_opt_level(s.opt_level)
         .signals_based_traps(s.signals_based_traps)
         .memory_guard_size(s.memory_guard_size)
         .guard_before_linear_memory(s.guard_before_linear_memory)

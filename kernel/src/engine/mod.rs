@@ -36,6 +36,8 @@ pub struct LoadReport {
     pub loaded: Loaded,
     pub how: &'static str,
     pub elapsed: Duration,
+    /// Of `elapsed`, what checking a precompiled artifact's seal took.
+    pub verified_in: Option<Duration>,
 }
 
 pub struct CapsuleEngine {
@@ -229,7 +231,9 @@ impl CapsuleEngine {
     /// [`artifact::ArtifactError`].
     pub fn load(&self, bytes: &[u8]) -> wasmtime::Result<LoadReport> {
         let started = Instant::now();
-        let (loaded, how) = match artifact::verify(bytes, &self.fingerprint, self.artifact_key.as_ref())? {
+        let opened = artifact::verify(bytes, &self.fingerprint, self.artifact_key.as_ref())?;
+        let verified_in = opened.is_some().then(|| started.elapsed());
+        let (loaded, how) = match opened {
             Some(payload) => match wasmtime::Engine::detect_precompiled(payload) {
                 Some(Precompiled::Component) => {
                     // SAFETY: deserializing maps the artifact's machine code executable,
@@ -249,14 +253,27 @@ impl CapsuleEngine {
                 }
                 None => wasmtime::bail!("a sealed artifact that holds no wasmtime artifact (the precompiler sealed something else)"),
             },
-            None => match crate::wasm::inspect(bytes) {
-                Ok(h) if h.kind == crate::wasm::WasmKind::Component => {
-                    (Loaded::Component(Component::new(&self.engine, bytes)?), "compiled component")
-                }
-                _ => (Loaded::Module(wasmtime::Module::new(&self.engine, bytes)?), "compiled module"),
-            },
+            None => self.compile(bytes)?,
         };
-        Ok(LoadReport { loaded, how, elapsed: started.elapsed() })
+        Ok(LoadReport { loaded, how, elapsed: started.elapsed(), verified_in })
+    }
+
+    /// Compiles a `.wasm` with Cranelift, here.
+    #[cfg(feature = "jit")]
+    fn compile(&self, bytes: &[u8]) -> wasmtime::Result<(Loaded, &'static str)> {
+        Ok(match crate::wasm::inspect(bytes) {
+            Ok(h) if h.kind == crate::wasm::WasmKind::Component => (Loaded::Component(Component::new(&self.engine, bytes)?), "compiled component"),
+            _ => (Loaded::Module(wasmtime::Module::new(&self.engine, bytes)?), "compiled module"),
+        })
+    }
+
+    /// This build has no compiler: a `.wasm` must come precompiled.
+    #[cfg(not(feature = "jit"))]
+    fn compile(&self, _: &[u8]) -> wasmtime::Result<(Loaded, &'static str)> {
+        wasmtime::bail!(
+            "a .wasm, and this image has no compiler (built without the `jit` feature): it runs only artifacts \
+             precompiled and sealed on the host — run it with `scripts/run` without --jit"
+        )
     }
 
     /// Runs one capsule to its end on a thread of its own, auditing through `audit`.
