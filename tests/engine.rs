@@ -35,7 +35,7 @@ fn fixtures() -> &'static Fixtures {
         let probe = capsule::build(&paths, &paths.root.join("tests/capsules/io-probe")).expect("building io-probe");
         let probe_cwasm = paths.out.join("precompiled/io-probe-test.cwasm");
         std::fs::create_dir_all(probe_cwasm.parent().unwrap()).unwrap();
-        compile::compile(&probe, Some(&probe_cwasm), CodeTarget::HermitImage).expect("precompiling io-probe");
+        compile::compile(&probe, Some(&probe_cwasm), CodeTarget::HermitImage, xtask::prepare::session_key()).expect("precompiling io-probe");
         Fixtures {
             hosted: artifacts::ensure_hosted(&paths, true).expect("building hosted astrid"),
             image: artifacts::ensure_testing(&paths).expect("building astrid-testing.img"),
@@ -75,6 +75,7 @@ fn in_image_many(image: &Path, capsules: &[&Path], env: &[(&str, &str)]) -> Run 
     let mut boot = Boot::new(art.loader.clone(), image.to_path_buf());
     boot.capsules = capsules.iter().map(|c| c.to_path_buf()).collect();
     boot.kernel_args = env.iter().map(|(k, v)| format!("env={k}={v}")).collect();
+    boot.kernel_args.push(common::artifact_key_arg());
     boot.timeout = Duration::from_secs(120);
     let out = qemu::run(&boot).expect("starting QEMU");
     assert!(!out.timed_out, "guest hung; console:\n{}", out.console);
@@ -196,7 +197,7 @@ fn an_unmodified_astrid_sdk_capsule_runs_hosted_and_in_the_production_image() {
     let paths = Paths::discover();
     let sdk = capsule::build(&paths, &paths.root.join("tests/capsules/sdk-hello")).expect("building sdk-hello");
     let sdk_cwasm = paths.out.join("precompiled/sdk-hello-test.cwasm");
-    compile::compile(&sdk, Some(&sdk_cwasm), CodeTarget::HermitImage).expect("precompiling sdk-hello");
+    compile::compile(&sdk, Some(&sdk_cwasm), CodeTarget::HermitImage, xtask::prepare::session_key()).expect("precompiling sdk-hello");
     let image = in_image_many(&common::artifacts().astrid_img, &[&sdk_cwasm], &[]);
     for run in [hosted(&sdk, &[]), image] {
         run.assert_status(0).assert_says("info: sdk-hello: kv round trip: hello from the Astrid SDK");
@@ -480,7 +481,7 @@ fn the_virtio_sink_receives_the_same_verified_log_as_the_serial_sink() {
     let art = common::artifacts();
     let mut boot = Boot::new(art.loader.clone(), fixtures().image.clone());
     boot.capsules = vec![fixtures().probe_cwasm.clone()];
-    boot.kernel_args = vec!["env=ASTRID_TEST_ARG=demo".into(), "env=ASTRID_AUDIT_FILE=/root/audit.log".into()];
+    boot.kernel_args = vec!["env=ASTRID_TEST_ARG=demo".into(), "env=ASTRID_AUDIT_FILE=/root/audit.log".into(), common::artifact_key_arg()];
     boot.shared_dir = Some((dir.clone(), xtask::setup::ensure_virtiofsd(&paths).expect("installing virtiofsd")));
     boot.timeout = Duration::from_secs(120);
     let out = qemu::run(&boot).expect("starting QEMU");
@@ -510,9 +511,9 @@ fn an_artifact_for_another_target_is_refused_cleanly() {
     // Precompiled for Linux, offered to the image: a clear load error, no crash.
     let paths = Paths::discover();
     let native = paths.out.join("precompiled/io-probe-native.cwasm");
-    compile::compile(&fixtures().probe, Some(&native), CodeTarget::Native).unwrap();
+    compile::compile(&fixtures().probe, Some(&native), CodeTarget::Native, xtask::prepare::session_key()).unwrap();
     let run = in_image(&native, &[]);
-    run.assert_status(65).assert_says("cannot be loaded");
+    run.assert_status(65).assert_says("cannot be loaded").assert_says("made for another engine build");
     let summary = run.assert_audit_verifies();
     assert_eq!(summary.capsules_ended, 1, "{}", run.console);
     run.assert_says("\"fn\":\"astrid:capsule/load\"");

@@ -227,7 +227,8 @@ fn run_command_runs_the_example_from_source_and_returns_its_status() {
     let root = xtask::paths::Paths::discover().root;
     let (code, text) = run_command(&[root.join("capsules/hello").to_str().unwrap()]);
     assert_eq!(code, 0, "{text}");
-    assert!(text.contains("capsule hello.wasm: wasm component"), "{text}");
+    // Precompiled on the host by default, sealed, and only deserialized in the guest.
+    assert!(text.contains("capsule hello.cwasm: sealed precompiled artifact"), "{text}");
     // The example shows the product: randomness, kv, ipc through a pollable, a sleep.
     for line in ["hello: 8 random bytes: ", "hello: kv says this is visit 1", "hello: ipc hello.greeting -> \"hi from the bus\"", "hello: slept ", "hello: done"] {
         assert!(text.contains(line), "the example did not say {line:?}:\n{text}");

@@ -37,7 +37,7 @@ fn fixtures() -> &'static Fixtures {
         let wasm = capsule::build(&paths, &paths.root.join("tests/capsules/sdk-probe")).expect("building sdk-probe");
         let cwasm = paths.out.join("precompiled/sdk-probe-test.cwasm");
         std::fs::create_dir_all(cwasm.parent().unwrap()).unwrap();
-        compile::compile(&wasm, Some(&cwasm), CodeTarget::HermitImage).expect("precompiling sdk-probe");
+        compile::compile(&wasm, Some(&cwasm), CodeTarget::HermitImage, xtask::prepare::session_key()).expect("precompiling sdk-probe");
         Fixtures { hosted: artifacts::ensure_hosted(&paths, false).expect("building hosted astrid"), image: art.astrid_img.clone(), wasm, cwasm }
     })
 }
@@ -114,6 +114,7 @@ fn in_image(setup: &Setup<'_>) -> Run {
     let mut boot = Boot::new(art.loader.clone(), f.image.clone());
     boot.capsules = files;
     boot.kernel_args = setup.env.iter().map(|(k, v)| format!("env={k}={v}")).collect();
+    boot.kernel_args.push(common::artifact_key_arg());
     for (i, (_, manifest)) in setup.capsules.iter().enumerate() {
         if let Some(m) = manifest {
             boot.kernel_args.push(format!("env=ASTRID_MANIFEST_{i}={}", Manifest::encode(m)));

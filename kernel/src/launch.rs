@@ -216,6 +216,8 @@ fn fit_memory(options: &mut crate::engine::RunOptions, settings: &Settings, caps
 fn start_engine(settings: &Settings) -> Result<crate::engine::CapsuleEngine, Status> {
     let mut engine =
         crate::engine::CapsuleEngine::new().map_err(|e| fail(Status::Software, &format!("cannot start the engine: {e:#}")))?;
+    // Precompiled artifacts run only when sealed with the deployment's key.
+    engine.set_artifact_key(settings.artifact_key.as_ref().map(|k| k.0));
     let publish = &settings.publish.0;
     engine.set_network(settings.net.external(), publish).map_err(|e| {
         fail(Status::Software, &format!("cannot publish ports {publish:?} ({}): {e} — is the port free?", settings::PUBLISH))
@@ -294,7 +296,8 @@ fn load_all<'a>(
     for ((capsule, manifest), foreign) in capsules.iter().zip(manifests).zip(foreign_ports) {
         match engine.load(&capsule.bytes) {
             Ok(report) => {
-                say!("astrid: capsule {}: {} in {} us", capsule.name, report.how, report.elapsed.as_micros());
+                let seal = report.verified_in.map(|t| format!(" (seal verified in {} us)", t.as_micros())).unwrap_or_default();
+                say!("astrid: capsule {}: {} in {} us{seal}", capsule.name, report.how, report.elapsed.as_micros());
                 let (id, mut options) = match manifest {
                     Some(m) => {
                         let above = crate::engine::limits_above_image(options, m);
@@ -545,18 +548,14 @@ fn audit_rejection(settings: &Settings, capsule: &str, why: &str) {
 #[cfg(not(feature = "engine"))]
 fn audit_rejection(_: &Settings, _: &str, _: &str) {}
 
-/// What a host-precompiled artifact holds, if `bytes` is one.
-#[cfg(feature = "engine")]
+/// What kind of precompiled artifact `bytes` is, if it is one: read from its ends only
+/// (the engine verifies the seal before anything else of it is looked at).
 fn precompiled_kind(bytes: &[u8]) -> Option<&'static str> {
-    match wasmtime::Engine::detect_precompiled(bytes)? {
-        wasmtime::Precompiled::Component => Some("precompiled component"),
-        wasmtime::Precompiled::Module => Some("precompiled module"),
+    match wasm::artifact::form(bytes) {
+        wasm::artifact::Form::Sealed(_) => Some("sealed precompiled artifact"),
+        wasm::artifact::Form::Unsealed => Some("precompiled artifact without a seal"),
+        wasm::artifact::Form::NotAnArtifact => None,
     }
-}
-
-#[cfg(not(feature = "engine"))]
-fn precompiled_kind(bytes: &[u8]) -> Option<&'static str> {
-    bytes.starts_with(b"\x7fELF").then_some("precompiled artifact")
 }
 
 fn fail(status: Status, what: &dyn std::fmt::Display) -> Status {

@@ -218,7 +218,7 @@ macro_rules! from_str_values {
     )*};
 }
 
-from_str_values!(Number, String, GuestPath, Switch, Flag, NetMode, Ports, ConfigPairs, HexBytes, HostSeed, AuditKey, DebugPort, BootPath, Benchmark);
+from_str_values!(Number, String, GuestPath, Switch, Flag, NetMode, Ports, ConfigPairs, HexBytes, HostSeed, AuditKey, ArtifactKey, DebugPort, BootPath, Benchmark);
 
 /// A path, as a setting holds it (not empty).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -479,6 +479,33 @@ impl fmt::Display for AuditKey {
     }
 }
 
+/// The deployment's artifact key: the BLAKE3 key that seals precompiled artifacts
+/// (`wasm::artifact`), 64 hex digits. Its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ArtifactKey(pub [u8; SEED_BYTES]);
+
+impl fmt::Debug for ArtifactKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ArtifactKey(<secret>)")
+    }
+}
+
+impl FromStr for ArtifactKey {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.parse::<HostSeed>().map(|k| ArtifactKey(k.0)).map_err(|_| "must be 64 hex digits (a BLAKE3 key), not all zero".into())
+    }
+}
+
+impl fmt::Display for ArtifactKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex_encode(&self.0))
+    }
+}
+
+/// Settings whose values are secrets: never echoed, not even malformed ones.
+pub const SECRETS: &[&str] = &[AUDIT_KEY, ARTIFACT_KEY];
+
 /// An x86 I/O port, in hex (`0xf4`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DebugPort(pub u16);
@@ -637,6 +664,9 @@ settings! {
         /// The deployment's Ed25519 secret key that signs the audit log's checkpoints (the run command passes it; without it the log is unsigned).
         Image AUDIT_KEY = "ASTRID_AUDIT_KEY", audit_key: Option<AuditKey> = None,
             default "unset", accepts "64 hex digits, not all zero";
+        /// The deployment's key that seals precompiled artifacts (keyed BLAKE3): an artifact runs only if its seal verifies with it for this image's engine (the run command passes it; without it only `.wasm` runs).
+        Image ARTIFACT_KEY = "ASTRID_ARTIFACT_KEY", artifact_key: Option<ArtifactKey> = None,
+            default "unset", accepts "64 hex digits, not all zero";
         /// Linear memory cap per capsule in MiB (never above its share of guest RAM; a manifest can lower it).
         Image MEMORY_MIB = "ASTRID_MEMORY_MIB", memory_mib: Number = Number(DEFAULT_MEMORY_MIB),
             default "64", accepts "a number of MiB";
@@ -704,7 +734,7 @@ settings! {
     host {
         /// Read when xtask builds the Hermit kernel: its log level, fixed at build time.
         KERNEL_LOG = "ASTRID_KERNEL_LOG", default "warn", accepts "off, error, warn, info, debug, trace";
-        /// Read by xtask: where the run command keeps the audit signing key (`audit.key`, `audit.pub`).
+        /// Read by xtask: where the run command keeps the deployment's keys (`audit.key`, `audit.pub`, `artifact.key`).
         STATE_DIR = "ASTRID_STATE_DIR", default "$XDG_STATE_HOME/astrid-img or ~/.local/state/astrid-img", accepts "a directory";
         /// Read by xtask: where build outputs go instead of `target/astrid`.
         CACHE_DIR = "ASTRID_CACHE_DIR", default "unset", accepts "a directory";
@@ -738,7 +768,7 @@ impl fmt::Display for SettingsError {
         let name = &self.name;
         match &self.problem {
             // A secret is never echoed, not even a malformed one: it may be almost right.
-            Problem::Malformed { why, accepted, .. } if name == AUDIT_KEY => {
+            Problem::Malformed { why, accepted, .. } if SECRETS.contains(&name.as_str()) => {
                 write!(f, "{name}=(hidden): {why} (accepted: {accepted})")
             }
             Problem::Malformed { value, why, accepted } => {
@@ -869,11 +899,16 @@ mod secret_tests {
     use super::*;
 
     #[test]
-    fn a_malformed_audit_key_is_not_echoed() {
+    fn a_malformed_secret_is_not_echoed() {
         let leaked = "ab".repeat(31) + "zz";
-        let e = Settings::from_vars(|k| (k == AUDIT_KEY).then(|| leaked.clone())).unwrap_err();
-        let shown = e.to_string();
-        assert!(shown.contains(AUDIT_KEY) && !shown.contains(&leaked) && !shown.contains("abab"), "{shown}");
+        for secret in SECRETS {
+            let e = Settings::from_vars(|k| (k == *secret).then(|| leaked.clone())).unwrap_err();
+            let shown = e.to_string();
+            assert!(shown.contains(secret) && !shown.contains(&leaked) && !shown.contains("abab"), "{shown}");
+            let good = "cd".repeat(32);
+            let parsed = Settings::from_vars(|k| (k == *secret).then(|| good.clone())).unwrap();
+            assert!(!format!("{parsed:?}").contains("cdcd"), "Debug shows {secret}");
+        }
     }
 }
 
@@ -906,6 +941,7 @@ mod tests {
         (RAM_MIB, &["512"], &["512M"]),
         (RUN_NONCE, &["0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"], &["", ZERO_SEED, "01"]),
         (AUDIT_KEY, &["0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"], &["", ZERO_SEED, "01"]),
+        (ARTIFACT_KEY, &["0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"], &["", ZERO_SEED, "01", "zz"]),
         (BENCH, &["futex", "futex-timed", "wait", "memcpy", "sink-serial", "serial-raw", "sink-file"], &["fast", ""]),
         (TEST_ARG, &["", "bench-read-4k"], &[]),
         (DEBUG_EXIT, &["0xf4", "f4"], &["", "port", "0x10000"]),

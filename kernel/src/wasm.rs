@@ -1,6 +1,9 @@
 //! Recognises a WebAssembly binary from its 8-byte preamble: magic, then a 16-bit
 //! version and a 16-bit layer (0 = core module, 1 = component). The engine does the
 //! full validation; this check turns the common mistakes into precise errors first.
+//! Precompiled artifacts are recognised and authenticated by [`artifact`].
+
+pub mod artifact;
 
 use core::fmt;
 

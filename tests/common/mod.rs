@@ -9,6 +9,12 @@ use std::sync::OnceLock;
 use xtask::artifacts::{self, Artifacts};
 use xtask::paths::Paths;
 
+/// The kernel argument that gives the image this test process's artifact key, which
+/// seals what the tests precompile (`xtask::prepare::session_key`).
+pub fn artifact_key_arg() -> String {
+    xtask::qemu::env_arg(astrid_kernel::settings::ARTIFACT_KEY, xtask::prepare::session_key())
+}
+
 pub fn artifacts() -> &'static Artifacts {
     static ART: OnceLock<Artifacts> = OnceLock::new();
     ART.get_or_init(|| artifacts::ensure(&Paths::discover()).expect("building the images failed"))

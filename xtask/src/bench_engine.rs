@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use astrid_kernel::settings::{AUDIT, AUDIT_FILE, AUDIT_SERIAL, BENCH, TEST_ARG};
+use astrid_kernel::settings::{ARTIFACT_KEY, AUDIT, AUDIT_FILE, AUDIT_SERIAL, BENCH, TEST_ARG};
 
 use crate::artifacts::Artifacts;
 use crate::bench::median;
@@ -45,6 +45,8 @@ pub fn run_once(side: &Side, capsule: Option<&Path>, env: &[(&str, String)]) -> 
                 }
             }
         }
+        // The capsules are sealed with this process's key (`main.rs`'s `precompiled`).
+        cmd.env(ARTIFACT_KEY, crate::prepare::session_key().to_string());
         let out = cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str()))).output()?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         if !out.status.success() {
@@ -56,6 +58,7 @@ pub fn run_once(side: &Side, capsule: Option<&Path>, env: &[(&str, String)]) -> 
     let mut boot = Boot::new(art.loader.clone(), image.to_path_buf());
     boot.capsules = capsule.map(|c| vec![c.to_path_buf()]).unwrap_or_default();
     boot.kernel_args = env.iter().map(|(k, v)| qemu::env_arg(k, v)).collect();
+    boot.kernel_args.push(qemu::env_arg(ARTIFACT_KEY, crate::prepare::session_key()));
     boot.timeout = Duration::from_secs(300);
     boot.shared_dir = side.share.clone();
     let out = qemu::run(&boot)?;

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use astrid_kernel::settings::{AUDIT, BENCH, CAPSULE_CONFIG, PUBLISH, TEST_ARG};
+use astrid_kernel::settings::{ARTIFACT_KEY, AUDIT, BENCH, CAPSULE_CONFIG, PUBLISH, TEST_ARG};
 
 use crate::artifacts::Artifacts;
 use crate::bench_engine::{Row, figure, median_of as median};
@@ -50,6 +50,7 @@ impl NetBench<'_> {
             Where::Hosted => {
                 let mut cmd = Command::new("timeout");
                 cmd.arg("300").arg(&self.hosted_bin).args(capsules).envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+                cmd.env(ARTIFACT_KEY, crate::prepare::session_key().to_string());
                 if let Some((_, port)) = publish {
                     cmd.env(PUBLISH, port.to_string());
                 }
@@ -62,6 +63,7 @@ impl NetBench<'_> {
                 let mut boot = Boot::new(self.art.loader.clone(), self.testing_img.clone());
                 boot.capsules = capsules.to_vec();
                 boot.kernel_args = env.iter().map(|(k, v)| qemu::env_arg(k, v)).collect();
+                boot.kernel_args.push(qemu::env_arg(ARTIFACT_KEY, crate::prepare::session_key()));
                 boot.timeout = Duration::from_secs(300);
                 if let Some(p) = publish {
                     boot.net = NetMode::Restricted;

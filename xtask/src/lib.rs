@@ -12,6 +12,7 @@ pub mod hermit_app;
 pub mod kernel;
 pub mod loader;
 pub mod paths;
+pub mod prepare;
 pub mod process;
 pub mod qemu;
 pub mod setup;

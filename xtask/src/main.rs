@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use xtask::paths::Paths;
 use xtask::qemu::{self, Boot, Firmware};
 use xtask::uhyve::{self, Kvm};
+use xtask::prepare::{self, Mode};
 use xtask::{artifacts, bench, capsule, compile, process, setup, toolchain};
 
 #[derive(Parser)]
@@ -44,7 +45,8 @@ enum Cmd {
         #[arg(last = true)]
         test_args: Vec<String>,
     },
-    /// Precompile a capsule on the host for astrid.img (same wasmtime, same Config).
+    /// Precompile a capsule on the host for astrid.img (same wasmtime, same Config),
+    /// sealed with the deployment's artifact key.
     Compile {
         input: PathBuf,
         #[arg(short, long)]
@@ -52,6 +54,10 @@ enum Cmd {
         /// Compile for this machine (hosted mode) instead of astrid.img.
         #[arg(long)]
         native: bool,
+        /// Seal with this key (a file of 64 hex digits) instead of the deployment's own,
+        /// artifact.key in the state directory (made on first use).
+        #[arg(long, value_name = "FILE")]
+        artifact_key: Option<PathBuf>,
     },
     /// Audit log tools.
     Audit {
@@ -142,10 +148,18 @@ struct RunArgs {
     /// Cancel each capsule this many milliseconds after it starts.
     #[arg(long, value_name = "MS")]
     deadline_ms: Option<u64>,
-    /// Precompile .wasm capsules on the host (`xtask compile`) instead of compiling them
-    /// in the guest.
+    /// Send .wasm capsules as they are, for the image to compile (Cranelift in the
+    /// guest: seconds under TCG), instead of precompiling them here (the default: with
+    /// the image's wasmtime and Config, cached, sealed with the artifact key).
     #[arg(long)]
+    jit: bool,
+    /// The default, kept for scripts that pass it: precompile on the host.
+    #[arg(long, hide = true, conflicts_with = "jit")]
     precompile: bool,
+    /// Seal precompiled capsules with this key (a file of 64 hex digits) instead of the
+    /// deployment's own, artifact.key in the state directory (made on first use).
+    #[arg(long, value_name = "FILE")]
+    artifact_key: Option<PathBuf>,
     /// Share DIR with the guest as /root over virtio-fs (QEMU) and write the audit log
     /// there as DIR/audit.log: the virtio audit sink, beside the serial one.
     #[arg(long, value_name = "DIR")]
@@ -288,9 +302,10 @@ fn dispatch(cmd: Cmd) -> Result<u8> {
             Ok(0)
         }
         Cmd::Run(args) => run(&paths, *args),
-        Cmd::Compile { input, output, native } => {
+        Cmd::Compile { input, output, native, artifact_key } => {
             let target = if native { CodeTarget::Native } else { CodeTarget::HermitImage };
-            compile::compile(&input, output.as_deref(), target)?;
+            let key = prepare::deployment_key(artifact_key.as_deref())?;
+            compile::compile(&input, output.as_deref(), target, &key)?;
             Ok(0)
         }
         Cmd::Audit { cmd: AuditCmd::Verify { log, key, open } } => {
@@ -359,13 +374,13 @@ fn dispatch(cmd: Cmd) -> Result<u8> {
 }
 
 /// A test capsule of `tests/capsules/NAME` built, and precompiled for this machine and
-/// for astrid.img: (wasm, native, hermit).
+/// for astrid.img, sealed with this process's key (the benchmarks pass it to every
+/// run): (wasm, native, hermit).
 fn precompiled(paths: &Paths, name: &str) -> Result<(PathBuf, PathBuf, PathBuf)> {
     let wasm = capsule::build(paths, &paths.root.join("tests/capsules").join(name))?;
-    let pre = paths.out.join("precompiled");
-    std::fs::create_dir_all(&pre)?;
-    let native = compile::compile(&wasm, Some(&pre.join(format!("{name}-native.cwasm"))), CodeTarget::Native)?;
-    let hermit = compile::compile(&wasm, Some(&pre.join(format!("{name}-hermit.cwasm"))), CodeTarget::HermitImage)?;
+    let key = prepare::session_key();
+    let native = prepare::prepare_capsule(paths, &wasm, Mode::Precompiled { target: CodeTarget::Native, key })?.file;
+    let hermit = prepare::prepare_capsule(paths, &wasm, Mode::Precompiled { target: CodeTarget::HermitImage, key })?.file;
     Ok((wasm, native, hermit))
 }
 
@@ -411,7 +426,8 @@ fn run_steps(paths: &Paths, args: RunArgs) -> Result<u8> {
     check_identities(&args, &manifests)?;
     apply_flags(&mut guest, &args, &manifests)?;
     bind_audit(&mut guest, &args)?;
-    let capsules = capsule_files(paths, &args, under)?;
+    let key = bind_artifact_key(&mut guest, &args)?;
+    let capsules = capsule_files(paths, &args, under, &key)?;
     match under {
         Under::Qemu => run_qemu(paths, &args, capsules, guest),
         Under::Uhyve => run_uhyve(paths, &args, capsules, guest),
@@ -518,6 +534,18 @@ fn bind_audit(guest: &mut Settings, args: &RunArgs) -> Result<()> {
     Ok(())
 }
 
+/// The deployment's artifact key, which seals what the run command precompiles and
+/// which the image checks every artifact's seal with (unless `--env` set it).
+fn bind_artifact_key(guest: &mut Settings, args: &RunArgs) -> Result<settings::ArtifactKey> {
+    if let Some(key) = &guest.artifact_key {
+        ensure!(args.artifact_key.is_none(), "--artifact-key and --env {}: give the key one way", settings::ARTIFACT_KEY);
+        return Ok(key.clone());
+    }
+    let key = prepare::deployment_key(args.artifact_key.as_deref())?;
+    guest.artifact_key = Some(key.clone());
+    Ok(key)
+}
+
 /// What the flags tell the image wherever it runs (over `--env`); the targets add their
 /// own.
 fn apply_flags(guest: &mut Settings, args: &RunArgs, manifests: &[Option<String>]) -> Result<()> {
@@ -556,24 +584,24 @@ fn hook_payload(payload: Option<&str>) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// The capsule files to boot: crate directories built, and with --precompile each one
-/// compiled on the host for where it runs.
-fn capsule_files(paths: &Paths, args: &RunArgs, under: Under) -> Result<Vec<PathBuf>> {
-    let capsules = args
-        .capsules
-        .iter()
-        .map(|c| if c.is_dir() { capsule::build(paths, c) } else { Ok(c.clone()) })
-        .collect::<Result<Vec<_>>>()?;
-    if !args.precompile {
-        return Ok(capsules);
-    }
+/// The capsule files to boot, each prepared by `prepare::prepare_capsule`: crate
+/// directories built, `.wasm` precompiled on the host for where it runs and sealed with
+/// `key` (unless `--jit`, or the check-only image uhyve runs on PVM hosts, which runs
+/// nothing). A `.wasm` that does not compile is refused here (65).
+fn capsule_files(paths: &Paths, args: &RunArgs, under: Under, key: &settings::ArtifactKey) -> Result<Vec<PathBuf>> {
+    let check_only = under == Under::Uhyve && uhyve::detect_kvm() == Kvm::PvmEmulator;
     let target = if under == Under::Hosted { CodeTarget::Native } else { CodeTarget::HermitImage };
-    capsules
+    // `--precompile` (the default) and `--jit` conflict: clap refuses both at once.
+    let jit = args.jit && !args.precompile;
+    let mode = if jit || check_only { Mode::Jit } else { Mode::Precompiled { target, key } };
+    args.capsules
         .iter()
-        .map(|c| {
-            let out = paths.out.join("precompiled").join(c.file_name().unwrap()).with_extension("cwasm");
-            std::fs::create_dir_all(out.parent().unwrap())?;
-            compile::compile(c, Some(&out), target)
+        .map(|c| match prepare::prepare_capsule(paths, c, mode) {
+            Ok(p) => Ok(p.file),
+            Err(e) => match e.downcast::<compile::Uncompilable>() {
+                Ok(why) => Err(refuse(EXIT_DATA_ERR, why.to_string())),
+                Err(e) => Err(e),
+            },
         })
         .collect()
 }
@@ -743,7 +771,8 @@ fn test(paths: &Paths, test_args: &[String]) -> Result<u8> {
 
 /// Clippy with warnings as errors, over everything we build: the workspace hosted (with
 /// the testing sources, so every host file is checked), the image's application without
-/// its engine (the soft-float image), and the loader for its real target and its tests.
+/// its engine (the soft-float image) and without its compiler, and the loader for its
+/// real target and its tests.
 fn lint(paths: &Paths) -> Result<()> {
     xtask::step("clippy (warnings are errors)");
     let deny = ["--", "-D", "warnings"];
@@ -757,6 +786,13 @@ fn lint(paths: &Paths) -> Result<()> {
         process::cargo(toolchain::APP)
             .current_dir(&paths.root)
             .args(["clippy", "-p", "astrid-kernel", "--no-default-features"])
+            .args(deny),
+    )?;
+    // The engine without its compiler (an image that runs only sealed artifacts).
+    process::run(
+        process::cargo(toolchain::APP)
+            .current_dir(&paths.root)
+            .args(["clippy", "-p", "astrid-kernel", "--no-default-features", "--features", "engine"])
             .args(deny),
     )?;
     for target in ["x86_64-unknown-none", "x86_64-unknown-linux-gnu"] {

@@ -56,11 +56,43 @@ pub fn output(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8(out.stdout)?)
 }
 
+/// The command line, for messages: a secret setting's value (the audit and artifact
+/// keys on QEMU's module list) shows as `(hidden)`.
 pub fn show(cmd: &Command) -> String {
     let mut s = cmd.get_program().to_string_lossy().into_owned();
     for arg in cmd.get_args() {
         s.push(' ');
         s.push_str(&arg.to_string_lossy());
     }
-    s
+    redact(&s)
+}
+
+/// `text` with the value of every `SECRET=value` of a secret setting hidden.
+pub fn redact(text: &str) -> String {
+    const HIDDEN: &str = "(hidden)";
+    let mut out = text.to_string();
+    for name in astrid_kernel::settings::SECRETS {
+        let pattern = format!("{name}=");
+        let mut from = 0;
+        while let Some(at) = out[from..].find(&pattern) {
+            let start = from + at + pattern.len();
+            let end = out[start..].find(|c: char| !c.is_ascii_hexdigit()).map_or(out.len(), |n| start + n);
+            out.replace_range(start..end, HIDDEN);
+            from = start + HIDDEN.len();
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn secrets_are_hidden_in_shown_command_lines() {
+        let key = "ab".repeat(32);
+        let mut cmd = std::process::Command::new("qemu");
+        cmd.arg(format!("astrid.img env=ASTRID_AUDIT_KEY={key} env=ASTRID_ARTIFACT_KEY={key},cap.wasm")).arg("-m");
+        let shown = super::show(&cmd);
+        assert!(!shown.contains("abab"), "{shown}");
+        assert!(shown.contains("ASTRID_AUDIT_KEY=(hidden) env=ASTRID_ARTIFACT_KEY=(hidden),cap.wasm -m"), "{shown}");
+    }
 }

@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Precompiled, Store, Trap, UpdateDeadline};
 
-pub use config::{CodeTarget, engine_config};
+pub use config::{CodeTarget, engine_config, fingerprint};
 
 use crate::audit::{AuditHandle, IoEvent, Outcome};
 use crate::host::{CapsuleLimits, CapsuleState, Identity, Shared, Spec};
 use crate::wait::{self, CancelToken};
+use crate::wasm::artifact::{self, Fingerprint, KEY_BYTES};
 
 /// How often the epoch advances: the latency with which a capsule in pure compute
 /// notices its cancellation.
@@ -35,6 +36,8 @@ pub struct LoadReport {
     pub loaded: Loaded,
     pub how: &'static str,
     pub elapsed: Duration,
+    /// Of `elapsed`, what checking a precompiled artifact's seal took.
+    pub verified_in: Option<Duration>,
 }
 
 pub struct CapsuleEngine {
@@ -45,6 +48,11 @@ pub struct CapsuleEngine {
     module_linker: wasmtime::Linker<CapsuleState>,
     /// What the capsules of this image share: the message bus and the network.
     shared: Shared,
+    /// The deployment's artifact key (`ASTRID_ARTIFACT_KEY`): precompiled artifacts
+    /// load only when their seal verifies under it.
+    artifact_key: Option<[u8; KEY_BYTES]>,
+    /// This engine's fingerprint, which a seal must cover.
+    fingerprint: Fingerprint,
 }
 
 /// Which of the capsule's exports a run calls.
@@ -186,7 +194,21 @@ impl CapsuleEngine {
         crate::host::add_to_linker(&mut linker)?;
         let module_linker = wasmtime::Linker::new(&engine);
         let ticker = EpochTicker::start(engine.weak())?;
-        Ok(CapsuleEngine { _ticker: ticker, engine, linker, module_linker, shared: Shared::default() })
+        Ok(CapsuleEngine {
+            _ticker: ticker,
+            engine,
+            linker,
+            module_linker,
+            shared: Shared::default(),
+            artifact_key: None,
+            fingerprint: fingerprint(CodeTarget::Native),
+        })
+    }
+
+    /// The key that precompiled artifacts must be sealed with (`None`: every artifact
+    /// is refused, `.wasm` still runs). Call before loading capsules.
+    pub fn set_artifact_key(&mut self, key: Option<[u8; KEY_BYTES]>) {
+        self.artifact_key = key;
     }
 
     /// Sets up the image's network: whether connections may leave through a NIC (or
@@ -208,33 +230,56 @@ impl CapsuleEngine {
         &self.engine
     }
 
-    /// Compiles a `.wasm` (Cranelift, here) or deserializes an artifact precompiled
-    /// for this target by `xtask compile` with the same `Config`.
+    /// Compiles a `.wasm` (Cranelift, here), or deserializes an artifact precompiled for
+    /// this engine by the host's capsule preparation — only once its seal verifies under
+    /// the deployment's key (`wasm::artifact`): until then none of its bytes is parsed
+    /// as an artifact, let alone mapped executable. A refused artifact's error is an
+    /// [`artifact::ArtifactError`].
     pub fn load(&self, bytes: &[u8]) -> wasmtime::Result<LoadReport> {
         let started = Instant::now();
-        let (loaded, how) = match wasmtime::Engine::detect_precompiled(bytes) {
-            Some(Precompiled::Component) => {
-                // SAFETY: deserializing maps the artifact's machine code as executable, so
-                // it must come from our own precompiler (`xtask compile`, the same wasmtime
-                // and Config); the engine checks the artifact's target, version and
-                // settings match before using it.
-                let component = unsafe { Component::deserialize(&self.engine, bytes)? };
-                (Loaded::Component(component), "precompiled component")
-            }
-            Some(Precompiled::Module) => {
-                // SAFETY: as for a component above: our precompiler's output, checked by
-                // the engine for target, version and settings.
-                let module = unsafe { wasmtime::Module::deserialize(&self.engine, bytes)? };
-                (Loaded::Module(module), "precompiled module")
-            }
-            None => match crate::wasm::inspect(bytes) {
-                Ok(h) if h.kind == crate::wasm::WasmKind::Component => {
-                    (Loaded::Component(Component::new(&self.engine, bytes)?), "compiled component")
+        let opened = artifact::verify(bytes, &self.fingerprint, self.artifact_key.as_ref())?;
+        let verified_in = opened.is_some().then(|| started.elapsed());
+        let (loaded, how) = match opened {
+            Some(payload) => match wasmtime::Engine::detect_precompiled(payload) {
+                Some(Precompiled::Component) => {
+                    // SAFETY: deserializing maps the artifact's machine code executable,
+                    // so it must be what our own precompiler made for this engine: the
+                    // seal just verified (a keyed MAC under the deployment's key over this
+                    // engine's fingerprint and every payload byte) proves that, and
+                    // wasmtime checks the artifact's target, version and settings again.
+                    let component = unsafe { Component::deserialize(&self.engine, payload)? };
+                    (Loaded::Component(component), "precompiled component")
                 }
-                _ => (Loaded::Module(wasmtime::Module::new(&self.engine, bytes)?), "compiled module"),
+                Some(Precompiled::Module) => {
+                    // SAFETY: as for a component above: sealed by our precompiler for this
+                    // engine (the seal verified), checked by wasmtime for target, version
+                    // and settings.
+                    let module = unsafe { wasmtime::Module::deserialize(&self.engine, payload)? };
+                    (Loaded::Module(module), "precompiled module")
+                }
+                None => wasmtime::bail!("a sealed artifact that holds no wasmtime artifact (the precompiler sealed something else)"),
             },
+            None => self.compile(bytes)?,
         };
-        Ok(LoadReport { loaded, how, elapsed: started.elapsed() })
+        Ok(LoadReport { loaded, how, elapsed: started.elapsed(), verified_in })
+    }
+
+    /// Compiles a `.wasm` with Cranelift, here.
+    #[cfg(feature = "jit")]
+    fn compile(&self, bytes: &[u8]) -> wasmtime::Result<(Loaded, &'static str)> {
+        Ok(match crate::wasm::inspect(bytes) {
+            Ok(h) if h.kind == crate::wasm::WasmKind::Component => (Loaded::Component(Component::new(&self.engine, bytes)?), "compiled component"),
+            _ => (Loaded::Module(wasmtime::Module::new(&self.engine, bytes)?), "compiled module"),
+        })
+    }
+
+    /// This build has no compiler: a `.wasm` must come precompiled.
+    #[cfg(not(feature = "jit"))]
+    fn compile(&self, _: &[u8]) -> wasmtime::Result<(Loaded, &'static str)> {
+        wasmtime::bail!(
+            "a .wasm, and this image has no compiler (built without the `jit` feature): it runs only artifacts \
+             precompiled and sealed on the host — run it with `scripts/run` without --jit"
+        )
     }
 
     /// Runs one capsule to its end on a thread of its own, auditing through `audit`.
