@@ -161,6 +161,9 @@ pub struct ImageBoot {
     pub memory_mib: u32,
     pub cpus: u32,
     pub timeout: Duration,
+    /// Attach QEMU's isa-debug-exit device at 0xf4 (a real machine has none: without it the
+    /// kernel's own exit write goes nowhere, as on hardware).
+    pub debug_exit_device: bool,
     /// Where OVMF's writable variable store is copied to.
     pub scratch: PathBuf,
 }
@@ -175,6 +178,7 @@ impl ImageBoot {
             memory_mib: 512,
             cpus: 2,
             timeout: Duration::from_secs(120),
+            debug_exit_device: true,
             scratch,
         }
     }
@@ -198,11 +202,13 @@ pub fn boot_image(boot: &ImageBoot) -> Result<ImageOutcome> {
     let mut cmd = Command::new(qemu);
     cmd.args(["-machine", "q35", "-accel", "tcg", "-cpu", &boot.cpu])
         .args(["-m", &format!("{}M", boot.memory_mib), "-smp", &boot.cpus.to_string()])
-        .args(["-nodefaults", "-display", "none", "-serial", "stdio", "-no-reboot"])
-        .args(["-device", &format!("isa-debug-exit,iobase={DEBUG_EXIT_PORT:#x},iosize=0x04")]);
+        .args(["-nodefaults", "-display", "none", "-serial", "stdio", "-no-reboot"]);
+    if boot.debug_exit_device {
+        cmd.args(["-device", &format!("isa-debug-exit,iobase={DEBUG_EXIT_PORT:#x},iosize=0x04")]);
+    }
     match boot.medium {
         Medium::Cdrom => cmd.arg("-cdrom").arg(&boot.image),
-        Medium::Disk => cmd.arg("-drive").arg(format!("file={},format=raw,if=ide,readonly=on", boot.image.display())),
+        Medium::Disk => cmd.arg("-drive").arg(format!("file={},format=raw,if=ide,snapshot=on", boot.image.display())),
     };
     let _vars_guard;
     if boot.firmware == Firmware::Uefi {

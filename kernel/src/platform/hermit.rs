@@ -21,9 +21,9 @@ pub fn boot_module(addr: u64, len: u64) -> Option<&'static [u8]> {
 
 /// Under QEMU the run command passes `env=ASTRID_DEBUG_EXIT=0xf4`: write the status to
 /// the isa-debug-exit port so QEMU's own exit status carries it (see `exit`). Without
-/// that variable (uhyve, bare metal) the status goes to the console, and the machine
-/// then does what `ASTRID_ON_EXIT` says: the kernel's exit path powers off (uhyve reports
-/// the status itself), or the image halts or resets the machine here.
+/// that variable (uhyve, bare metal) the status goes to the console. Booted by our loader
+/// (bare metal), the machine then does what `ASTRID_ON_EXIT` says: the kernel's exit path
+/// powers off, or the image halts or resets the machine here; uhyve ends the guest itself.
 pub fn report_exit(status: u8) {
     use crate::settings::OnExit;
     let settings = crate::settings::current();
@@ -32,6 +32,11 @@ pub fn report_exit(status: u8) {
         // SAFETY: Hermit applications run in ring 0; the port was named by the host that
         // attached the isa-debug-exit device, and writing it ends the virtual machine.
         unsafe { core::arch::asm!("out dx, eax", in("dx") port, in("eax") value) };
+        return;
+    }
+    if settings.boot.is_none() {
+        // Not booted by our loader: uhyve, which ends the guest and passes the status on.
+        println!("astrid: exit status {status}");
         return;
     }
     let then = match settings.on_exit {
