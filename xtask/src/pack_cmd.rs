@@ -189,7 +189,7 @@ fn pack_steps(paths: &Paths, args: &PackArgs) -> Result<()> {
             format!("uhyve -m {memory_mib}MiB -c {cpus} {}", args.output.display())
         }
         Format::Hermit => format!("uhyve {}", args.output.display()),
-        Format::Iso => format!("boot it from a CD or virtual drive (QEMU: qemu-system-x86_64 -m 512M -serial stdio -cdrom {})", args.output.display()),
+        Format::Iso => format!("boot it from a CD or virtual drive (QEMU: qemu-system-x86_64 -cpu max -m 512M -nographic -cdrom {})", args.output.display()),
         Format::Img => format!("write it to a USB stick: dd if={} of=/dev/sdX bs=4M conv=fsync", args.output.display()),
     };
     let key = if guest.audit_key.is_some() { "; it holds the audit signing key: keep it as private" } else { "" };
