@@ -123,7 +123,8 @@ mod tests {
                 name: "b.wasm",
             },
         ];
-        let line = kernel_command_line("/img/hello.img -freq 2000 -- arg1 arg2", &caps, 511).unwrap();
+        let line =
+            kernel_command_line("/img/hello.img -freq 2000 -- arg1 arg2", &caps, 511).unwrap();
         assert_eq!(
             line,
             "env=ASTRID_BOOT=multiboot env=ASTRID_CAPSULE_0=0x523000,4660,echo.wasm \
@@ -164,7 +165,8 @@ mod tests {
             len: 2,
             name: "it's #odd.wasm",
         }];
-        let line = kernel_command_line("app env=ASTRID_RAM_MIB=256 -- 'a b' c", &caps, 511).unwrap();
+        let line =
+            kernel_command_line("app env=ASTRID_RAM_MIB=256 -- 'a b' c", &caps, 511).unwrap();
         let words = shell_words::split(&line).unwrap();
         assert_eq!(
             words,

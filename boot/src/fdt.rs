@@ -116,8 +116,17 @@ mod tests {
             .as_usize();
         assert_eq!(khz, Some(2_496_000));
         // The kernel's own query (`env::rsdp`): the first reg entry's address.
-        let rsdp = fdt.find_node("/hermit,rsdp").unwrap().reg().unwrap().next().unwrap();
-        assert_eq!((rsdp.starting_address as usize, rsdp.size), (0x20_1000, Some(0x24)));
+        let rsdp = fdt
+            .find_node("/hermit,rsdp")
+            .unwrap()
+            .reg()
+            .unwrap()
+            .next()
+            .unwrap();
+        assert_eq!(
+            (rsdp.starting_address as usize, rsdp.size),
+            (0x20_1000, Some(0x24))
+        );
         // The kernel logs the tree with `{:#?}`; that must not panic either.
         assert!(format!("{fdt:#?}").contains("memory@100000"));
     }

@@ -132,7 +132,13 @@ mod flow {
                     // SAFETY: both ranges lie in RAM under the boot identity map of [0, 4 GiB);
                     // the destination is above everything occupied, so nothing else lives
                     // there and it does not overlap the source, which starts below 2 MiB.
-                    unsafe { core::ptr::copy_nonoverlapping(m.start as *const u8, to as *mut u8, m.len() as usize) };
+                    unsafe {
+                        core::ptr::copy_nonoverlapping(
+                            m.start as *const u8,
+                            to as *mut u8,
+                            m.len() as usize,
+                        )
+                    };
                     occupied.push(to..to + m.len());
                     to
                 }

@@ -121,7 +121,12 @@ pub fn relocate_low_modules(
     occupied: &[Range<u64>],
     modules: &[Range<u64>],
 ) -> Result<Vec<Option<u64>>, BootError> {
-    let mut floor = occupied.iter().filter(|r| !r.is_empty()).map(|r| r.end).max().unwrap_or(0);
+    let mut floor = occupied
+        .iter()
+        .filter(|r| !r.is_empty())
+        .map(|r| r.end)
+        .max()
+        .unwrap_or(0);
     modules
         .iter()
         .map(|m| {
@@ -373,15 +378,29 @@ mod tests {
         let ram = [0x10_0000..0x800_0000, 0x1_0000_0000..0x2_0000_0000];
         let loader = 0x20_0000..0x33_0000;
         // GRUB's layout: capsules at 1 MiB, the app module above the loader.
-        let modules = [0x10_0000..0x10_ad65, 0x11_0000..0x11_0010, 0x34_0000..0x170_0000, 0x12_0000..0x12_0000];
+        let modules = [
+            0x10_0000..0x10_ad65,
+            0x11_0000..0x11_0010,
+            0x34_0000..0x170_0000,
+            0x12_0000..0x12_0000,
+        ];
         let mut occupied = alloc::vec![loader.clone()];
         occupied.extend(modules.iter().cloned());
         let moved = relocate_low_modules(&ram, &occupied, &modules).unwrap();
         assert_eq!(moved, [Some(0x170_0000), Some(0x170_b000), None, None]);
         // Nothing to move: nothing moves.
-        assert_eq!(relocate_low_modules(&ram, &[loader.clone()], &[0x40_0000..0x50_0000]).unwrap(), [None]);
+        assert_eq!(
+            relocate_low_modules(
+                &ram,
+                core::slice::from_ref(&loader),
+                &[0x40_0000..0x50_0000]
+            )
+            .unwrap(),
+            [None]
+        );
         // No room below 4 GiB: too little memory, by name.
-        let err = relocate_low_modules(&[0x10_0000..0x40_0000], &[loader], &[0x10_0000..0x20_0000]).unwrap_err();
+        let err = relocate_low_modules(&[0x10_0000..0x40_0000], &[loader], &[0x10_0000..0x20_0000])
+            .unwrap_err();
         assert_eq!(err.code, FailureCode::TooLittleMemory);
         assert!(err.what.contains("must move above 2 MiB"), "{}", err.what);
     }

@@ -33,7 +33,8 @@ const MAX_MMAP_ENTRIES: usize = 512;
 const RSDP_V1_LEN: usize = 20;
 const RSDP_V2_LEN: usize = 36;
 
-const FIX_LOADER: &str = "boot astrid-boot with GRUB's `multiboot2` (or QEMU -kernel, multiboot v1)";
+const FIX_LOADER: &str =
+    "boot astrid-boot with GRUB's `multiboot2` (or QEMU -kernel, multiboot v1)";
 
 fn bad(what: impl Into<String>) -> BootError {
     BootError::new(FailureCode::BadMultiboot, what, FIX_LOADER)
@@ -49,27 +50,39 @@ fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
 
 /// The NUL-terminated UTF-8 string that fills the rest of a tag.
 fn tag_string(body: &[u8], what: &str) -> Result<String, BootError> {
-    let end = body
-        .iter()
-        .position(|&b| b == 0)
-        .ok_or_else(|| bad(alloc::format!("{what} is not NUL-terminated inside its tag")))?;
+    let end = body.iter().position(|&b| b == 0).ok_or_else(|| {
+        bad(alloc::format!(
+            "{what} is not NUL-terminated inside its tag"
+        ))
+    })?;
     String::from_utf8(body[..end].to_vec()).map_err(|_| bad(alloc::format!("{what} is not UTF-8")))
 }
 
 /// Copies the information block at `addr` out of memory.
-fn read_block<'m>(addr: u64, mem: &'m impl PhysMem) -> Result<&'m [u8], BootError> {
-    if addr == 0 || addr % 8 != 0 {
-        return Err(bad(alloc::format!("multiboot2 information at {addr:#x} is not 8-byte aligned")));
+fn read_block(addr: u64, mem: &impl PhysMem) -> Result<&[u8], BootError> {
+    if addr == 0 || !addr.is_multiple_of(8) {
+        return Err(bad(alloc::format!(
+            "multiboot2 information at {addr:#x} is not 8-byte aligned"
+        )));
     }
     let total = mem
         .bytes(addr, 4)
         .and_then(|b| u32_at(b, 0))
-        .ok_or_else(|| bad(alloc::format!("multiboot2 information at {addr:#x} is not readable")))?;
+        .ok_or_else(|| {
+            bad(alloc::format!(
+                "multiboot2 information at {addr:#x} is not readable"
+            ))
+        })?;
     if (total as usize) < FIXED_SIZE + 8 || total > MAX_TOTAL_SIZE {
-        return Err(bad(alloc::format!("multiboot2 information claims a size of {total} bytes")));
+        return Err(bad(alloc::format!(
+            "multiboot2 information claims a size of {total} bytes"
+        )));
     }
-    mem.bytes(addr, u64::from(total))
-        .ok_or_else(|| bad(alloc::format!("multiboot2 information at {addr:#x} ({total} bytes) is not readable")))
+    mem.bytes(addr, u64::from(total)).ok_or_else(|| {
+        bad(alloc::format!(
+            "multiboot2 information at {addr:#x} ({total} bytes) is not readable"
+        ))
+    })
 }
 
 /// One tag: its type and its body (the bytes after the 8-byte tag header).
@@ -88,12 +101,17 @@ fn tags(block: &[u8]) -> Result<Vec<Tag<'_>>, BootError> {
         };
         let size = size as usize;
         if size < 8 || at + size > block.len() {
-            return Err(bad(alloc::format!("multiboot2 tag {kind} at offset {at} has a bad size {size}")));
+            return Err(bad(alloc::format!(
+                "multiboot2 tag {kind} at offset {at} has a bad size {size}"
+            )));
         }
         if kind == TAG_END {
             return Ok(out);
         }
-        out.push(Tag { kind, body: &block[at + 8..at + size] });
+        out.push(Tag {
+            kind,
+            body: &block[at + 8..at + size],
+        });
         // Tags start at 8-byte boundaries; the size excludes the padding.
         at = (at + size).next_multiple_of(8);
     }
@@ -104,8 +122,10 @@ fn parse_mmap(body: &[u8]) -> Result<Vec<MemoryMapEntry>, BootError> {
         return Err(bad("the multiboot2 memory map tag is truncated"));
     };
     let entry_size = entry_size as usize;
-    if entry_size < 24 || entry_size % 8 != 0 {
-        return Err(bad(alloc::format!("the multiboot2 memory map has a bad entry size {entry_size}")));
+    if entry_size < 24 || !entry_size.is_multiple_of(8) {
+        return Err(bad(alloc::format!(
+            "the multiboot2 memory map has a bad entry size {entry_size}"
+        )));
     }
     let entries = &body[8..];
     if entries.len() / entry_size > MAX_MMAP_ENTRIES {
@@ -124,10 +144,17 @@ fn parse_mmap(body: &[u8]) -> Result<Vec<MemoryMapEntry>, BootError> {
 /// The RSDP copy a tag carries, checked: signature, length for its revision, checksums.
 fn parse_rsdp(body: &[u8], new: bool) -> Result<Vec<u8>, BootError> {
     let need = if new { RSDP_V2_LEN } else { RSDP_V1_LEN };
-    let rsdp = body.get(..need).ok_or_else(|| bad(alloc::format!("the ACPI RSDP tag holds {} bytes, fewer than {need}", body.len())))?;
+    let rsdp = body.get(..need).ok_or_else(|| {
+        bad(alloc::format!(
+            "the ACPI RSDP tag holds {} bytes, fewer than {need}",
+            body.len()
+        ))
+    })?;
     let sum = |bytes: &[u8]| bytes.iter().fold(0u8, |a, b| a.wrapping_add(*b));
     if &rsdp[..8] != b"RSD PTR " || sum(&rsdp[..RSDP_V1_LEN]) != 0 || (new && sum(rsdp) != 0) {
-        return Err(bad("the ACPI RSDP the boot loader passed has a bad signature or checksum"));
+        return Err(bad(
+            "the ACPI RSDP the boot loader passed has a bad signature or checksum",
+        ));
     }
     Ok(rsdp.to_vec())
 }
@@ -135,7 +162,9 @@ fn parse_rsdp(body: &[u8], new: bool) -> Result<Vec<u8>, BootError> {
 /// Parses the multiboot2 information at `addr`, handed over with `magic` in EAX.
 pub fn parse(magic: u32, addr: u64, mem: &impl PhysMem) -> Result<MultibootInfo, BootError> {
     if magic != BOOTLOADER_MAGIC {
-        return Err(bad(alloc::format!("bad multiboot2 magic {magic:#x} (expected {BOOTLOADER_MAGIC:#x})")));
+        return Err(bad(alloc::format!(
+            "bad multiboot2 magic {magic:#x} (expected {BOOTLOADER_MAGIC:#x})"
+        )));
     }
     let block = read_block(addr, mem)?;
     let mut info = MultibootInfo {
@@ -151,14 +180,18 @@ pub fn parse(magic: u32, addr: u64, mem: &impl PhysMem) -> Result<MultibootInfo,
             TAG_MODULE => {
                 let n = info.modules.len() + 1;
                 if n > MAX_MODULES {
-                    return Err(bad(alloc::format!("more than the {MAX_MODULES} modules the loader accepts")));
+                    return Err(bad(alloc::format!(
+                        "more than the {MAX_MODULES} modules the loader accepts"
+                    )));
                 }
                 let (Some(start), Some(end)) = (u32_at(tag.body, 0), u32_at(tag.body, 4)) else {
                     return Err(bad(alloc::format!("module {n}'s tag is truncated")));
                 };
                 let (start, end) = (u64::from(start), u64::from(end));
                 if end < start {
-                    return Err(bad(alloc::format!("module {n} ends at {end:#x} before it starts at {start:#x}")));
+                    return Err(bad(alloc::format!(
+                        "module {n} ends at {end:#x} before it starts at {start:#x}"
+                    )));
                 }
                 let string = tag_string(&tag.body[8..], &alloc::format!("module {n} string"))?;
                 info.occupied.push(start..end);
@@ -174,9 +207,15 @@ pub fn parse(magic: u32, addr: u64, mem: &impl PhysMem) -> Result<MultibootInfo,
         }
     }
     if !saw_mmap {
-        return Err(bad("the boot loader passed no memory map (multiboot2 tag 6)"));
+        return Err(bad(
+            "the boot loader passed no memory map (multiboot2 tag 6)",
+        ));
     }
-    if !info.memory_map.iter().any(|e| e.kind == crate::multiboot::MEMORY_AVAILABLE && e.len > 0) {
+    if !info
+        .memory_map
+        .iter()
+        .any(|e| e.kind == crate::multiboot::MEMORY_AVAILABLE && e.len > 0)
+    {
         return Err(bad("memory map lists no available RAM"));
     }
     // ACPI 2.0's RSDP (it names the 64-bit XSDT) wins over the 1.0 one.
@@ -268,15 +307,28 @@ pub(crate) mod tests {
             Builder::default()
                 .string(TAG_CMDLINE, "/boot/astrid-boot.bin debug-exit=0xf4")
                 .string(2, "GRUB 2.06")
-                .module(0x0100_0000, 0x0200_0000, "astrid.img env=ASTRID_NET=none --")
+                .module(
+                    0x0100_0000,
+                    0x0200_0000,
+                    "astrid.img env=ASTRID_NET=none --",
+                )
                 .module(0x0200_0000, 0x0200_1234, "hello.wasm")
-                .mmap(&[(0, 0xa0000, 1), (0x10_0000, 0x7ef_0000, 1), (0x7ff_0000, 0x10000, 3), (0xffc0_0000, 0x40_0000, 2)])
+                .mmap(&[
+                    (0, 0xa0000, 1),
+                    (0x10_0000, 0x7ef_0000, 1),
+                    (0x7ff_0000, 0x10000, 3),
+                    (0xffc0_0000, 0x40_0000, 2),
+                ])
                 .tag(TAG_ACPI_NEW, rsdp_v2())
         }
 
         pub fn bytes(&self) -> Vec<u8> {
             let mut out = alloc::vec![0u8; 8];
-            for (kind, body) in self.tags.iter().chain(core::iter::once(&(TAG_END, Vec::new()))) {
+            for (kind, body) in self
+                .tags
+                .iter()
+                .chain(core::iter::once(&(TAG_END, Vec::new())))
+            {
                 out.extend_from_slice(&kind.to_le_bytes());
                 out.extend_from_slice(&(8 + body.len() as u32).to_le_bytes());
                 out.extend_from_slice(body);
@@ -298,18 +350,38 @@ pub(crate) mod tests {
     fn parses_grub_style_information() {
         let b = Builder::grub_efi();
         let info = parse(BOOTLOADER_MAGIC, INFO_ADDR, &b.mem()).unwrap();
-        assert_eq!(info.cmdline.as_deref(), Some("/boot/astrid-boot.bin debug-exit=0xf4"));
+        assert_eq!(
+            info.cmdline.as_deref(),
+            Some("/boot/astrid-boot.bin debug-exit=0xf4")
+        );
         assert_eq!(info.modules.len(), 2);
         assert_eq!(info.modules[0].range(), 0x0100_0000..0x0200_0000);
         assert_eq!(info.modules[0].string, "astrid.img env=ASTRID_NET=none --");
         assert_eq!(info.modules[1].len(), 0x1234);
         assert_eq!(info.memory_map.len(), 4);
-        assert_eq!(info.memory_map[1], MemoryMapEntry { base: 0x10_0000, len: 0x7ef_0000, kind: 1 });
+        assert_eq!(
+            info.memory_map[1],
+            MemoryMapEntry {
+                base: 0x10_0000,
+                len: 0x7ef_0000,
+                kind: 1
+            }
+        );
         assert_eq!(info.acpi_rsdp, Some(rsdp_v2()));
         // The whole block and both modules are occupied.
         let total = b.bytes().len() as u64;
-        assert_eq!(info.occupied, [INFO_ADDR..INFO_ADDR + total, 0x0100_0000..0x0200_0000, 0x0200_0000..0x0200_1234]);
-        assert_eq!(command_line(BOOTLOADER_MAGIC, INFO_ADDR, &b.mem()).as_deref(), Some("/boot/astrid-boot.bin debug-exit=0xf4"));
+        assert_eq!(
+            info.occupied,
+            [
+                INFO_ADDR..INFO_ADDR + total,
+                0x0100_0000..0x0200_0000,
+                0x0200_0000..0x0200_1234
+            ]
+        );
+        assert_eq!(
+            command_line(BOOTLOADER_MAGIC, INFO_ADDR, &b.mem()).as_deref(),
+            Some("/boot/astrid-boot.bin debug-exit=0xf4")
+        );
     }
 
     #[test]
@@ -318,11 +390,28 @@ pub(crate) mod tests {
         v1[15] = 0; // revision 0
         v1[8] = v1[8].wrapping_add(2); // keep the checksum: revision went from 2 to 0
         let both = Builder::grub_efi().tag(TAG_ACPI_OLD, v1.clone());
-        assert_eq!(parse(BOOTLOADER_MAGIC, INFO_ADDR, &both.mem()).unwrap().acpi_rsdp, Some(rsdp_v2()));
-        let old = Builder::default().mmap(&[(0x10_0000, 0x100_0000, 1)]).tag(TAG_ACPI_OLD, v1.clone());
-        assert_eq!(parse(BOOTLOADER_MAGIC, INFO_ADDR, &old.mem()).unwrap().acpi_rsdp, Some(v1));
+        assert_eq!(
+            parse(BOOTLOADER_MAGIC, INFO_ADDR, &both.mem())
+                .unwrap()
+                .acpi_rsdp,
+            Some(rsdp_v2())
+        );
+        let old = Builder::default()
+            .mmap(&[(0x10_0000, 0x100_0000, 1)])
+            .tag(TAG_ACPI_OLD, v1.clone());
+        assert_eq!(
+            parse(BOOTLOADER_MAGIC, INFO_ADDR, &old.mem())
+                .unwrap()
+                .acpi_rsdp,
+            Some(v1)
+        );
         let none = Builder::default().mmap(&[(0x10_0000, 0x100_0000, 1)]);
-        assert_eq!(parse(BOOTLOADER_MAGIC, INFO_ADDR, &none.mem()).unwrap().acpi_rsdp, None);
+        assert_eq!(
+            parse(BOOTLOADER_MAGIC, INFO_ADDR, &none.mem())
+                .unwrap()
+                .acpi_rsdp,
+            None
+        );
     }
 
     /// Every malformed structure is refused with code 12 and a message naming it.
@@ -339,27 +428,122 @@ pub(crate) mod tests {
         no_end[..4].copy_from_slice(&n.to_le_bytes());
         let mut huge = Builder::grub_efi().bytes();
         huge[..4].copy_from_slice(&(2u32 << 20).to_le_bytes());
-        let mut raw = |bytes: Vec<u8>| {
+        let raw = |bytes: Vec<u8>| {
             let mut m = FakeMem::default();
             m.put(INFO_ADDR, &bytes);
             m
         };
         let mmap_ok = [(0x10_0000u64, 0x100_0000u64, 1u32)];
         let cases: Vec<(&str, u32, u64, FakeMem, &str)> = alloc::vec![
-            ("wrong magic", 0x2BAD_B002, INFO_ADDR, Builder::grub_efi().mem(), "magic"),
-            ("misaligned", BOOTLOADER_MAGIC, INFO_ADDR + 4, Builder::grub_efi().mem(), "aligned"),
-            ("unreadable", BOOTLOADER_MAGIC, 0x7000_0000, Builder::grub_efi().mem(), "not readable"),
+            (
+                "wrong magic",
+                0x2BAD_B002,
+                INFO_ADDR,
+                Builder::grub_efi().mem(),
+                "magic"
+            ),
+            (
+                "misaligned",
+                BOOTLOADER_MAGIC,
+                INFO_ADDR + 4,
+                Builder::grub_efi().mem(),
+                "aligned"
+            ),
+            (
+                "unreadable",
+                BOOTLOADER_MAGIC,
+                0x7000_0000,
+                Builder::grub_efi().mem(),
+                "not readable"
+            ),
             ("too large", BOOTLOADER_MAGIC, INFO_ADDR, raw(huge), "size"),
-            ("tag past the end", BOOTLOADER_MAGIC, INFO_ADDR, raw(truncated_tag), "bad size"),
-            ("no end tag", BOOTLOADER_MAGIC, INFO_ADDR, raw(no_end), "end tag"),
-            ("no memory map", BOOTLOADER_MAGIC, INFO_ADDR, Builder::default().string(TAG_CMDLINE, "x").mem(), "memory map"),
-            ("no available RAM", BOOTLOADER_MAGIC, INFO_ADDR, Builder::default().mmap(&[(0, 0xa0000, 2)]).mem(), "no available RAM"),
-            ("bad entry size", BOOTLOADER_MAGIC, INFO_ADDR, Builder::default().tag(TAG_MMAP, alloc::vec![20, 0, 0, 0, 0, 0, 0, 0]).mem(), "entry size"),
-            ("inverted module", BOOTLOADER_MAGIC, INFO_ADDR, Builder::default().mmap(&mmap_ok).module(0x50_0000, 0x40_0000, "x").mem(), "before it starts"),
-            ("unterminated string", BOOTLOADER_MAGIC, INFO_ADDR, Builder::default().mmap(&mmap_ok).tag(TAG_CMDLINE, b"abc".to_vec()).mem(), "NUL"),
-            ("non-UTF-8 string", BOOTLOADER_MAGIC, INFO_ADDR, Builder::default().mmap(&mmap_ok).tag(TAG_CMDLINE, alloc::vec![0xff, 0]).mem(), "UTF-8"),
-            ("short RSDP", BOOTLOADER_MAGIC, INFO_ADDR, Builder::default().mmap(&mmap_ok).tag(TAG_ACPI_NEW, rsdp_v2()[..20].to_vec()).mem(), "fewer than 36"),
-            ("RSDP checksum", BOOTLOADER_MAGIC, INFO_ADDR, Builder::default().mmap(&mmap_ok).tag(TAG_ACPI_NEW, bad_sum).mem(), "checksum"),
+            (
+                "tag past the end",
+                BOOTLOADER_MAGIC,
+                INFO_ADDR,
+                raw(truncated_tag),
+                "bad size"
+            ),
+            (
+                "no end tag",
+                BOOTLOADER_MAGIC,
+                INFO_ADDR,
+                raw(no_end),
+                "end tag"
+            ),
+            (
+                "no memory map",
+                BOOTLOADER_MAGIC,
+                INFO_ADDR,
+                Builder::default().string(TAG_CMDLINE, "x").mem(),
+                "memory map"
+            ),
+            (
+                "no available RAM",
+                BOOTLOADER_MAGIC,
+                INFO_ADDR,
+                Builder::default().mmap(&[(0, 0xa0000, 2)]).mem(),
+                "no available RAM"
+            ),
+            (
+                "bad entry size",
+                BOOTLOADER_MAGIC,
+                INFO_ADDR,
+                Builder::default()
+                    .tag(TAG_MMAP, alloc::vec![20, 0, 0, 0, 0, 0, 0, 0])
+                    .mem(),
+                "entry size"
+            ),
+            (
+                "inverted module",
+                BOOTLOADER_MAGIC,
+                INFO_ADDR,
+                Builder::default()
+                    .mmap(&mmap_ok)
+                    .module(0x50_0000, 0x40_0000, "x")
+                    .mem(),
+                "before it starts"
+            ),
+            (
+                "unterminated string",
+                BOOTLOADER_MAGIC,
+                INFO_ADDR,
+                Builder::default()
+                    .mmap(&mmap_ok)
+                    .tag(TAG_CMDLINE, b"abc".to_vec())
+                    .mem(),
+                "NUL"
+            ),
+            (
+                "non-UTF-8 string",
+                BOOTLOADER_MAGIC,
+                INFO_ADDR,
+                Builder::default()
+                    .mmap(&mmap_ok)
+                    .tag(TAG_CMDLINE, alloc::vec![0xff, 0])
+                    .mem(),
+                "UTF-8"
+            ),
+            (
+                "short RSDP",
+                BOOTLOADER_MAGIC,
+                INFO_ADDR,
+                Builder::default()
+                    .mmap(&mmap_ok)
+                    .tag(TAG_ACPI_NEW, rsdp_v2()[..20].to_vec())
+                    .mem(),
+                "fewer than 36"
+            ),
+            (
+                "RSDP checksum",
+                BOOTLOADER_MAGIC,
+                INFO_ADDR,
+                Builder::default()
+                    .mmap(&mmap_ok)
+                    .tag(TAG_ACPI_NEW, bad_sum)
+                    .mem(),
+                "checksum"
+            ),
         ];
         for (name, magic, addr, mem, says) in cases {
             let err = parse(magic, addr, &mem).expect_err(name);
