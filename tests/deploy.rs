@@ -231,3 +231,31 @@ fn a_hermit_file_runs_under_uhyve_with_no_other_flag() {
     let ok = uhyve::run_hermit_file(&uhyve_bin, &big, &["-m".into(), "128MiB".into()], Duration::from_secs(300)).unwrap();
     assert_eq!(ok.status, Some(0), "{}", ok.output);
 }
+
+/// `ASTRID_AUDIT_DIR` (what a `.hermit` file sets): the log goes to `audit.log` in the
+/// directory when it is there, and to the console only when it is not; hosted, where the
+/// same code decides.
+#[test]
+fn the_audit_log_goes_into_the_audit_directory_only_when_it_exists() {
+    let paths = Paths::discover();
+    let bin = xtask::artifacts::ensure_hosted(&paths, false).expect("building the hosted binary");
+    let capsule = common::artifacts().example_capsule.clone();
+    let there = scratch().join("audit-there");
+    std::fs::create_dir_all(&there).unwrap();
+    let missing = scratch().join("audit-missing");
+    for (dir, exists) in [(&there, true), (&missing, false)] {
+        let out = Command::new(&bin).arg(&capsule).env("ASTRID_AUDIT_DIR", dir).output().unwrap();
+        let console = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(out.status.code(), Some(0), "{console}{}", String::from_utf8_lossy(&out.stderr));
+        let says = if exists { "is there: the audit log goes to its audit.log too" } else { "is not there (not mapped)" };
+        assert!(console.contains(says), "{console}");
+        let on_console = astrid_kernel::audit::verify(astrid_kernel::audit::extract(&console)).expect("console log verifies");
+        if exists {
+            let file = std::fs::read_to_string(dir.join("audit.log")).unwrap();
+            let in_file = astrid_kernel::audit::verify(file.lines()).expect("file log verifies");
+            assert_eq!(in_file.records, on_console.records);
+        } else {
+            assert!(!dir.exists(), "the image created {}", dir.display());
+        }
+    }
+}
