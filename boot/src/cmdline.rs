@@ -34,11 +34,14 @@ pub fn basename(path: &str) -> &str {
 }
 
 /// Builds the kernel command line: `env=ASTRID_BOOT=multiboot`, one
-/// `env=ASTRID_CAPSULE_<i>=0x<addr>,<len>,<name>` per capsule, `env=ASTRID_CAPSULES=<n>`, then
-/// everything after the first word of the app module's string (`[kernel args] [-- app args]`).
+/// `env=ASTRID_CAPSULE_<i>=0x<addr>,<len>,<name>` per capsule, `env=ASTRID_CAPSULES=<n>`,
+/// `env=ASTRID_RAM_MIB=<MiB>` (the RAM handed to the kernel, so the image sizes its engine by
+/// the machine it runs on), then everything after the first word of the app module's string
+/// (`[kernel args] [-- app args]`), whose own settings win because the kernel keeps the last.
 pub fn kernel_command_line(
     app_string: &str,
     capsules: &[Capsule<'_>],
+    ram_mib: u64,
 ) -> Result<String, BootError> {
     let (_, rest) = split_module_string(app_string);
     let mut line = String::from("env=ASTRID_BOOT=multiboot");
@@ -50,6 +53,7 @@ pub fn kernel_command_line(
         ));
     }
     line.push_str(&format!(" env=ASTRID_CAPSULES={}", capsules.len()));
+    line.push_str(&format!(" env=ASTRID_RAM_MIB={ram_mib}"));
     if !rest.is_empty() {
         line.push(' ');
         line.push_str(rest);
@@ -119,15 +123,17 @@ mod tests {
                 name: "b.wasm",
             },
         ];
-        let line = kernel_command_line("/img/hello.img -freq 2000 -- arg1 arg2", &caps).unwrap();
+        let line =
+            kernel_command_line("/img/hello.img -freq 2000 -- arg1 arg2", &caps, 511).unwrap();
         assert_eq!(
             line,
             "env=ASTRID_BOOT=multiboot env=ASTRID_CAPSULE_0=0x523000,4660,echo.wasm \
-             env=ASTRID_CAPSULE_1=0x600000,1,b.wasm env=ASTRID_CAPSULES=2 -freq 2000 -- arg1 arg2"
+             env=ASTRID_CAPSULE_1=0x600000,1,b.wasm env=ASTRID_CAPSULES=2 env=ASTRID_RAM_MIB=511 \
+             -freq 2000 -- arg1 arg2"
         );
         assert_eq!(
-            kernel_command_line("hello.img", &[]).unwrap(),
-            "env=ASTRID_BOOT=multiboot env=ASTRID_CAPSULES=0"
+            kernel_command_line("hello.img", &[], 48).unwrap(),
+            "env=ASTRID_BOOT=multiboot env=ASTRID_CAPSULES=0 env=ASTRID_RAM_MIB=48"
         );
     }
 
@@ -159,7 +165,8 @@ mod tests {
             len: 2,
             name: "it's #odd.wasm",
         }];
-        let line = kernel_command_line("app -- 'a b' c", &caps).unwrap();
+        let line =
+            kernel_command_line("app env=ASTRID_RAM_MIB=256 -- 'a b' c", &caps, 511).unwrap();
         let words = shell_words::split(&line).unwrap();
         assert_eq!(
             words,
@@ -167,6 +174,9 @@ mod tests {
                 "env=ASTRID_BOOT=multiboot",
                 "env=ASTRID_CAPSULE_0=0x1000,2,it's #odd.wasm",
                 "env=ASTRID_CAPSULES=1",
+                "env=ASTRID_RAM_MIB=511",
+                // The module string's own setting comes later, so the kernel keeps it.
+                "env=ASTRID_RAM_MIB=256",
                 "--",
                 "a b",
                 "c"
@@ -176,7 +186,7 @@ mod tests {
 
     #[test]
     fn rejects_what_the_kernel_cannot_split() {
-        let err = kernel_command_line("app -- 'unterminated", &[]).unwrap_err();
+        let err = kernel_command_line("app -- 'unterminated", &[], 64).unwrap_err();
         assert_eq!(err.code, FailureCode::Other);
     }
 

@@ -15,7 +15,7 @@ use crate::{BootError, FailureCode};
 pub const COMPATIBLE: &str = "astrid,multiboot";
 
 /// What goes into the device tree.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct FdtParams<'a> {
     /// RAM regions, one `/memory@<start>` node each.
     pub memory: &'a [Range<u64>],
@@ -23,6 +23,9 @@ pub struct FdtParams<'a> {
     pub bootargs: &'a str,
     /// Calibrated TSC frequency; without it the node is left out and the kernel measures.
     pub tsc_khz: Option<u32>,
+    /// Where a copy of the ACPI RSDP lies (`/hermit,rsdp`, which kernel 0.11 reads before it
+    /// searches the BIOS areas, where UEFI firmware leaves nothing).
+    pub rsdp: Option<Range<u64>>,
 }
 
 /// Serialises the device tree blob.
@@ -55,6 +58,12 @@ fn write(params: &FdtParams<'_>) -> Result<Vec<u8>, vm_fdt::Error> {
         fdt.end_node(node)?;
     }
 
+    if let Some(rsdp) = &params.rsdp {
+        let node = fdt.begin_node("hermit,rsdp")?;
+        fdt.property_array_u64("reg", &[rsdp.start, rsdp.end - rsdp.start])?;
+        fdt.end_node(node)?;
+    }
+
     if let Some(khz) = params.tsc_khz {
         let tsc = fdt.begin_node("hermit,tsc")?;
         fdt.property_u32("khz", khz)?;
@@ -78,6 +87,7 @@ mod tests {
             memory: &memory,
             bootargs: "env=ASTRID_BOOT=multiboot -- a 'b c'",
             tsc_khz: Some(2_496_000),
+            rsdp: Some(0x20_1000..0x20_1024),
         })
         .unwrap();
         let fdt = fdt::Fdt::new(&blob).unwrap();
@@ -105,6 +115,18 @@ mod tests {
             .unwrap()
             .as_usize();
         assert_eq!(khz, Some(2_496_000));
+        // The kernel's own query (`env::rsdp`): the first reg entry's address.
+        let rsdp = fdt
+            .find_node("/hermit,rsdp")
+            .unwrap()
+            .reg()
+            .unwrap()
+            .next()
+            .unwrap();
+        assert_eq!(
+            (rsdp.starting_address as usize, rsdp.size),
+            (0x20_1000, Some(0x24))
+        );
         // The kernel logs the tree with `{:#?}`; that must not panic either.
         assert!(format!("{fdt:#?}").contains("memory@100000"));
     }
@@ -115,10 +137,12 @@ mod tests {
             memory: &[0x10_0000..0x200_0000],
             bootargs: "",
             tsc_khz: None,
+            rsdp: None,
         })
         .unwrap();
         let fdt = fdt::Fdt::new(&blob).unwrap();
         assert!(fdt.find_node("/hermit,tsc").is_none());
+        assert!(fdt.find_node("/hermit,rsdp").is_none());
         assert_eq!(fdt.find_all_nodes("/memory").count(), 1);
         assert_eq!(fdt.chosen().bootargs(), Some(""));
     }
@@ -129,6 +153,7 @@ mod tests {
             memory: &[],
             bootargs: "a\0b",
             tsc_khz: None,
+            rsdp: None,
         })
         .unwrap_err();
         assert_eq!(err.code, FailureCode::Other);

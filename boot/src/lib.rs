@@ -1,4 +1,4 @@
-//! Pure logic of astrid-boot, the multiboot v1 loader for Hermit applications.
+//! Pure logic of astrid-boot, the multiboot (v1 and v2) loader for Hermit applications.
 //! Everything here works on plain data (byte slices, address ranges) so the host can
 //! unit-test it; `main.rs` only reads physical memory, talks to I/O ports and jumps.
 #![cfg_attr(not(test), no_std)]
@@ -13,6 +13,7 @@ pub mod error;
 pub mod fdt;
 pub mod memory;
 pub mod multiboot;
+pub mod multiboot2;
 pub mod paging;
 
 pub use error::{BootError, FailureCode};

@@ -1,4 +1,4 @@
-//! astrid-boot: the multiboot v1 loader that boots a Hermit application ELF (astrid.img).
+//! astrid-boot: the multiboot (v1 and v2) loader that boots a Hermit application ELF (astrid.img).
 //! This file is the boot flow on the machine; `machine/` holds the entry code and hardware
 //! access, and every decision comes from the host-tested `astrid_boot` library.
 #![cfg_attr(target_os = "none", no_std, no_main)]
@@ -86,10 +86,10 @@ mod flow {
     /// Everything up to the jump; any error ends the boot with its failure code.
     fn boot(magic: u32, info_addr: u64) -> Result<Entry, BootError> {
         let mem = LowMemory;
-        let loader_cmdline = multiboot::command_line(magic, info_addr, &mem);
+        let loader_cmdline = multiboot::command_line_any(magic, info_addr, &mem);
         exit::set_debug_exit(loader_cmdline.as_deref().and_then(cmdline::debug_exit_port));
 
-        let info = multiboot::parse(magic, info_addr, &mem)?;
+        let info = multiboot::parse_any(magic, info_addr, &mem)?;
         memory::check_modules(&info.memory_map, &info.modules)?;
         let (app, capsule_modules) = info.modules.split_first().ok_or_else(|| {
             BootError::new(
@@ -118,23 +118,45 @@ mod flow {
         let object = parse_app(app_bytes)?;
         let mem_size = object.mem_size() as u64;
 
-        let capsules: Vec<Capsule<'_>> = capsule_modules
-            .iter()
-            .map(|m| Capsule {
-                addr: m.start,
-                len: m.len(),
-                name: cmdline::basename(cmdline::split_module_string(&m.string).0),
-            })
-            .collect();
-        let command_line = cmdline::kernel_command_line(&app.string, &capsules)?;
-
         let ram = memory::usable_ram(&info.memory_map);
         let loader = loader_image();
         let mut occupied = info.occupied.clone();
         occupied.push(loader.clone());
+        // Capsules the boot loader put below 2 MiB move up, where the kernel maps them.
+        let ranges: Vec<Range<u64>> = capsule_modules.iter().map(|m| m.range()).collect();
+        let moved = memory::relocate_low_modules(&ram, &occupied, &ranges)?;
+        let mut capsules: Vec<Capsule<'_>> = Vec::with_capacity(capsule_modules.len());
+        for (m, to) in capsule_modules.iter().zip(moved) {
+            let addr = match to {
+                Some(to) => {
+                    // SAFETY: both ranges lie in RAM under the boot identity map of [0, 4 GiB);
+                    // the destination is above everything occupied, so nothing else lives
+                    // there and it does not overlap the source, which starts below 2 MiB.
+                    unsafe {
+                        core::ptr::copy_nonoverlapping(
+                            m.start as *const u8,
+                            to as *mut u8,
+                            m.len() as usize,
+                        )
+                    };
+                    occupied.push(to..to + m.len());
+                    to
+                }
+                None => m.start,
+            };
+            capsules.push(Capsule {
+                addr,
+                len: m.len(),
+                name: cmdline::basename(cmdline::split_module_string(&m.string).0),
+            });
+        }
         let load = memory::place_app(&ram, &occupied, mem_size, object.start_addr())?;
         let nodes = memory::select_memory_nodes(&ram, load);
         let report = memory::check_memory(&nodes, load, mem_size)?;
+        let ram_mib = nodes.iter().map(|r| r.end - r.start).sum::<u64>() / MIB;
+        let command_line = cmdline::kernel_command_line(&app.string, &capsules, ram_mib)?;
+        // The RSDP copy goes to the loader heap, which stays mapped and untouched.
+        let rsdp: Option<&'static [u8]> = info.acpi_rsdp.as_ref().map(|r| &*Vec::leak(r.clone()));
 
         let tsc_khz = tsc::calibrate_khz();
         let command_line: &'static str = String::leak(command_line);
@@ -142,6 +164,7 @@ mod flow {
             memory: &nodes,
             bootargs: command_line,
             tsc_khz,
+            rsdp: rsdp.map(range_of),
         })?);
 
         // SAFETY: [load, load + mem_size) is RAM (placement checked it), identity-mapped below
@@ -181,15 +204,18 @@ mod flow {
         let tsc = tsc_khz.map_or(String::from("not calibrated"), |k| format!("{k} kHz"));
         say!(
             "app {app_name} ({} bytes at {:#x}) loaded at {load:#x} ({mem_size} bytes), entry {:#x}; \
-             capsules: {}; RAM {} MiB ({:#x}..{:#x}), {} MiB free for the kernel; TSC {tsc}",
+             capsules: {}; RAM {ram_mib} MiB ({:#x}..{:#x}), {} MiB free for the kernel; TSC {tsc}; {}",
             app.len(),
             app.start,
             loaded.entry_point,
             cmdline::describe_capsules(&capsules),
-            nodes.iter().map(|r| r.end - r.start).sum::<u64>() / MIB,
             ram_range.start,
             ram_range.end,
             report.free / MIB,
+            match rsdp {
+                Some(r) => format!("ACPI RSDP from the boot loader at {:#x}", r.as_ptr() as u64),
+                None => String::from("ACPI RSDP left to the kernel's search"),
+            },
         );
         Ok(Entry {
             pml4,

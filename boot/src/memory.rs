@@ -108,6 +108,56 @@ pub fn check_modules(map: &[MemoryMapEntry], modules: &[Module]) -> Result<(), B
     Ok(())
 }
 
+/// The kernel's page tables leave [0, 2 MiB) unmapped, so a capsule module there (GRUB puts
+/// modules as low as it can) would be out of the app's reach.
+pub const KERNEL_MAPPED_FROM: u64 = LARGE_PAGE;
+
+/// Where each module that starts below [`KERNEL_MAPPED_FROM`] is copied to (`None`: it stays):
+/// one after the other, page-aligned, above everything `occupied`, each inside one RAM region
+/// below [`LOAD_LIMIT`]. The caller copies the bytes and counts the new ranges as occupied, so
+/// the app is then placed above them.
+pub fn relocate_low_modules(
+    ram: &[Range<u64>],
+    occupied: &[Range<u64>],
+    modules: &[Range<u64>],
+) -> Result<Vec<Option<u64>>, BootError> {
+    let mut floor = occupied
+        .iter()
+        .filter(|r| !r.is_empty())
+        .map(|r| r.end)
+        .max()
+        .unwrap_or(0);
+    modules
+        .iter()
+        .map(|m| {
+            if m.is_empty() || m.start >= KERNEL_MAPPED_FROM {
+                return Ok(None);
+            }
+            let len = m.end - m.start;
+            let fits = |start: u64| {
+                let end = start.checked_add(len)?;
+                (end <= LOAD_LIMIT && region_containing(ram, &(start..end)).is_some()).then_some(start)
+            };
+            let start = ram
+                .iter()
+                .filter_map(|r| align_up(r.start.max(floor).max(KERNEL_MAPPED_FROM), BASE_PAGE))
+                .find_map(fits)
+                .ok_or_else(|| {
+                    BootError::new(
+                        FailureCode::TooLittleMemory,
+                        format!(
+                            "the module at {:#x} ({len} bytes) must move above 2 MiB, and no RAM below 4 GiB above {floor:#x} holds it",
+                            m.start
+                        ),
+                        FIX_MEMORY,
+                    )
+                })?;
+            floor = start + len;
+            Ok(Some(start))
+        })
+        .collect()
+}
+
 /// Chooses the load address of the app: the lowest 2 MiB-aligned address above everything in
 /// `occupied` where `mem_size` bytes fit inside one RAM region below [`LOAD_LIMIT`].
 /// A non-relocatable app (`fixed`) must fit at its link address under the same rules.
@@ -321,6 +371,38 @@ mod tests {
         assert_eq!(err.code, FailureCode::BadMultiboot);
         assert!(err.what.starts_with("module 2"));
         assert!(check_modules(&map, &[m(0xb000_0000, 0xb000_1000)]).is_err());
+    }
+
+    #[test]
+    fn low_modules_move_above_2mib_one_after_the_other() {
+        let ram = [0x10_0000..0x800_0000, 0x1_0000_0000..0x2_0000_0000];
+        let loader = 0x20_0000..0x33_0000;
+        // GRUB's layout: capsules at 1 MiB, the app module above the loader.
+        let modules = [
+            0x10_0000..0x10_ad65,
+            0x11_0000..0x11_0010,
+            0x34_0000..0x170_0000,
+            0x12_0000..0x12_0000,
+        ];
+        let mut occupied = alloc::vec![loader.clone()];
+        occupied.extend(modules.iter().cloned());
+        let moved = relocate_low_modules(&ram, &occupied, &modules).unwrap();
+        assert_eq!(moved, [Some(0x170_0000), Some(0x170_b000), None, None]);
+        // Nothing to move: nothing moves.
+        assert_eq!(
+            relocate_low_modules(
+                &ram,
+                core::slice::from_ref(&loader),
+                &[0x40_0000..0x50_0000]
+            )
+            .unwrap(),
+            [None]
+        );
+        // No room below 4 GiB: too little memory, by name.
+        let err = relocate_low_modules(&[0x10_0000..0x40_0000], &[loader], &[0x10_0000..0x20_0000])
+            .unwrap_err();
+        assert_eq!(err.code, FailureCode::TooLittleMemory);
+        assert!(err.what.contains("must move above 2 MiB"), "{}", err.what);
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Multiboot v1 information parsing.
+//! Multiboot v1 information parsing (QEMU's `-kernel`, GRUB's `multiboot`); `multiboot2.rs`
+//! parses the v2 form, and [`parse_any`] picks by the magic.
 //! Reads the boot loader's information structure through a [`PhysMem`] view, copies what the
 //! loader needs into owned data and records every range the structures occupy.
 
@@ -33,7 +34,7 @@ const MAX_MMAP_ENTRIES: usize = 512;
 const MAX_STRING: u64 = 64 << 10;
 
 const FIX_LOADER: &str =
-    "boot astrid-boot with a multiboot v1 loader (QEMU -kernel, GRUB `multiboot`)";
+    "boot astrid-boot with a multiboot loader (QEMU -kernel, GRUB `multiboot2` or `multiboot`)";
 
 /// Read access to physical memory.
 pub trait PhysMem {
@@ -93,6 +94,25 @@ pub struct MultibootInfo {
     pub memory_map: Vec<MemoryMapEntry>,
     /// Every range the boot loader's structures, strings and modules occupy.
     pub occupied: Vec<Range<u64>>,
+    /// A copy of the ACPI RSDP (multiboot2 only: UEFI firmware leaves it nowhere the kernel
+    /// searches).
+    pub acpi_rsdp: Option<Vec<u8>>,
+}
+
+/// The boot information of either protocol, told apart by the magic in EAX.
+pub fn parse_any(magic: u32, addr: u64, mem: &impl PhysMem) -> Result<MultibootInfo, BootError> {
+    match magic {
+        crate::multiboot2::BOOTLOADER_MAGIC => crate::multiboot2::parse(magic, addr, mem),
+        _ => parse(magic, addr, mem),
+    }
+}
+
+/// The loader's own command line under either protocol (see [`command_line`]).
+pub fn command_line_any(magic: u32, addr: u64, mem: &impl PhysMem) -> Option<String> {
+    match magic {
+        crate::multiboot2::BOOTLOADER_MAGIC => crate::multiboot2::command_line(magic, addr, mem),
+        _ => command_line(magic, addr, mem),
+    }
 }
 
 /// Reads a little-endian `u32`.

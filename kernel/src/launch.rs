@@ -455,7 +455,7 @@ fn audit_sink(settings: &Settings) -> Result<Box<dyn crate::audit::Sink>, Status
     if settings.audit_serial.is_on() {
         sinks.push(("serial console".into(), Box::new(ConsoleSink::stdout())));
     }
-    if let Some(path) = &settings.audit_file {
+    if let Some(path) = &settings.audit_file.clone().or_else(|| mapped_audit_dir(settings)) {
         let file = std::fs::File::create(&path.0).map_err(|e| {
             fail(
                 Status::Software,
@@ -476,6 +476,21 @@ fn audit_sink(settings: &Settings) -> Result<Box<dyn crate::audit::Sink>, Status
         ));
     }
     Ok(Box::new(TeeSink::new(sinks)))
+}
+
+/// `ASTRID_AUDIT_DIR/audit.log` when that directory exists in the guest (uhyve answers an
+/// unmapped path with an error here, but would create a file in its own temporary
+/// directory for it, so existence is checked by opening the directory, not by creating).
+#[cfg(feature = "engine")]
+fn mapped_audit_dir(settings: &Settings) -> Option<settings::GuestPath> {
+    let dir = &settings.audit_dir.as_ref()?.0;
+    let exists = std::fs::metadata(dir).is_ok_and(|m| m.is_dir()) || std::fs::File::open(dir).is_ok();
+    if exists {
+        println!("astrid: audit directory {} is there: the audit log goes to its audit.log too", dir.display());
+    } else {
+        println!("astrid: audit directory {} is not there (not mapped): the audit log goes to the console only", dir.display());
+    }
+    exists.then(|| settings::GuestPath(dir.join("audit.log")))
 }
 
 /// The first failure wins; success never hides one.

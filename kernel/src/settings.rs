@@ -218,7 +218,7 @@ macro_rules! from_str_values {
     )*};
 }
 
-from_str_values!(Number, String, GuestPath, Switch, Flag, NetMode, Ports, ConfigPairs, HexBytes, HostSeed, AuditKey, ArtifactKey, DebugPort, BootPath, Benchmark);
+from_str_values!(Number, String, GuestPath, Switch, Flag, NetMode, Ports, ConfigPairs, HexBytes, HostSeed, AuditKey, ArtifactKey, DebugPort, BootPath, Benchmark, OnExit);
 
 /// A path, as a setting holds it (not empty).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -524,6 +524,44 @@ impl fmt::Display for DebugPort {
     }
 }
 
+/// What the image does once it has reported its status, where no debug-exit port takes
+/// the status (bare metal; uhyve ends the guest itself).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnExit {
+    /// The kernel's own shutdown: ACPI power-off (a reset where the machine has none).
+    #[default]
+    Poweroff,
+    /// Stop the CPU with the status on the console, for someone to read.
+    Halt,
+    /// Reset the machine (it boots the image again: a service that restarts).
+    Reboot,
+}
+
+impl OnExit {
+    pub const ALL: [OnExit; 3] = [OnExit::Poweroff, OnExit::Halt, OnExit::Reboot];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            OnExit::Poweroff => "poweroff",
+            OnExit::Halt => "halt",
+            OnExit::Reboot => "reboot",
+        }
+    }
+}
+
+impl FromStr for OnExit {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        OnExit::ALL.into_iter().find(|m| m.name() == s).ok_or_else(|| "expected poweroff, halt or reboot".into())
+    }
+}
+
+impl fmt::Display for OnExit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// How the image was booted, as the loader says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BootPath {
@@ -658,6 +696,9 @@ settings! {
         /// Also writes the audit records to this file in the guest (`--audit-dir`: `/root/audit.log`).
         Image AUDIT_FILE = "ASTRID_AUDIT_FILE", audit_file: Option<GuestPath> = None,
             default "unset", accepts "a path";
+        /// Also writes the audit records to `DIR/audit.log` when DIR exists in the guest (a directory mapped into a `pack`ed Hermit image: `/root/audit`); the console only otherwise.
+        Image AUDIT_DIR = "ASTRID_AUDIT_DIR", audit_dir: Option<GuestPath> = None,
+            default "unset", accepts "a path";
         /// The run's nonce, which the audit log's genesis record commits to (the run command makes one per run; without it the image makes its own).
         Image RUN_NONCE = "ASTRID_RUN_NONCE", run_nonce: Option<HostSeed> = None,
             default "unset", accepts "64 hex digits, not all zero";
@@ -706,7 +747,7 @@ settings! {
         /// The randomness seed (the run command passes one from the host's entropy; without it the image refuses randomness).
         Image SEED = "ASTRID_SEED", seed: Option<HostSeed> = None,
             default "unset", accepts "64 hex digits, not all zero";
-        /// Guest memory in MiB, which bounds what the engine may map (the run command passes it).
+        /// Guest memory in MiB, which bounds what the engine may map (the run command passes it; the loader writes the machine's own first).
         Image RAM_MIB = "ASTRID_RAM_MIB", ram_mib: Number = Number(DEFAULT_RAM_MIB),
             default "256", accepts "a number of MiB";
         /// Runs a native baseline instead of capsules (the engine benchmarks use it).
@@ -718,6 +759,9 @@ settings! {
         /// The isa-debug-exit port the exit status is written to (the run command passes it under QEMU).
         Image DEBUG_EXIT = "ASTRID_DEBUG_EXIT", debug_exit: Option<DebugPort> = None,
             default "unset", accepts "an I/O port in hex (0xf4)";
+        /// Without a debug-exit port: after printing `astrid: exit status N` on the console, power off, halt, or reboot (bare metal).
+        Image ON_EXIT = "ASTRID_ON_EXIT", on_exit: OnExit = OnExit::Poweroff,
+            default "poweroff", accepts "poweroff, halt, reboot";
         /// Written by the loader: how the image was booted.
         Boot BOOT = "ASTRID_BOOT", boot: Option<BootPath> = None,
             default "unset", accepts "multiboot";
@@ -945,6 +989,8 @@ mod tests {
         (BENCH, &["futex", "futex-timed", "wait", "memcpy", "sink-serial", "serial-raw", "sink-file"], &["fast", ""]),
         (TEST_ARG, &["", "bench-read-4k"], &[]),
         (DEBUG_EXIT, &["0xf4", "f4"], &["", "port", "0x10000"]),
+        (ON_EXIT, &["poweroff", "halt", "reboot"], &["", "off", "Halt"]),
+        (AUDIT_DIR, &["/root/audit"], &[""]),
         (BOOT, &["multiboot"], &["grub"]),
         (CAPSULES, &["2", "x"], &[]),
         ("ASTRID_CAPSULE_0", &["0x1200000,4096,hello.wasm", "bad"], &[]),

@@ -17,6 +17,8 @@ use xtask::uhyve::{self, Kvm};
 use xtask::prepare::{self, Mode};
 use xtask::{artifacts, bench, capsule, compile, process, setup, toolchain};
 
+mod pack_cmd;
+
 #[derive(Parser)]
 #[command(name = "xtask", about = "Build, run, test and benchmark astrid.img")]
 struct Cli {
@@ -39,6 +41,9 @@ enum Cmd {
     },
     /// Run capsules in astrid.img: `run path/to/capsule.wasm` (or a capsule crate dir).
     Run(Box<RunArgs>),
+    /// Write one bootable file: `pack -o OUT.hermit|OUT.iso|OUT.img CAPSULE…` (uhyve; GRUB for
+    /// BIOS and UEFI; the same as a raw disk image for a USB stick).
+    Pack(Box<pack_cmd::PackArgs>),
     /// Run every test: host unit tests, then the QEMU and uhyve integration tests.
     Test {
         /// Arguments passed on to the test binaries (e.g. a name filter).
@@ -266,7 +271,7 @@ impl Cmd {
     /// targets first, in one step (`prepare`); the build steps refuse to run before it.
     fn builds(&self) -> bool {
         match self {
-            Cmd::Setup { .. } | Cmd::Build { .. } | Cmd::Run(_) | Cmd::Test { .. } | Cmd::Bench { .. } => true,
+            Cmd::Setup { .. } | Cmd::Build { .. } | Cmd::Run(_) | Cmd::Pack(_) | Cmd::Test { .. } | Cmd::Bench { .. } => true,
             Cmd::Compile { .. } | Cmd::Audit { .. } | Cmd::SettingsTable => false,
         }
     }
@@ -285,6 +290,7 @@ fn dispatch(cmd: Cmd) -> Result<u8> {
     match cmd {
         Cmd::Setup { uhyve } => {
             setup::ensure_base()?;
+            setup::ensure_grub()?;
             if uhyve {
                 setup::ensure_uhyve(&paths)?;
             }
@@ -302,6 +308,7 @@ fn dispatch(cmd: Cmd) -> Result<u8> {
             Ok(0)
         }
         Cmd::Run(args) => run(&paths, *args),
+        Cmd::Pack(args) => pack_cmd::pack(&paths, *args),
         Cmd::Compile { input, output, native, artifact_key } => {
             let target = if native { CodeTarget::Native } else { CodeTarget::HermitImage };
             let key = prepare::deployment_key(artifact_key.as_deref())?;
@@ -745,6 +752,7 @@ fn test(paths: &Paths, test_args: &[String]) -> Result<u8> {
     artifacts::ensure_testing(paths)?;
     artifacts::ensure_hosted(paths, true)?;
     setup::ensure_virtiofsd(paths)?;
+    setup::ensure_grub()?;
     if uhyve::detect_kvm() != Kvm::Absent {
         setup::ensure_uhyve(paths)?;
         if uhyve::detect_kvm() == Kvm::PvmEmulator {
@@ -833,6 +841,7 @@ mod tests {
             (&["setup"][..], true),
             (&["build"], true),
             (&["run", "capsules/hello"], true),
+            (&["pack", "-o", "x.iso", "capsules/hello"], true),
             (&["test"], true),
             (&["bench"], true),
             (&["compile", "x.wasm"], false),

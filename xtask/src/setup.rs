@@ -1,5 +1,6 @@
 //! Installs what the build and the tests need on a fresh machine: the pinned Rust
-//! toolchains, QEMU (Debian package) and, on demand, uhyve (registry crate).
+//! toolchains, QEMU (Debian package), GRUB's image tools and OVMF for the bare-metal images
+//! (Debian packages), and, on demand, uhyve (registry crate).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -31,6 +32,37 @@ pub fn ensure_qemu() -> Result<()> {
             .args(["install", "-y", "-qq", "--no-install-recommends", "qemu-system-x86"]),
     )?;
     qemu::qemu_binary().map(|_| ())
+}
+
+/// The Debian packages `pack` needs for `.iso`/`.img` files and the tests need to boot them
+/// under UEFI: GRUB for BIOS and UEFI, xorriso and mtools (grub-mkrescue's helpers), OVMF.
+pub const GRUB_PACKAGES: [&str; 6] = ["grub-common", "grub-pc-bin", "grub-efi-amd64-bin", "xorriso", "mtools", "ovmf"];
+
+/// Installs GRUB's image tools and OVMF where they are missing (they take about 40 MiB).
+pub fn ensure_grub() -> Result<()> {
+    let mut missing = crate::grub::missing_tools();
+    if !Path::new(crate::grub::OVMF_CODE).is_file() {
+        missing.push("ovmf");
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("GRUB's image tools or OVMF are missing; install them with `sudo apt-get install -y {}`", GRUB_PACKAGES.join(" "));
+    }
+    crate::step(format!("installing {} (Debian packages, for .iso/.img images and UEFI boots)", GRUB_PACKAGES.join(", ")));
+    process::run(Command::new("apt-get").args(["update", "-qq"]))?;
+    process::run(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(GRUB_PACKAGES),
+    )?;
+    let still = crate::grub::missing_tools();
+    if !still.is_empty() {
+        bail!("still missing after apt-get: {}", still.join(", "));
+    }
+    Ok(())
 }
 
 fn is_root() -> bool {

@@ -81,7 +81,20 @@ pub fn command(run: &UhyveRun) -> Result<Command> {
 
 pub fn run(run: &UhyveRun, echo: bool) -> Result<UhyveOutcome> {
     ensure!(run.image.is_file(), "{} does not exist: build it first", run.image.display());
-    let mut cmd = command(run)?;
+    wait_for(command(run)?, run.timeout, echo)
+}
+
+/// Runs a packed Hermit image (`scripts/astrid pack -o FILE.hermit`) as a user would:
+/// `uhyve [uhyve flags] FILE`, nothing else.
+pub fn run_hermit_file(uhyve: &Path, file: &Path, flags: &[String], timeout: Duration) -> Result<UhyveOutcome> {
+    ensure!(file.is_file(), "{} does not exist: make it with `scripts/astrid pack -o {}`", file.display(), file.display());
+    let mut cmd = Command::new(uhyve);
+    cmd.args(flags).arg(file);
+    wait_for(cmd, timeout, false)
+}
+
+/// Runs `cmd` (a uhyve) to its end or the timeout; collects its output unless `echo`.
+fn wait_for(mut cmd: Command, timeout: Duration, echo: bool) -> Result<UhyveOutcome> {
     let started = Instant::now();
     cmd.stdin(Stdio::null());
     if !echo {
@@ -100,7 +113,7 @@ pub fn run(run: &UhyveRun, echo: bool) -> Result<UhyveOutcome> {
             s + &e
         })
     });
-    let (status, timed_out) = match child.wait_timeout(run.timeout)? {
+    let (status, timed_out) = match child.wait_timeout(timeout)? {
         Some(s) => (s.code(), false),
         None => {
             let _ = child.kill();

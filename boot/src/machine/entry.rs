@@ -1,4 +1,5 @@
-//! The multiboot v1 header and the 32-bit entry: temporary identity map of the first 4 GiB
+//! The multiboot v1 and v2 headers and the 32-bit entry (both protocols enter the same way,
+//! told apart by the magic in EAX, which `loader_main` receives): temporary identity map of the first 4 GiB
 //! in 2 MiB pages, GDT, PAE, EFER.LME|NXE, paging, far jump to 64-bit code, `loader_main`.
 //! Kept minimal because a fault here, before the IDT exists, would reset the machine.
 
@@ -21,6 +22,35 @@ multiboot_header:
     .long __load_end            /* load_end_addr */
     .long __bss_end             /* bss_end_addr */
     .long _start32              /* entry_addr */
+
+    /* The multiboot2 header (GRUB `multiboot2`, needed under UEFI for the ACPI RSDP): 8-byte
+       aligned in the first 32 KiB, every tag 8-byte aligned. */
+    .balign 8
+multiboot2_header:
+    .long {magic2}
+    .long 0                     /* architecture: i386 protected mode */
+    .long multiboot2_end - multiboot2_header
+    .long 0x100000000 - ({magic2} + (multiboot2_end - multiboot2_header))
+    /* Information request, optional: the ACPI RSDP (old and new). */
+    .short 1, 1
+    .long 16
+    .long 14, 15
+    /* Address tag: load the file at its link address (GRUB need not parse the ELF). */
+    .short 2, 0
+    .long 24
+    .long multiboot2_header, __image_start, __load_end, __bss_end
+    /* Entry address tag. */
+    .short 3, 0
+    .long 12
+    .long _start32
+    .balign 8
+    /* Module alignment: page-aligned modules (hermit-entry casts the ELF header in place). */
+    .short 6, 0
+    .long 8
+    /* End tag. */
+    .short 0, 0
+    .long 8
+multiboot2_end:
 
     .section .text.boot32, "ax"
     .code32
@@ -207,6 +237,7 @@ __boot_stack_top:
     .text
 "#,
     magic = const astrid_boot::multiboot::HEADER_MAGIC,
+    magic2 = const astrid_boot::multiboot2::HEADER_MAGIC,
     flags = const HEADER_FLAGS,
     main = sym crate::flow::loader_main,
 );

@@ -21,15 +21,62 @@ pub fn boot_module(addr: u64, len: u64) -> Option<&'static [u8]> {
 
 /// Under QEMU the run command passes `env=ASTRID_DEBUG_EXIT=0xf4`: write the status to
 /// the isa-debug-exit port so QEMU's own exit status carries it (see `exit`). Without
-/// that variable (uhyve, bare metal) the kernel's normal exit path reports the status.
+/// that variable (uhyve, bare metal) the status goes to the console. Booted by our loader
+/// (bare metal), the machine then does what `ASTRID_ON_EXIT` says: the kernel's exit path
+/// powers off, or the image halts or resets the machine here; uhyve ends the guest itself.
 pub fn report_exit(status: u8) {
-    let Some(crate::settings::DebugPort(port)) = crate::settings::current().debug_exit else {
+    use crate::settings::OnExit;
+    let settings = crate::settings::current();
+    if let Some(crate::settings::DebugPort(port)) = settings.debug_exit {
+        let value = crate::exit::debug_exit_value(status);
+        // SAFETY: Hermit applications run in ring 0; the port was named by the host that
+        // attached the isa-debug-exit device, and writing it ends the virtual machine.
+        unsafe { core::arch::asm!("out dx, eax", in("dx") port, in("eax") value) };
         return;
+    }
+    if settings.boot.is_none() {
+        // Not booted by our loader: uhyve, which ends the guest and passes the status on.
+        println!("astrid: exit status {status}");
+        return;
+    }
+    let then = match settings.on_exit {
+        OnExit::Poweroff => "powering off",
+        OnExit::Halt => "halted",
+        OnExit::Reboot => "rebooting",
     };
-    let value = crate::exit::debug_exit_value(status);
-    // SAFETY: Hermit applications run in ring 0; the port was named by the host that
-    // attached the isa-debug-exit device, and writing it ends the virtual machine.
-    unsafe { core::arch::asm!("out dx, eax", in("dx") port, in("eax") value) };
+    println!("astrid: exit status {status}; {then} ({}={})", crate::settings::ON_EXIT, settings.on_exit);
+    {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    }
+    match settings.on_exit {
+        OnExit::Poweroff => {}
+        OnExit::Halt => halt(),
+        OnExit::Reboot => reset(),
+    }
+}
+
+/// Stops this CPU for good: interrupts off, then `hlt`. The other CPUs have nothing left
+/// to run (every capsule ended) and idle in the kernel.
+fn halt() -> ! {
+    loop {
+        // SAFETY: ring 0 may disable interrupts and halt; this only stops the CPU.
+        unsafe { core::arch::asm!("cli", "hlt", options(nomem, nostack)) }
+    }
+}
+
+/// Resets the machine: the PCI reset control register (0xcf9: system reset, then the reset
+/// bit), then the keyboard controller's reset line (0x64 ← 0xfe), the two every PC-compatible
+/// chipset has; a CPU that is still running after both halts.
+fn reset() -> ! {
+    // SAFETY: ring 0 port I/O on the chipset's reset registers; the writes reset the
+    // machine, which is what was asked for.
+    unsafe {
+        core::arch::asm!("out dx, al", in("dx") 0xcf9u16, in("al") 0x02u8, options(nomem, nostack));
+        core::arch::asm!("out dx, al", in("dx") 0xcf9u16, in("al") 0x06u8, options(nomem, nostack));
+        core::arch::asm!("out dx, al", in("dx") 0x64u16, in("al") 0xfeu8, options(nomem, nostack));
+    }
+    halt()
 }
 
 /// The kernel's `struct timespec` (hermit-kernel 0.11 `src/time.rs`).
@@ -115,9 +162,55 @@ pub fn set_memory_budget(ram_bytes: u64, thread_stacks: usize) -> usize {
     budget
 }
 
-/// The guest has no entropy worth the name under TCG (kernel 0.11 then returns zeros):
-/// randomness comes only from the seed the host passes at boot.
+/// The CPU's own entropy, used only where the host passed no seed (bare metal, a packed
+/// image): RDSEED where the CPU has it, else RDRAND; `None` when it has neither, and
+/// randomness is then refused. Kernel 0.11's entropy call is not used: without RDSEED it
+/// falls back to a timestamp-seeded generator (and under TCG to zeros).
 pub fn host_entropy() -> Option<[u8; 32]> {
+    let source = cpu_entropy_source()?;
+    let mut seed = [0u8; 32];
+    for word in seed.chunks_exact_mut(8) {
+        word.copy_from_slice(&cpu_random_u64(source)?.to_le_bytes());
+    }
+    Some(seed)
+}
+
+#[derive(Clone, Copy)]
+enum CpuEntropy {
+    Rdseed,
+    Rdrand,
+}
+
+/// Which instruction this CPU offers (CPUID leaf 7 EBX bit 18, leaf 1 ECX bit 30).
+fn cpu_entropy_source() -> Option<CpuEntropy> {
+    use core::arch::x86_64::__cpuid_count;
+    let max_leaf = __cpuid_count(0, 0).eax;
+    if max_leaf >= 7 && __cpuid_count(7, 0).ebx & (1 << 18) != 0 {
+        return Some(CpuEntropy::Rdseed);
+    }
+    (__cpuid_count(1, 0).ecx & (1 << 30) != 0).then_some(CpuEntropy::Rdrand)
+}
+
+/// One 64-bit value from `source`, retried as Intel's guide advises (RDSEED may run dry
+/// for a while). All-zero and all-one values are discarded: some CPUs have returned them
+/// with the carry flag set. `None` when the instruction never delivers.
+fn cpu_random_u64(source: CpuEntropy) -> Option<u64> {
+    for _ in 0..1024 {
+        let value: u64;
+        let ok: u8;
+        // SAFETY: the CPU advertised the instruction (CPUID above); it only writes the
+        // output register and the carry flag.
+        unsafe {
+            match source {
+                CpuEntropy::Rdseed => core::arch::asm!("rdseed {v}", "setc {ok}", v = out(reg) value, ok = out(reg_byte) ok, options(nomem, nostack)),
+                CpuEntropy::Rdrand => core::arch::asm!("rdrand {v}", "setc {ok}", v = out(reg) value, ok = out(reg_byte) ok, options(nomem, nostack)),
+            }
+        }
+        if ok == 1 && value != 0 && value != u64::MAX {
+            return Some(value);
+        }
+        core::hint::spin_loop();
+    }
     None
 }
 

@@ -1,7 +1,7 @@
-//! What `astrid:sys` answers from, without WIT: the image's clocks and host-seeded
-//! randomness. Randomness never comes from the guest: TCG has no entropy and kernel
-//! 0.11 then returns zeros, so the host hands a seed through the boot path
-//! (`ASTRID_SEED`).
+//! What `astrid:sys` answers from, without WIT: the image's clocks and seeded
+//! randomness. The host hands a seed through the boot path (`ASTRID_SEED`) where it can;
+//! otherwise the seed comes from the CPU's RDSEED/RDRAND, never from kernel 0.11's
+//! entropy call (zeros under TCG), and without either randomness is refused.
 
 pub mod random;
 

@@ -1,6 +1,7 @@
 //! The image's CSPRNG: a BLAKE3 keyed XOF over a 256-bit seed the host provides at boot
-//! (`ASTRID_SEED`, 64 hex digits), one fresh block counter per request. Hosted mode
-//! seeds itself from the operating system. Without a seed, randomness is refused rather
+//! (`ASTRID_SEED`, 64 hex digits), one fresh block counter per request. Without one the
+//! image seeds itself from the CPU (RDSEED, else RDRAND: bare metal, a packed image) and
+//! hosted mode from the operating system. With neither, randomness is refused rather
 //! than faked.
 
 use std::fmt;
@@ -21,7 +22,9 @@ pub enum SeedError {
 impl fmt::Display for SeedError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SeedError::Missing => write!(f, "no entropy: the host passed no ASTRID_SEED (scripts/run does)"),
+            SeedError::Missing => {
+                write!(f, "no entropy: the host passed no ASTRID_SEED (scripts/run does) and the CPU has neither RDSEED nor RDRAND")
+            }
             SeedError::Malformed => write!(f, "ASTRID_SEED must be 64 hex digits, not all zero"),
         }
     }
@@ -72,7 +75,8 @@ pub fn bytes(len: usize) -> Result<Vec<u8>, SeedError> {
     Ok(out)
 }
 
-/// The seed when none was installed: the OS's entropy in hosted mode, none in the image.
+/// The seed when none was installed: the OS's entropy in hosted mode, the CPU's in the
+/// image.
 fn default_seed() -> Result<Generator, SeedError> {
     let seed = crate::platform::host_entropy().ok_or(SeedError::Missing)?;
     Ok(Generator { key: seed, counter: 0 })
