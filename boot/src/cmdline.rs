@@ -174,6 +174,27 @@ mod tests {
         );
     }
 
+    /// The boot_cmdline fuzz target's input: the app module's string, then each capsule
+    /// module's string, separated by NULs.
+    #[test]
+    fn fuzz_seeds_are_module_strings() {
+        let seeds: [(&str, &[&str]); 2] = [
+            (
+                "/images/astrid.img -freq 2000 env=ASTRID_AUDIT=off -- 'a b' c",
+                &["/capsules/hello.wasm", "echo.wasm x"],
+            ),
+            ("astrid.img", &["it's #odd,name.wasm"]),
+        ];
+        for (i, (app, capsules)) in seeds.iter().enumerate() {
+            let mut input = alloc::vec::Vec::from(app.as_bytes());
+            for c in *capsules {
+                input.push(0);
+                input.extend_from_slice(c.as_bytes());
+            }
+            crate::fuzz_seed::check(&format!("boot_cmdline/modules-{i}.txt"), &input);
+        }
+    }
+
     #[test]
     fn rejects_what_the_kernel_cannot_split() {
         let err = kernel_command_line("app -- 'unterminated", &[]).unwrap_err();

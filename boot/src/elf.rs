@@ -514,6 +514,19 @@ pub(crate) mod tests {
         );
     }
 
+    /// The boot_elf fuzz target starts from this app (and one linked at a fixed address).
+    #[test]
+    fn fuzz_seeds_are_the_test_apps() {
+        crate::fuzz_seed::check("boot_elf/static-pie.elf", &ElfBuilder::default().build());
+        let fixed = ElfBuilder {
+            e_type: ET_EXEC,
+            vaddr: 0x40_0000,
+            ..Default::default()
+        };
+        assert!(check_app(&fixed.build()).is_ok());
+        crate::fuzz_seed::check("boot_elf/fixed.elf", &fixed.build());
+    }
+
     #[test]
     fn non_elf_is_code_9() {
         for bytes in [&b""[..], b"\0asm\x01\0\0\0", b"\x7fEL"] {
