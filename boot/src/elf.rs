@@ -78,28 +78,28 @@ impl Bytes<'_> {
     fn u64(&self, at: usize) -> Result<u64, BootError> {
         Ok(u64::from_le_bytes(self.get(at, 8)?.try_into().unwrap()))
     }
-    /// `count` records of `size` bytes at `offset`, 8-byte aligned as hermit-entry's `plain`
-    /// casts require (the module itself is page aligned).
+    /// The records of `size` bytes in the `bytes` bytes at `offset`, 8-byte aligned as
+    /// hermit-entry's `plain` casts require (the module itself is page aligned). All of
+    /// `bytes` must lie in the file, a partial record at the end included: hermit-entry
+    /// slices the whole length before it casts the records.
     fn table(
         &self,
         offset: u64,
-        count: u64,
+        bytes: u64,
         size: usize,
         what: &str,
     ) -> Result<Range<usize>, BootError> {
         let start = usize::try_from(offset).map_err(|_| bad(format!("{what} offset too large")))?;
-        let len = usize::try_from(count)
-            .ok()
-            .and_then(|c| c.checked_mul(size))
-            .ok_or_else(|| bad(format!("{what} too large")))?;
+        let whole = usize::try_from(bytes).map_err(|_| bad(format!("{what} too large")))?;
+        let len = whole - whole % size;
         if start % 8 != 0 {
             return Err(bad(format!(
                 "{what} at offset {start:#x} is not 8-byte aligned"
             )));
         }
-        self.get(start, len).map_err(|_| {
+        self.get(start, whole).map_err(|_| {
             bad(format!(
-                "{what} ({len} bytes at offset {start:#x}) lies outside the file"
+                "{what} ({whole} bytes at offset {start:#x}) lies outside the file"
             ))
         })?;
         Ok(start..start + len)
@@ -151,8 +151,8 @@ pub fn check_app(elf: &[u8]) -> Result<AppSummary, BootError> {
     if shnum > 0 && usize::from(shentsize) != SHDR_SIZE {
         return Err(bad("the app ELF has an unexpected section header size"));
     }
-    let phs = b.table(phoff, phnum.into(), PHDR_SIZE, "program header table")?;
-    let shs = b.table(shoff, shnum.into(), SHDR_SIZE, "section header table")?;
+    let phs = b.table(phoff, u64::from(phnum) * PHDR_SIZE as u64, PHDR_SIZE, "program header table")?;
+    let shs = b.table(shoff, u64::from(shnum) * SHDR_SIZE as u64, SHDR_SIZE, "section header table")?;
 
     let phdr = |i: usize| -> Result<Phdr, BootError> {
         let at = phs.start + i * PHDR_SIZE;
@@ -302,12 +302,7 @@ fn dynsym_count(b: &Bytes<'_>, shs: &Range<usize>) -> Result<u64, BootError> {
     for at in shs.clone().step_by(SHDR_SIZE) {
         if b.u32(at + 4)? == SHT_DYNSYM {
             let (offset, size) = (b.u64(at + 24)?, b.u64(at + 32)?);
-            b.table(
-                offset,
-                size / SYM_SIZE as u64,
-                SYM_SIZE,
-                "dynamic symbol table",
-            )?;
+            b.table(offset, size, SYM_SIZE, "dynamic symbol table")?;
             return Ok(size / SYM_SIZE as u64);
         }
     }
@@ -327,12 +322,7 @@ fn check_dynamic(
     let Some(dynamic) = phdrs.clone().find(|p| p.p_type == PT_DYNAMIC) else {
         return Ok(());
     };
-    let table = b.table(
-        dynamic.offset,
-        dynamic.filesz / DYN_SIZE as u64,
-        DYN_SIZE,
-        "dynamic section",
-    )?;
+    let table = b.table(dynamic.offset, dynamic.filesz, DYN_SIZE, "dynamic section")?;
     let vm_to_offset = |addr: u64| {
         phdrs
             .clone()
@@ -351,12 +341,7 @@ fn check_dynamic(
             _ => {}
         }
     }
-    let relas = b.table(
-        rela,
-        relasz / RELA_SIZE as u64,
-        RELA_SIZE,
-        "relocation table",
-    )?;
+    let relas = b.table(rela, relasz, RELA_SIZE, "relocation table")?;
     if !relocatable {
         return Ok(());
     }
@@ -599,6 +584,32 @@ pub(crate) mod tests {
         let mut v = ElfBuilder::default().build();
         p64(&mut v, 40, 0x301); // misaligned section headers
         assert_eq!(check_app(&v).unwrap_err().code, FailureCode::BadApp);
+    }
+
+    /// Found by the boot_elf fuzz target: hermit-entry slices a table's whole byte length
+    /// (`p_filesz`, `DT_RELASZ`, `sh_size`) before it casts the records, so a length that
+    /// is not a multiple of the record size and ends past the file made it panic after
+    /// the check had counted only the whole records.
+    #[test]
+    fn a_partial_record_past_the_end_is_code_9() {
+        // The dynamic section (program header 2): 9 bytes at 0x3f8 in a 0x400-byte file.
+        let mut v = ElfBuilder::default().build();
+        p64(&mut v, 0x40 + 2 * 56 + 8, 0x3f8);
+        p64(&mut v, 0x40 + 2 * 56 + 32, 9);
+        let e = check_app(&v).unwrap_err();
+        assert!(e.what.contains("dynamic section") && e.what.contains("outside the file"), "{}", e.what);
+        // The relocation table: 16 bytes (no whole record) at 0x3f8.
+        let mut v = ElfBuilder::default().build();
+        p64(&mut v, 0x188, 0x3f8);
+        p64(&mut v, 0x198, 16);
+        let e = check_app(&v).unwrap_err();
+        assert!(e.what.contains("relocation table"), "{}", e.what);
+        // The dynamic symbol table (section 1): 30 bytes at 0x3f0.
+        let mut v = ElfBuilder::default().build();
+        p64(&mut v, 0x340 + 24, 0x3f0);
+        p64(&mut v, 0x340 + 32, 30);
+        let e = check_app(&v).unwrap_err();
+        assert!(e.what.contains("dynamic symbol table"), "{}", e.what);
     }
 
     #[test]
