@@ -20,6 +20,8 @@ const SHDR_SIZE: usize = 64;
 const DYN_SIZE: usize = 16;
 const RELA_SIZE: usize = 24;
 const SYM_SIZE: usize = 24;
+const STB_WEAK: u8 = 2;
+const SHN_UNDEF: u16 = 0;
 
 const ET_EXEC: u16 = 2;
 const ET_DYN: u16 = 3;
@@ -220,12 +222,12 @@ pub fn check_app(elf: &[u8]) -> Result<AppSummary, BootError> {
         }
     }
 
-    let dynsym_count = dynsym_count(&b, &shs)?;
+    let dynsyms = dynsym_table(&b, &shs)?;
     check_dynamic(
         &b,
         (0..count).filter_map(|i| phdr(i).ok()),
         mem_size,
-        dynsym_count,
+        &dynsyms,
         relocatable,
     )?;
 
@@ -297,16 +299,15 @@ fn check_entry_version(
     }
 }
 
-/// Number of symbols in the `.dynsym` section (0 without one); checks its bounds.
-fn dynsym_count(b: &Bytes<'_>, shs: &Range<usize>) -> Result<u64, BootError> {
+/// The symbols of the `.dynsym` section (none without one); checks its bounds.
+fn dynsym_table(b: &Bytes<'_>, shs: &Range<usize>) -> Result<Range<usize>, BootError> {
     for at in shs.clone().step_by(SHDR_SIZE) {
         if b.u32(at + 4)? == SHT_DYNSYM {
             let (offset, size) = (b.u64(at + 24)?, b.u64(at + 32)?);
-            b.table(offset, size, SYM_SIZE, "dynamic symbol table")?;
-            return Ok(size / SYM_SIZE as u64);
+            return b.table(offset, size, SYM_SIZE, "dynamic symbol table");
         }
     }
-    Ok(0)
+    Ok(0..0)
 }
 
 /// Checks the dynamic section and every relocation hermit-entry will read (and, for a
@@ -316,7 +317,7 @@ fn check_dynamic(
     b: &Bytes<'_>,
     phdrs: impl Iterator<Item = Phdr> + Clone,
     mem_size: u64,
-    dynsyms: u64,
+    dynsyms: &Range<usize>,
     relocatable: bool,
 ) -> Result<(), BootError> {
     let Some(dynamic) = phdrs.clone().find(|p| p.p_type == PT_DYNAMIC) else {
@@ -355,8 +356,18 @@ fn check_dynamic(
         }
         match ty {
             R_X86_64_RELATIVE => {}
-            R_X86_64_64 | R_X86_64_GLOB_DAT if sym >= dynsyms => {
+            R_X86_64_64 | R_X86_64_GLOB_DAT if sym >= (dynsyms.len() / SYM_SIZE) as u64 => {
                 return Err(bad("an app relocation names a symbol that does not exist"));
+            }
+            // hermit-entry asserts that the 8 bytes such a relocation leaves alone are
+            // zero (as loaded, after the relocations before it): refuse it rather than
+            // replay the load here. Hermit applications have none.
+            R_X86_64_64 | R_X86_64_GLOB_DAT
+                if undefined_weak(b, dynsyms.start + sym as usize * SYM_SIZE)? =>
+            {
+                return Err(bad(
+                    "an app relocation names an undefined weak symbol, which the loader does not resolve",
+                ));
             }
             R_X86_64_GLOB_DAT if addend != 0 => {
                 return Err(bad("an app GLOB_DAT relocation has an addend"));
@@ -370,6 +381,12 @@ fn check_dynamic(
         }
     }
     Ok(())
+}
+
+/// Whether the symbol at `at` is undefined (`SHN_UNDEF`) and weak (`STB_WEAK`).
+fn undefined_weak(b: &Bytes<'_>, at: usize) -> Result<bool, BootError> {
+    let info = b.get(at + 4, 1)?[0];
+    Ok(info >> 4 == STB_WEAK && b.u16(at + 6)? == SHN_UNDEF)
 }
 
 #[cfg(test)]
@@ -510,6 +527,12 @@ pub(crate) mod tests {
         };
         assert!(check_app(&fixed.build()).is_ok());
         crate::fuzz_seed::check("boot_elf/fixed.elf", &fixed.build());
+        let abs64 = ElfBuilder {
+            rel_type: R_X86_64_64,
+            ..Default::default()
+        };
+        assert!(check_app(&abs64.build()).is_ok());
+        crate::fuzz_seed::check("boot_elf/abs64.elf", &abs64.build());
     }
 
     #[test]
@@ -649,6 +672,28 @@ pub(crate) mod tests {
                 .what
                 .contains("shared libraries")
         );
+    }
+
+    /// Found reading hermit-entry's loader for the boot_elf fuzz target (which replays
+    /// the input in its differential): hermit-entry asserts that the target of a
+    /// relocation against an undefined weak symbol is zero, so a nonzero one made it
+    /// panic after the check had passed.
+    #[test]
+    fn a_relocation_against_an_undefined_weak_symbol_is_code_9() {
+        let e = ElfBuilder {
+            rel_type: R_X86_64_64,
+            rel_offset: 0x100,
+            ..Default::default()
+        };
+        let mut v = e.build();
+        assert!(check_app(&v).is_ok()); // symbol 0 is local
+        v[0x240 + 4] = STB_WEAK << 4;
+        let err = check_app(&v).unwrap_err();
+        assert_eq!(err.code, FailureCode::BadApp);
+        assert!(err.what.contains("undefined weak symbol"), "{}", err.what);
+        // Defined (any section but SHN_UNDEF): fine.
+        v[0x240 + 6] = 1;
+        assert!(check_app(&v).is_ok());
     }
 
     #[test]
