@@ -97,10 +97,8 @@ fn kernel_option_panic(words: &[String]) -> Option<String> {
                 Some(v) => return Some(format!("gives `-freq {v}`, not a number of MHz up to 65535")),
                 None => return Some(String::from("ends in `-freq` without its value")),
             },
-            "-ip" | "-mask" | "-gateway" | "-mount" => {
-                if words.next().is_none() {
-                    return Some(format!("ends in `{word}` without its value"));
-                }
+            "-ip" | "-mask" | "-gateway" | "-mount" if words.next().is_none() => {
+                return Some(format!("ends in `{word}` without its value"));
             }
             _ => {}
         }
