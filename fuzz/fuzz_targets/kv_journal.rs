@@ -20,13 +20,12 @@ use libfuzzer_sys::fuzz_target;
 
 const NAME: &str = "cap";
 
-/// This process's scratch directory (in memory where there is one).
+/// This process's scratch directory, under the temporary directory (`xtask fuzz` gives
+/// each run its own and removes it afterwards).
 fn dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let shm = Path::new("/dev/shm");
-        let base = if shm.is_dir() { shm.to_path_buf() } else { std::env::temp_dir() };
-        let dir = base.join(format!("astrid-fuzz-kv-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("astrid-fuzz-kv-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("creating the scratch directory");
         dir
     })

@@ -163,9 +163,3 @@ impl PhysMem for FakeMem {
         })
     }
 }
-
-/// Whether `text` could break the framing of a console line: a line break, or another
-/// control character a terminal acts on.
-pub fn breaks_a_line(text: &str) -> bool {
-    text.chars().any(|c| c.is_control() && c != '\t')
-}

@@ -78,22 +78,31 @@ pub fn select(only: Option<&str>) -> Result<Vec<&'static Target>> {
     }
 }
 
+/// `cargo <verb>` over the fuzz crate as its build sees it: the application toolchain, the
+/// host target, the instrumentation flags (with an explicit `--target` they reach the
+/// targets' crates only, not build scripts or proc macros).
+fn cargo(paths: &Paths, verb: &str) -> Command {
+    let mut cmd = process::cargo(toolchain::APP);
+    cmd.current_dir(paths.root.join("fuzz"))
+        .args([verb, "--release", "--locked", "--bins", "--target", HOST, "--target-dir"])
+        .arg(out_dir(paths).join("target"))
+        .env("RUSTFLAGS", RUSTFLAGS.join(" "));
+    cmd
+}
+
 /// Builds every target (one cargo build) and returns the directory of the binaries.
 pub fn build(paths: &Paths) -> Result<PathBuf> {
     toolchain::require_ensured("the fuzz build")?;
     ensure_cxx()?;
-    let target_dir = out_dir(paths).join("target");
-    process::run(
-        process::cargo(toolchain::APP)
-            .current_dir(paths.root.join("fuzz"))
-            .args(["build", "--release", "--locked", "--bins", "--target", HOST, "--target-dir"])
-            .arg(&target_dir)
-            // With an explicit --target, RUSTFLAGS reach the targets' crates only, not
-            // build scripts or proc macros.
-            .env("RUSTFLAGS", RUSTFLAGS.join(" ")),
-    )
-    .context("building the fuzz targets")?;
-    Ok(target_dir.join(HOST).join("release"))
+    process::run(&mut cargo(paths, "build")).context("building the fuzz targets")?;
+    Ok(out_dir(paths).join("target").join(HOST).join("release"))
+}
+
+/// Clippy over the fuzz crate, warnings as errors (the kernel and the loader it uses are
+/// linted in their own builds).
+pub fn clippy(paths: &Paths) -> Result<()> {
+    toolchain::require_ensured("clippy on the fuzz targets")?;
+    process::run(cargo(paths, "clippy").args(["--", "-D", "warnings"]))
 }
 
 /// libFuzzer is C++, built by libfuzzer-sys's build script.

@@ -732,7 +732,8 @@ fn test(paths: &Paths, test_args: &[String]) -> Result<u8> {
 
 /// Clippy with warnings as errors, over everything we build: the workspace hosted (with
 /// the testing sources, so every host file is checked), the image's application without
-/// its engine (the soft-float image), and the loader for its real target and its tests.
+/// its engine (the soft-float image), the loader for its real target and its tests, and
+/// the fuzz targets.
 fn lint(paths: &Paths) -> Result<()> {
     xtask::step("clippy (warnings are errors)");
     let deny = ["--", "-D", "warnings"];
@@ -756,7 +757,7 @@ fn lint(paths: &Paths) -> Result<()> {
         }
         process::run(cmd.arg("--target-dir").arg(paths.out.join("boot-clippy")).args(deny))?;
     }
-    Ok(())
+    fuzz::clippy(paths)
 }
 
 #[cfg(test)]
