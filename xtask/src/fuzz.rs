@@ -41,6 +41,10 @@ pub const TARGETS: &[Target] = &[
 pub const TEST_SECONDS: u64 = 10;
 /// One input running this long is a hang (a failure).
 const INPUT_TIMEOUT_S: u64 = 10;
+/// A kept corpus past this many inputs is minimised after a run (libFuzzer's `-merge=1`:
+/// the fewest inputs that cover what they all cover), so it does not grow without bound
+/// in a persistent build-output directory.
+const CORPUS_FILES: usize = 2000;
 /// libFuzzer's memory limit for the whole process.
 const RSS_LIMIT_MB: u64 = 2048;
 const HOST: &str = "x86_64-unknown-linux-gnu";
@@ -187,6 +191,9 @@ fn run_one(paths: &Paths, bins: &Path, target: &'static Target, seconds: u64) ->
         }
     };
     let elapsed = started.elapsed();
+    if status.is_some_and(|s| s.success()) {
+        minimise(&bins.join(target.name), &corpus, &scratch)?;
+    }
     let _ = std::fs::remove_dir_all(&scratch);
     let _ = std::fs::remove_dir(&scratch_root);
     let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -199,6 +206,33 @@ fn run_one(paths: &Paths, bins: &Path, target: &'static Target, seconds: u64) ->
         artifact: text.lines().find_map(|l| l.split_once("Test unit written to ").map(|(_, p)| PathBuf::from(p.trim()))),
         log,
     })
+}
+
+/// Replaces a corpus of more than [`CORPUS_FILES`] inputs by its minimal subset.
+fn minimise(bin: &Path, corpus: &Path, scratch: &Path) -> Result<()> {
+    if std::fs::read_dir(corpus)?.count() <= CORPUS_FILES {
+        return Ok(());
+    }
+    let merged = corpus.with_extension("merged");
+    let _ = std::fs::remove_dir_all(&merged);
+    std::fs::create_dir_all(&merged)?;
+    let status = Command::new(bin)
+        .arg("-merge=1")
+        .arg(&merged)
+        .arg(corpus)
+        .env("TMPDIR", scratch)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .with_context(|| format!("minimising {}", corpus.display()))?;
+    if status.success() {
+        std::fs::remove_dir_all(corpus)?;
+        std::fs::rename(&merged, corpus)?;
+    } else {
+        let _ = std::fs::remove_dir_all(&merged);
+    }
+    Ok(())
 }
 
 /// The number after `name` on a line of its own.
