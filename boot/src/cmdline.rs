@@ -44,6 +44,15 @@ pub fn kernel_command_line(
     ram_mib: u64,
 ) -> Result<String, BootError> {
     let (_, rest) = split_module_string(app_string);
+    // The image refuses an announcement without a name (it is the capsule's identity):
+    // say so here, where the module is known.
+    if let Some(i) = capsules.iter().position(|c| c.name.is_empty()) {
+        return Err(BootError::new(
+            FailureCode::BadMultiboot,
+            format!("capsule module {} has no file name in its string", i + 2),
+            "give every capsule module its file's path as its string (QEMU: -initrd \"app.elf,capsule.wasm\")",
+        ));
+    }
     let mut line = String::from("env=ASTRID_BOOT=multiboot");
     for (i, c) in capsules.iter().enumerate() {
         let name: Cow<'_, str> = shell_words::quote(c.name);
@@ -60,14 +69,45 @@ pub fn kernel_command_line(
     }
     // The kernel unwraps its split of the command line: reject what it would panic on, and NUL,
     // which cannot travel in the device tree's bootargs string.
-    if line.contains('\0') || shell_words::split(&line).is_err() {
+    let words = match shell_words::split(&line) {
+        Ok(words) if !line.contains('\0') => words,
+        _ => {
+            return Err(BootError::new(
+                FailureCode::Other,
+                format!("the app's command line has unbalanced quotes: {rest}"),
+                "fix the quoting in the app module's string (the -initrd argument)",
+            ));
+        }
+    };
+    if let Some(why) = kernel_option_panic(&words) {
         return Err(BootError::new(
             FailureCode::Other,
-            format!("the app's command line has unbalanced quotes: {rest}"),
-            "fix the quoting in the app module's string (the -initrd argument)",
+            format!("the app's command line {why}: {rest}"),
+            "fix the kernel arguments in the app module's string (before `--`)",
         ));
     }
     Ok(line)
+}
+
+/// What in `words` kernel 0.11 would panic on while reading its options (`env::Cli`): an
+/// option that takes a value given none, or a `-freq` that is not a number of MHz. It reads
+/// up to `--`.
+fn kernel_option_panic(words: &[String]) -> Option<String> {
+    let mut words = words.iter().take_while(|w| *w != "--");
+    while let Some(word) = words.next() {
+        match word.as_str() {
+            "-freq" => match words.next() {
+                Some(v) if v.parse::<u16>().is_ok() => {}
+                Some(v) => return Some(format!("gives `-freq {v}`, not a number of MHz up to 65535")),
+                None => return Some(String::from("ends in `-freq` without its value")),
+            },
+            "-ip" | "-mask" | "-gateway" | "-mount" if words.next().is_none() => {
+                return Some(format!("ends in `{word}` without its value"));
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// The capsules for the loader's success line: `0x<addr>+<len> <name>, …` or `none`.
@@ -182,6 +222,58 @@ mod tests {
                 "c"
             ]
         );
+    }
+
+    #[test]
+    fn rejects_a_capsule_without_a_name() {
+        // Found by the boot_cmdline fuzz target: a module string that is empty or ends in
+        // `/` gave an announcement `0x…,<len>,` that the image refuses as a loader/app
+        // mismatch. The loader now names the module instead.
+        for string in ["", "/capsules/"] {
+            let caps = [
+                Capsule { addr: 0x1000, len: 2, name: "a.wasm" },
+                Capsule { addr: 0x2000, len: 2, name: basename(split_module_string(string).0) },
+            ];
+            let err = kernel_command_line("app", &caps).unwrap_err();
+            assert_eq!(err.code, FailureCode::BadMultiboot);
+            assert!(err.what.contains("capsule module 3"), "{}", err.what);
+        }
+    }
+
+    /// The boot_cmdline fuzz target's input: the app module's string, then each capsule
+    /// module's string, separated by NULs.
+    #[test]
+    fn fuzz_seeds_are_module_strings() {
+        let seeds: [(&str, &[&str]); 2] = [
+            (
+                "/images/astrid.img -freq 2000 env=ASTRID_AUDIT=off -- 'a b' c",
+                &["/capsules/hello.wasm", "echo.wasm x"],
+            ),
+            ("astrid.img", &["it's #odd,name.wasm"]),
+        ];
+        for (i, (app, capsules)) in seeds.iter().enumerate() {
+            let mut input = alloc::vec::Vec::from(app.as_bytes());
+            for c in *capsules {
+                input.push(0);
+                input.extend_from_slice(c.as_bytes());
+            }
+            crate::fuzz_seed::check(&format!("boot_cmdline/modules-{i}.txt"), &input);
+        }
+    }
+
+    /// Found by the boot_cmdline fuzz target: kernel 0.11 unwraps the value of `-freq` (a
+    /// u16) and panics when `-freq`, `-ip`, `-mask`, `-gateway` or `-mount` has none.
+    #[test]
+    fn rejects_kernel_options_the_kernel_would_panic_on() {
+        for app in ["app -freq", "app -freq x", "app -freq 70000", "app -ip", "app -freq 2000 -mount"] {
+            let err = kernel_command_line(app, &[]).unwrap_err();
+            assert_eq!(err.code, FailureCode::Other, "{app}");
+            assert!(err.what.contains("-freq") || err.what.contains("without its value"), "{app}: {}", err.what);
+        }
+        // Fine: values given, and the same words as the app's own arguments after `--`.
+        for app in ["app -freq 2000 -ip 10.0.2.15", "app -- -freq", "app -- -ip"] {
+            assert!(kernel_command_line(app, &[]).is_ok(), "{app}");
+        }
     }
 
     #[test]

@@ -20,6 +20,8 @@ const SHDR_SIZE: usize = 64;
 const DYN_SIZE: usize = 16;
 const RELA_SIZE: usize = 24;
 const SYM_SIZE: usize = 24;
+const STB_WEAK: u8 = 2;
+const SHN_UNDEF: u16 = 0;
 
 const ET_EXEC: u16 = 2;
 const ET_DYN: u16 = 3;
@@ -78,28 +80,28 @@ impl Bytes<'_> {
     fn u64(&self, at: usize) -> Result<u64, BootError> {
         Ok(u64::from_le_bytes(self.get(at, 8)?.try_into().unwrap()))
     }
-    /// `count` records of `size` bytes at `offset`, 8-byte aligned as hermit-entry's `plain`
-    /// casts require (the module itself is page aligned).
+    /// The records of `size` bytes in the `bytes` bytes at `offset`, 8-byte aligned as
+    /// hermit-entry's `plain` casts require (the module itself is page aligned). All of
+    /// `bytes` must lie in the file, a partial record at the end included: hermit-entry
+    /// slices the whole length before it casts the records.
     fn table(
         &self,
         offset: u64,
-        count: u64,
+        bytes: u64,
         size: usize,
         what: &str,
     ) -> Result<Range<usize>, BootError> {
         let start = usize::try_from(offset).map_err(|_| bad(format!("{what} offset too large")))?;
-        let len = usize::try_from(count)
-            .ok()
-            .and_then(|c| c.checked_mul(size))
-            .ok_or_else(|| bad(format!("{what} too large")))?;
+        let whole = usize::try_from(bytes).map_err(|_| bad(format!("{what} too large")))?;
+        let len = whole - whole % size;
         if start % 8 != 0 {
             return Err(bad(format!(
                 "{what} at offset {start:#x} is not 8-byte aligned"
             )));
         }
-        self.get(start, len).map_err(|_| {
+        self.get(start, whole).map_err(|_| {
             bad(format!(
-                "{what} ({len} bytes at offset {start:#x}) lies outside the file"
+                "{what} ({whole} bytes at offset {start:#x}) lies outside the file"
             ))
         })?;
         Ok(start..start + len)
@@ -151,8 +153,8 @@ pub fn check_app(elf: &[u8]) -> Result<AppSummary, BootError> {
     if shnum > 0 && usize::from(shentsize) != SHDR_SIZE {
         return Err(bad("the app ELF has an unexpected section header size"));
     }
-    let phs = b.table(phoff, phnum.into(), PHDR_SIZE, "program header table")?;
-    let shs = b.table(shoff, shnum.into(), SHDR_SIZE, "section header table")?;
+    let phs = b.table(phoff, u64::from(phnum) * PHDR_SIZE as u64, PHDR_SIZE, "program header table")?;
+    let shs = b.table(shoff, u64::from(shnum) * SHDR_SIZE as u64, SHDR_SIZE, "section header table")?;
 
     let phdr = |i: usize| -> Result<Phdr, BootError> {
         let at = phs.start + i * PHDR_SIZE;
@@ -220,12 +222,12 @@ pub fn check_app(elf: &[u8]) -> Result<AppSummary, BootError> {
         }
     }
 
-    let dynsym_count = dynsym_count(&b, &shs)?;
+    let dynsyms = dynsym_table(&b, &shs)?;
     check_dynamic(
         &b,
         (0..count).filter_map(|i| phdr(i).ok()),
         mem_size,
-        dynsym_count,
+        &dynsyms,
         relocatable,
     )?;
 
@@ -297,21 +299,15 @@ fn check_entry_version(
     }
 }
 
-/// Number of symbols in the `.dynsym` section (0 without one); checks its bounds.
-fn dynsym_count(b: &Bytes<'_>, shs: &Range<usize>) -> Result<u64, BootError> {
+/// The symbols of the `.dynsym` section (none without one); checks its bounds.
+fn dynsym_table(b: &Bytes<'_>, shs: &Range<usize>) -> Result<Range<usize>, BootError> {
     for at in shs.clone().step_by(SHDR_SIZE) {
         if b.u32(at + 4)? == SHT_DYNSYM {
             let (offset, size) = (b.u64(at + 24)?, b.u64(at + 32)?);
-            b.table(
-                offset,
-                size / SYM_SIZE as u64,
-                SYM_SIZE,
-                "dynamic symbol table",
-            )?;
-            return Ok(size / SYM_SIZE as u64);
+            return b.table(offset, size, SYM_SIZE, "dynamic symbol table");
         }
     }
-    Ok(0)
+    Ok(0..0)
 }
 
 /// Checks the dynamic section and every relocation hermit-entry will read (and, for a
@@ -321,18 +317,13 @@ fn check_dynamic(
     b: &Bytes<'_>,
     phdrs: impl Iterator<Item = Phdr> + Clone,
     mem_size: u64,
-    dynsyms: u64,
+    dynsyms: &Range<usize>,
     relocatable: bool,
 ) -> Result<(), BootError> {
     let Some(dynamic) = phdrs.clone().find(|p| p.p_type == PT_DYNAMIC) else {
         return Ok(());
     };
-    let table = b.table(
-        dynamic.offset,
-        dynamic.filesz / DYN_SIZE as u64,
-        DYN_SIZE,
-        "dynamic section",
-    )?;
+    let table = b.table(dynamic.offset, dynamic.filesz, DYN_SIZE, "dynamic section")?;
     let vm_to_offset = |addr: u64| {
         phdrs
             .clone()
@@ -351,12 +342,7 @@ fn check_dynamic(
             _ => {}
         }
     }
-    let relas = b.table(
-        rela,
-        relasz / RELA_SIZE as u64,
-        RELA_SIZE,
-        "relocation table",
-    )?;
+    let relas = b.table(rela, relasz, RELA_SIZE, "relocation table")?;
     if !relocatable {
         return Ok(());
     }
@@ -370,8 +356,18 @@ fn check_dynamic(
         }
         match ty {
             R_X86_64_RELATIVE => {}
-            R_X86_64_64 | R_X86_64_GLOB_DAT if sym >= dynsyms => {
+            R_X86_64_64 | R_X86_64_GLOB_DAT if sym >= (dynsyms.len() / SYM_SIZE) as u64 => {
                 return Err(bad("an app relocation names a symbol that does not exist"));
+            }
+            // hermit-entry asserts that the 8 bytes such a relocation leaves alone are
+            // zero (as loaded, after the relocations before it): refuse it rather than
+            // replay the load here. Hermit applications have none.
+            R_X86_64_64 | R_X86_64_GLOB_DAT
+                if undefined_weak(b, dynsyms.start + sym as usize * SYM_SIZE)? =>
+            {
+                return Err(bad(
+                    "an app relocation names an undefined weak symbol, which the loader does not resolve",
+                ));
             }
             R_X86_64_GLOB_DAT if addend != 0 => {
                 return Err(bad("an app GLOB_DAT relocation has an addend"));
@@ -385,6 +381,12 @@ fn check_dynamic(
         }
     }
     Ok(())
+}
+
+/// Whether the symbol at `at` is undefined (`SHN_UNDEF`) and weak (`STB_WEAK`).
+fn undefined_weak(b: &Bytes<'_>, at: usize) -> Result<bool, BootError> {
+    let info = b.get(at + 4, 1)?[0];
+    Ok(info >> 4 == STB_WEAK && b.u16(at + 6)? == SHN_UNDEF)
 }
 
 #[cfg(test)]
@@ -514,6 +516,25 @@ pub(crate) mod tests {
         );
     }
 
+    /// The boot_elf fuzz target starts from this app (and one linked at a fixed address).
+    #[test]
+    fn fuzz_seeds_are_the_test_apps() {
+        crate::fuzz_seed::check("boot_elf/static-pie.elf", &ElfBuilder::default().build());
+        let fixed = ElfBuilder {
+            e_type: ET_EXEC,
+            vaddr: 0x40_0000,
+            ..Default::default()
+        };
+        assert!(check_app(&fixed.build()).is_ok());
+        crate::fuzz_seed::check("boot_elf/fixed.elf", &fixed.build());
+        let abs64 = ElfBuilder {
+            rel_type: R_X86_64_64,
+            ..Default::default()
+        };
+        assert!(check_app(&abs64.build()).is_ok());
+        crate::fuzz_seed::check("boot_elf/abs64.elf", &abs64.build());
+    }
+
     #[test]
     fn non_elf_is_code_9() {
         for bytes in [&b""[..], b"\0asm\x01\0\0\0", b"\x7fEL"] {
@@ -588,6 +609,32 @@ pub(crate) mod tests {
         assert_eq!(check_app(&v).unwrap_err().code, FailureCode::BadApp);
     }
 
+    /// Found by the boot_elf fuzz target: hermit-entry slices a table's whole byte length
+    /// (`p_filesz`, `DT_RELASZ`, `sh_size`) before it casts the records, so a length that
+    /// is not a multiple of the record size and ends past the file made it panic after
+    /// the check had counted only the whole records.
+    #[test]
+    fn a_partial_record_past_the_end_is_code_9() {
+        // The dynamic section (program header 2): 9 bytes at 0x3f8 in a 0x400-byte file.
+        let mut v = ElfBuilder::default().build();
+        p64(&mut v, 0x40 + 2 * 56 + 8, 0x3f8);
+        p64(&mut v, 0x40 + 2 * 56 + 32, 9);
+        let e = check_app(&v).unwrap_err();
+        assert!(e.what.contains("dynamic section") && e.what.contains("outside the file"), "{}", e.what);
+        // The relocation table: 16 bytes (no whole record) at 0x3f8.
+        let mut v = ElfBuilder::default().build();
+        p64(&mut v, 0x188, 0x3f8);
+        p64(&mut v, 0x198, 16);
+        let e = check_app(&v).unwrap_err();
+        assert!(e.what.contains("relocation table"), "{}", e.what);
+        // The dynamic symbol table (section 1): 30 bytes at 0x3f0.
+        let mut v = ElfBuilder::default().build();
+        p64(&mut v, 0x340 + 24, 0x3f0);
+        p64(&mut v, 0x340 + 32, 30);
+        let e = check_app(&v).unwrap_err();
+        assert!(e.what.contains("dynamic symbol table"), "{}", e.what);
+    }
+
     #[test]
     fn bad_relocations_are_code_9() {
         let e = ElfBuilder {
@@ -625,6 +672,28 @@ pub(crate) mod tests {
                 .what
                 .contains("shared libraries")
         );
+    }
+
+    /// Found reading hermit-entry's loader for the boot_elf fuzz target (which replays
+    /// the input in its differential): hermit-entry asserts that the target of a
+    /// relocation against an undefined weak symbol is zero, so a nonzero one made it
+    /// panic after the check had passed.
+    #[test]
+    fn a_relocation_against_an_undefined_weak_symbol_is_code_9() {
+        let e = ElfBuilder {
+            rel_type: R_X86_64_64,
+            rel_offset: 0x100,
+            ..Default::default()
+        };
+        let mut v = e.build();
+        assert!(check_app(&v).is_ok()); // symbol 0 is local
+        v[0x240 + 4] = STB_WEAK << 4;
+        let err = check_app(&v).unwrap_err();
+        assert_eq!(err.code, FailureCode::BadApp);
+        assert!(err.what.contains("undefined weak symbol"), "{}", err.what);
+        // Defined (any section but SHN_UNDEF): fine.
+        v[0x240 + 6] = 1;
+        assert!(check_app(&v).is_ok());
     }
 
     #[test]

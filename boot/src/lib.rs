@@ -37,3 +37,27 @@ pub const fn align_up(value: u64, align: u64) -> Option<u64> {
 pub const fn align_down(value: u64, align: u64) -> u64 {
     value & !(align - 1)
 }
+
+/// The fuzz targets' seeds that the loader's test fixtures make (`fuzz/seeds/`).
+#[cfg(test)]
+pub(crate) mod fuzz_seed {
+    use std::path::PathBuf;
+
+    /// Checks that the committed seed `fuzz/seeds/<name>` holds `bytes`; with
+    /// `ASTRID_WRITE_SEEDS=1` in the environment, writes it instead.
+    pub fn check(name: &str, bytes: &[u8]) {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds").join(name);
+        if std::env::var_os("ASTRID_WRITE_SEEDS").is_some() {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, bytes).unwrap();
+            return;
+        }
+        let committed = std::fs::read(&path).unwrap_or_default();
+        assert!(
+            committed == bytes,
+            "{} is not what the test fixture makes: rewrite it with \
+             `ASTRID_WRITE_SEEDS=1 cargo +1.95.0 test --lib --target x86_64-unknown-linux-gnu` in boot/",
+            path.display()
+        );
+    }
+}

@@ -442,6 +442,38 @@ pub(crate) mod tests {
         assert!(info.occupied.contains(&(MODLIST_ADDR..MODLIST_ADDR + 32)));
     }
 
+    /// The boot_multiboot fuzz target's input for `mem`: the app's size (4 KiB pages), no
+    /// fixed address, then each block as `[u32 address][u32 length][bytes]`, the
+    /// information structure first.
+    fn fuzz_input(mem: &FakeMem, app_pages: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&app_pages.to_le_bytes());
+        out.push(0);
+        out.extend_from_slice(&0u32.to_le_bytes());
+        let mut blocks: Vec<&(u64, Vec<u8>)> = mem.blocks.iter().collect();
+        blocks.sort_by_key(|(addr, _)| *addr != INFO_ADDR);
+        for (addr, bytes) in blocks {
+            out.extend_from_slice(&(*addr as u32).to_le_bytes());
+            out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            out.extend_from_slice(bytes);
+        }
+        out
+    }
+
+    /// The boot_multiboot fuzz target starts from QEMU's layout with an app and a capsule,
+    /// and with the app alone.
+    #[test]
+    fn fuzz_seeds_are_qemu_layouts() {
+        let two = InfoBuilder::qemu(alloc::vec![
+            (0x40_0000, 0x50_0000, "/images/astrid.img -freq 2000 -- a"),
+            (0x50_0000, 0x50_1234, "/capsules/hello.wasm"),
+        ]);
+        assert!(parse(BOOTLOADER_MAGIC, INFO_ADDR, &two.build()).is_ok());
+        crate::fuzz_seed::check("boot_multiboot/qemu-app-and-capsule.bin", &fuzz_input(&two.build(), 2560));
+        let one = InfoBuilder::qemu(alloc::vec![(0x40_0000, 0x48_0000, "astrid.img")]);
+        crate::fuzz_seed::check("boot_multiboot/qemu-app.bin", &fuzz_input(&one.build(), 512));
+    }
+
     #[test]
     fn reads_the_command_line_alone() {
         let mut b = InfoBuilder::qemu(alloc::vec![]);

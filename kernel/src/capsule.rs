@@ -94,8 +94,11 @@ pub fn discover(args: &[String], settings: &Settings) -> Result<Vec<CapsuleSourc
 
 fn parse_announcement(value: &str) -> Option<CapsuleSource> {
     let mut parts = value.splitn(3, ',');
-    let addr = u64::from_str_radix(parts.next()?.strip_prefix("0x")?, 16).ok()?;
-    let len = parts.next()?.parse().ok()?;
+    // Digits only, as the loader writes them (the integer parsers also take a sign).
+    let digits = |s: &str, hex: bool| s.bytes().all(|b| if hex { b.is_ascii_hexdigit() } else { b.is_ascii_digit() });
+    let addr = parts.next()?.strip_prefix("0x").filter(|a| digits(a, true))?;
+    let addr = u64::from_str_radix(addr, 16).ok()?;
+    let len = parts.next().filter(|l| digits(l, false))?.parse().ok()?;
     let name = parts.next().filter(|n| !n.is_empty())?.to_string();
     Some(CapsuleSource::BootModule { addr, len, name })
 }
@@ -216,7 +219,7 @@ mod tests {
 
     #[test]
     fn malformed_announcements_are_reported_not_guessed() {
-        for bad in ["1200000,4096,a", "0x12,notanumber,a", "0x12,4", "0x12,4,", ""] {
+        for bad in ["1200000,4096,a", "0x12,notanumber,a", "0x12,4", "0x12,4,", "", "0x+12,4,a", "0x12,+4,a"] {
             let vars = env(&[("ASTRID_CAPSULES", "1"), ("ASTRID_CAPSULE_0", bad)]);
             assert!(
                 matches!(discover(&[], &vars), Err(SourceError::BadAnnouncement { .. })),

@@ -11,15 +11,17 @@ pub mod capsule;
 pub mod engine;
 #[cfg(feature = "engine")]
 pub mod host;
-#[cfg(feature = "engine")]
+// The engine's providers (no wasmtime in them) also build for the fuzz targets
+// (`--cfg fuzzing`, `xtask fuzz`), which fuzz their parsers without the engine.
+#[cfg(any(feature = "engine", fuzzing))]
 pub mod ipc;
 pub mod sources;
 pub mod exit;
-#[cfg(feature = "engine")]
+#[cfg(any(feature = "engine", fuzzing))]
 pub mod kv;
 pub mod launch;
 pub mod manifest;
-#[cfg(feature = "engine")]
+#[cfg(any(feature = "engine", fuzzing))]
 pub mod net;
 pub mod platform;
 pub mod quota;

@@ -92,10 +92,14 @@ pub fn hex_decode(hex: &str) -> Result<Vec<u8>, String> {
     if !hex.len().is_multiple_of(2) {
         return Err("odd number of hex digits".into());
     }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| hex.get(i..i + 2).and_then(|d| u8::from_str_radix(d, 16).ok()).ok_or_else(|| format!("bad hex at {i}")))
-        .collect()
+    (0..hex.len()).step_by(2).map(|i| hex_byte(hex.get(i..i + 2)).ok_or_else(|| format!("bad hex at {i}"))).collect()
+}
+
+/// The byte two hex digits spell. Digits only: `from_str_radix` alone also takes a sign
+/// (`+f` is 15), so one value would have several spellings.
+fn hex_byte(digits: Option<&str>) -> Option<u8> {
+    let digits = digits.filter(|d| d.bytes().all(|b| b.is_ascii_hexdigit()))?;
+    u8::from_str_radix(digits, 16).ok()
 }
 
 
@@ -440,7 +444,7 @@ impl FromStr for HostSeed {
         }
         let mut seed = [0u8; SEED_BYTES];
         for (i, b) in seed.iter_mut().enumerate() {
-            *b = s.get(2 * i..2 * i + 2).and_then(|d| u8::from_str_radix(d, 16).ok()).ok_or(WHY)?;
+            *b = hex_byte(s.get(2 * i..2 * i + 2)).ok_or(WHY)?;
         }
         if seed == [0; SEED_BYTES] {
             return Err(WHY.into());
@@ -514,6 +518,9 @@ impl FromStr for DebugPort {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let digits = s.strip_prefix("0x").unwrap_or(s);
+        if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err("not an I/O port in hex".into());
+        }
         u16::from_str_radix(digits, 16).map(DebugPort).map_err(|_| "not an I/O port in hex".into())
     }
 }
@@ -978,17 +985,17 @@ mod tests {
         (NET, &["none", "restricted", "outbound"], &["everywhere", ""]),
         (PUBLISH, &["", "8080", "80,443", "80;443"], &["0", "http", "65536", "80,,x"]),
         (HOOK, &["greet"], &[]),
-        (HOOK_PAYLOAD, &["", "68690a"], &["zz", "abc"]),
+        (HOOK_PAYLOAD, &["", "68690a"], &["zz", "abc", "+a"]),
         (MAX_CAPSULE_BYTES, &["4"], &["lots"]),
         (CHECK_ONLY, &["0", "1"], &["yes", "2"]),
         (SEED, &["0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"], &["", "00", ZERO_SEED, "zz23456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"]),
         (RAM_MIB, &["512"], &["512M"]),
-        (RUN_NONCE, &["0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"], &["", ZERO_SEED, "01"]),
+        (RUN_NONCE, &["0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"], &["", ZERO_SEED, "01", "+123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"]),
         (AUDIT_KEY, &["0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"], &["", ZERO_SEED, "01"]),
         (ARTIFACT_KEY, &["0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"], &["", ZERO_SEED, "01", "zz"]),
         (BENCH, &["futex", "futex-timed", "wait", "memcpy", "sink-serial", "serial-raw", "sink-file"], &["fast", ""]),
         (TEST_ARG, &["", "bench-read-4k"], &[]),
-        (DEBUG_EXIT, &["0xf4", "f4"], &["", "port", "0x10000"]),
+        (DEBUG_EXIT, &["0xf4", "f4"], &["", "port", "0x10000", "0x+f4"]),
         (ON_EXIT, &["poweroff", "halt", "reboot"], &["", "off", "Halt"]),
         (AUDIT_DIR, &["/root/audit"], &[""]),
         (BOOT, &["multiboot"], &["grub"]),
@@ -1002,6 +1009,20 @@ mod tests {
     ];
 
     const ZERO_SEED: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+    /// Found by the `capsule` fuzz target: `from_str_radix` takes a sign, so `+a` decoded
+    /// as the byte 0x0a and a manifest had several hex spellings (what the image decoded
+    /// was not what the run command encodes).
+    #[test]
+    fn hex_has_one_spelling() {
+        assert_eq!(hex_decode("0a"), Ok(vec![0x0a]));
+        assert_eq!(hex_decode("0A"), Ok(vec![0x0a]));
+        for bad in ["+a", "-a", " a", "0x", "+0a0"] {
+            assert!(hex_decode(bad).is_err(), "{bad:?}");
+        }
+        let text = "name = \"x\"";
+        assert_eq!(hex_decode(&hex_encode(text.as_bytes())).unwrap(), text.as_bytes());
+    }
 
     #[test]
     fn every_variable_has_cases_and_every_case_is_a_variable() {

@@ -8,6 +8,7 @@ pub mod bench_engine;
 pub mod bench_net;
 pub mod capsule;
 pub mod compile;
+pub mod fuzz;
 pub mod grub;
 pub mod hermit_app;
 pub mod kernel;

@@ -15,7 +15,7 @@ use xtask::paths::Paths;
 use xtask::qemu::{self, Boot, Firmware};
 use xtask::uhyve::{self, Kvm};
 use xtask::prepare::{self, Mode};
-use xtask::{artifacts, bench, capsule, compile, process, setup, toolchain};
+use xtask::{artifacts, bench, capsule, compile, fuzz, process, setup, toolchain};
 
 mod pack_cmd;
 
@@ -71,6 +71,14 @@ enum Cmd {
     },
     /// Print the README's table of the image's ASTRID_* settings (from the settings module).
     SettingsTable,
+    /// Build the fuzz targets (fuzz/) and run each for a bounded time from its seeds.
+    Fuzz {
+        /// Seconds to run each target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only this target (default: every one).
+        target: Option<String>,
+    },
     /// Run the benchmarks and print their figures side by side.
     Bench {
         /// Runs per figure (the boot benchmark uses at least 10).
@@ -271,7 +279,7 @@ impl Cmd {
     /// targets first, in one step (`prepare`); the build steps refuse to run before it.
     fn builds(&self) -> bool {
         match self {
-            Cmd::Setup { .. } | Cmd::Build { .. } | Cmd::Run(_) | Cmd::Pack(_) | Cmd::Test { .. } | Cmd::Bench { .. } => true,
+            Cmd::Setup { .. } | Cmd::Build { .. } | Cmd::Run(_) | Cmd::Pack(_) | Cmd::Test { .. } | Cmd::Fuzz { .. } | Cmd::Bench { .. } => true,
             Cmd::Compile { .. } | Cmd::Audit { .. } | Cmd::SettingsTable => false,
         }
     }
@@ -319,6 +327,10 @@ fn dispatch(cmd: Cmd) -> Result<u8> {
             Ok(if xtask::audit_cmd::verify(&log, key.as_deref(), open)? { 0 } else { 1 })
         }
         Cmd::Test { test_args } => test(&paths, &test_args),
+        Cmd::Fuzz { seconds, target } => {
+            let targets = fuzz::select(target.as_deref())?;
+            Ok(if fuzz::run(&paths, seconds, &targets)? { 0 } else { 1 })
+        }
         Cmd::SettingsTable => {
             print!("{}", settings::markdown_table());
             Ok(0)
@@ -773,14 +785,22 @@ fn test(paths: &Paths, test_args: &[String]) -> Result<u8> {
         .args(["test", "--workspace", "--no-fail-fast", "--"])
         .args(test_args)
         .status()?;
+    // Every fuzz target for a short bounded time; a filtered run is a narrow one.
+    let fuzzed = if test_args.is_empty() {
+        xtask::step(format!("fuzz targets, {} s each (scripts/fuzz runs them longer)", fuzz::TEST_SECONDS));
+        fuzz::run(paths, fuzz::TEST_SECONDS, &fuzz::select(None)?)?
+    } else {
+        xtask::step("fuzz targets skipped: a test filter was given (scripts/fuzz runs them)");
+        true
+    };
     eprintln!("==> tests finished in {:.0?}", started.elapsed());
-    Ok(if status.success() { 0 } else { 1 })
+    Ok(if status.success() && fuzzed { 0 } else { 1 })
 }
 
 /// Clippy with warnings as errors, over everything we build: the workspace hosted (with
 /// the testing sources, so every host file is checked), the image's application without
-/// its engine (the soft-float image) and without its compiler, and the loader for its
-/// real target and its tests.
+/// its engine (the soft-float image) and without its compiler, the loader for its real
+/// target and its tests, and the fuzz targets.
 fn lint(paths: &Paths) -> Result<()> {
     xtask::step("clippy (warnings are errors)");
     let deny = ["--", "-D", "warnings"];
@@ -811,7 +831,7 @@ fn lint(paths: &Paths) -> Result<()> {
         }
         process::run(cmd.arg("--target-dir").arg(paths.out.join("boot-clippy")).args(deny))?;
     }
-    Ok(())
+    fuzz::clippy(paths)
 }
 
 #[cfg(test)]
@@ -844,6 +864,7 @@ mod tests {
             (&["pack", "-o", "x.iso", "capsules/hello"], true),
             (&["test"], true),
             (&["bench"], true),
+            (&["fuzz", "--seconds", "5", "boot_elf"], true),
             (&["compile", "x.wasm"], false),
             (&["audit", "verify", "log"], false),
             (&["settings-table"], false),

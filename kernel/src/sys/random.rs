@@ -38,7 +38,10 @@ impl Seed {
         }
         let mut seed = [0u8; 32];
         for (i, b) in seed.iter_mut().enumerate() {
-            *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| SeedError::Malformed)?;
+            // `get`: a multi-byte character would make a byte slice panic; digits only:
+            // `from_str_radix` also takes a sign.
+            let digits = hex.get(2 * i..2 * i + 2).filter(|d| d.bytes().all(|b| b.is_ascii_hexdigit()));
+            *b = digits.and_then(|d| u8::from_str_radix(d, 16).ok()).ok_or(SeedError::Malformed)?;
         }
         if seed == [0; 32] {
             return Err(SeedError::Malformed);
@@ -92,6 +95,10 @@ mod tests {
         assert_eq!(Seed::from_hex("abcd").err(), Some(SeedError::Malformed));
         assert_eq!(Seed::from_hex(&"zz".repeat(32)).err(), Some(SeedError::Malformed));
         assert_eq!(Seed::from_hex(&"00".repeat(32)).err(), Some(SeedError::Malformed));
+        // Found while fixing the same sign-acceptance in the settings' hex (capsule fuzz
+        // target): a sign, and a character split by the byte slicing (a panic before).
+        assert_eq!(Seed::from_hex(&format!("+1{}", "ab".repeat(31))).err(), Some(SeedError::Malformed));
+        assert_eq!(Seed::from_hex(&format!("aé{}", "ab".repeat(30) + "a")).err(), Some(SeedError::Malformed));
     }
 
     #[test]
