@@ -486,9 +486,9 @@ fn mapped_audit_dir(settings: &Settings) -> Option<settings::GuestPath> {
     let dir = &settings.audit_dir.as_ref()?.0;
     let exists = std::fs::metadata(dir).is_ok_and(|m| m.is_dir()) || std::fs::File::open(dir).is_ok();
     if exists {
-        println!("astrid: audit directory {} is there: the audit log goes to its audit.log too", dir.display());
+        say!("astrid: audit directory {} is there: the audit log goes to its audit.log too", dir.display());
     } else {
-        println!("astrid: audit directory {} is not there (not mapped): the audit log goes to the console only", dir.display());
+        say!("astrid: audit directory {} is not there (not mapped): the audit log goes to the console only", dir.display());
     }
     exists.then(|| settings::GuestPath(dir.join("audit.log")))
 }

@@ -13,7 +13,7 @@ use xtask::paths::Paths;
 use xtask::{artifacts, setup};
 
 use super::{
-    Cli, Cmd, EXIT_DATA_ERR, EXIT_USAGE, Refused, RunArgs, Under, apply_flags, bind_audit, capsule_files, check_inputs, env_settings,
+    Cli, Cmd, EXIT_DATA_ERR, EXIT_USAGE, Refused, RunArgs, Under, apply_flags, bind_artifact_key, bind_audit, capsule_files, check_inputs, env_settings,
     parse_config, parse_env, read_manifests, refuse,
 };
 
@@ -55,8 +55,13 @@ pub struct PackArgs {
     /// refused: they must be fresh on every boot.
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
     pub env: Vec<(String, String)>,
-    /// Precompile .wasm capsules on the host now instead of in the guest at every boot.
+    /// Put .wasm capsules in as they are, for the image to compile at every boot (seconds
+    /// under TCG), instead of precompiling them here and sealing them with the
+    /// deployment's artifact key (the default).
     #[arg(long)]
+    pub jit: bool,
+    /// The default, kept for scripts that pass it: precompile on the host.
+    #[arg(long, hide = true, conflicts_with = "jit")]
     pub precompile: bool,
     /// .iso/.img: what the machine does once the capsules are done and the status is on
     /// the console (ASTRID_ON_EXIT; default poweroff).
@@ -93,6 +98,7 @@ impl PackArgs {
         run.audit_key = self.audit_key.clone();
         run.env = self.env.clone();
         run.precompile = self.precompile;
+        run.jit = self.jit;
         run.testing = self.testing;
         run
     }
@@ -141,7 +147,10 @@ fn pack_steps(paths: &Paths, args: &PackArgs) -> Result<()> {
     // A packed file boots many times: each boot makes its own run nonce (and seeds itself).
     guest.run_nonce = None;
     let under = if format == Format::Hermit { Under::Uhyve } else { Under::Qemu };
-    let capsules = capsule_files(paths, &run, under)?;
+    // Precompiled and sealed with the deployment's artifact key, which the packed image
+    // carries in its boot settings to check the seals (the run command's own steps).
+    let key = bind_artifact_key(&mut guest, &run)?;
+    let capsules = capsule_files(paths, &run, under, &key)?;
     pack::capsule_names(&capsules).map_err(|e| refuse(EXIT_USAGE, e))?;
     for c in &capsules {
         pack::check_capsule(c, guest.max_capsule_bytes.0).map_err(|e| refuse(EXIT_DATA_ERR, e))?;
