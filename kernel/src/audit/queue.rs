@@ -23,6 +23,12 @@ use crate::wait::CancelToken;
 /// How often a writer waiting for room looks at its cancellation.
 const ROOM_CHECK: Duration = Duration::from_millis(5);
 
+/// What one capsule's io records may take of the queue: a quarter, so that a capsule
+/// flooding host calls waits behind its own records while the others' still find room.
+fn capsule_share(capacity: usize) -> usize {
+    (capacity / 4).max(1)
+}
+
 /// How long `unwritten` waits for the drainer to finish writing its batch.
 const UNWRITTEN_PATIENCE: Duration = Duration::from_millis(500);
 
@@ -91,6 +97,8 @@ struct State {
     ledger: Ledger,
     queue: VecDeque<Stamped>,
     capacity: usize,
+    /// Io records each capsule has in the queue: none may hold more than its share.
+    queued_by: std::collections::HashMap<Arc<str>, usize>,
     written: u64,
     high_water: usize,
     refused: u64,
@@ -110,6 +118,7 @@ impl Shared {
     fn push<T>(
         &self,
         cancel: Option<&CancelToken>,
+        capsule: Option<&Arc<str>>,
         make: impl FnOnce(&mut Ledger, &mut VecDeque<Stamped>) -> T,
     ) -> Result<(MutexGuard<'_, State>, T), AuditError> {
         let mut st = self.lock();
@@ -123,7 +132,9 @@ impl Shared {
                 st.refused += 1;
                 return Err(AuditError::Closed);
             }
-            if st.queue.len() < st.capacity {
+            let share = capsule_share(st.capacity);
+            let own = capsule.and_then(|c| st.queued_by.get(c)).copied().unwrap_or(0);
+            if st.queue.len() < st.capacity && own < share {
                 break;
             }
             st = match cancel {
@@ -137,6 +148,9 @@ impl Shared {
         }
         let State { ledger, queue, .. } = &mut *st;
         let out = make(ledger, queue);
+        if let Some(c) = capsule {
+            *st.queued_by.entry(c.clone()).or_default() += 1;
+        }
         st.high_water = st.high_water.max(st.queue.len());
         self.not_empty.notify_one();
         Ok((st, out))
@@ -196,6 +210,7 @@ impl AuditLog {
                 ledger,
                 queue: VecDeque::with_capacity(capacity),
                 capacity,
+                queued_by: std::collections::HashMap::new(),
                 written: 0,
                 high_water: 0,
                 refused: 0,
@@ -228,7 +243,7 @@ impl AuditLog {
     }
 
     fn close_inner(&mut self) -> Result<u64, AuditError> {
-        let pushed = self.shared.push(None, |ledger, queue| {
+        let pushed = self.shared.push(None, None, |ledger, queue| {
             ledger.close(queue).expect("only the owner closes, once");
             ledger.next_seq()
         });
@@ -264,7 +279,8 @@ impl AuditHandle {
     /// As `record`, for a capsule's call: a wait for room in a full queue ends with the
     /// capsule's cancellation (`AuditError::Cancelled`).
     pub fn record_unless(&self, event: IoEvent, cancel: Option<&CancelToken>) -> Result<u64, AuditError> {
-        let (_st, seq) = self.shared.push(cancel, |ledger, queue| {
+        let capsule = event.capsule.clone();
+        let (_st, seq) = self.shared.push(cancel, Some(&capsule), |ledger, queue| {
             ledger.append(event, queue).expect("checked open under the same lock");
             ledger.last_seq()
         })?;
@@ -280,7 +296,7 @@ impl AuditHandle {
         content: &[u8],
         manifest: Option<&str>,
     ) -> Result<u64, AuditError> {
-        let (_st, seq) = self.shared.push(None, |ledger, queue| {
+        let (_st, seq) = self.shared.push(None, None, |ledger, queue| {
             ledger.capsule_load(capsule, principal, content, manifest, queue).expect("checked open under the same lock");
             ledger.last_seq()
         })?;
@@ -292,7 +308,7 @@ impl AuditHandle {
     pub fn capsule_end(&self, capsule: &str) -> Result<u64, AuditError> {
         let (st, count) = self
             .shared
-            .push(None, |ledger, queue| ledger.capsule_end(capsule, queue).expect("checked open under the same lock"))?;
+            .push(None, None, |ledger, queue| ledger.capsule_end(capsule, queue).expect("checked open under the same lock"))?;
         let target = st.ledger.next_seq();
         self.shared.wait_written(st, target)?;
         Ok(count)
@@ -386,6 +402,16 @@ fn drain_loop(shared: &Shared, sink: &mut dyn Sink) {
             }
             let n = st.queue.len().min(MAX_BATCH);
             batch.extend(st.queue.drain(..n));
+            for entry in &batch {
+                if let super::chain::Body::Io(e) = &entry.body
+                    && let Some(own) = st.queued_by.get_mut(&e.capsule)
+                {
+                    *own -= 1;
+                    if *own == 0 {
+                        st.queued_by.remove(&e.capsule);
+                    }
+                }
+            }
             shared.not_full.notify_all();
         }
         let Sealing { sealer, lines } = &mut *sealing;
@@ -566,6 +592,65 @@ mod tests {
         assert_eq!(all.len(), 2001, "the genesis and every record, once");
         super::super::verify::verify_open(all.iter().map(String::as_str)).expect("one unbroken chain");
         assert!(log.close().is_err(), "a stopped log cannot close");
+    }
+
+    /// A sink that holds every batch until its gate opens.
+    struct GatedSink {
+        inner: MemorySink,
+        gate: Arc<(Mutex<bool>, std::sync::Condvar)>,
+    }
+
+    impl Sink for GatedSink {
+        fn write_batch(&mut self, lines: &[String]) -> io::Result<()> {
+            let (open, cv) = &*self.gate;
+            let mut open = open.lock().unwrap();
+            while !*open {
+                open = cv.wait(open).unwrap();
+            }
+            self.inner.write_batch(lines)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// One capsule flooding the log waits behind its own records once it holds its share
+    /// of the queue (its wait ends with its cancellation), while another capsule's records
+    /// still go in; with the sink stalled, nothing is lost once it moves again.
+    #[test]
+    fn a_flooding_capsule_waits_for_its_own_share_and_the_others_go_on() {
+        let memory = MemorySink::new();
+        let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let log = AuditLog::start(GatedSink { inner: memory.clone(), gate: gate.clone() }, 8);
+        let h = log.handle();
+        let share = capsule_share(8);
+        // The drainer takes the first record and stalls writing it; then `flood` fills its share.
+        h.record(IoEvent::ok("flood", "p", "f", 0)).unwrap();
+        while !h.shared.lock().queue.is_empty() {
+            thread::sleep(Duration::from_millis(1));
+        }
+        for i in 0..share {
+            h.record(IoEvent::ok("flood", "p", "f", 1 + i as u64)).unwrap();
+        }
+        let cancel = CancelToken::new();
+        let blocked = {
+            let (h, cancel) = (h.clone(), cancel.clone());
+            thread::spawn(move || h.record_unless(IoEvent::ok("flood", "p", "f", 99), Some(&cancel)))
+        };
+        thread::sleep(Duration::from_millis(50));
+        assert!(!blocked.is_finished(), "a capsule over its share was let in");
+        for i in 0..share {
+            h.record(IoEvent::ok("other", "p", "f", i as u64)).expect("another capsule still finds room");
+        }
+        cancel.cancel();
+        assert_eq!(blocked.join().unwrap(), Err(AuditError::Cancelled));
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        let total = log.close().unwrap();
+        let lines = memory.lines().clone();
+        assert_eq!(lines.len() as u64, total);
+        verify(lines.iter().map(String::as_str)).expect("the log verifies");
+        assert_eq!(lines.iter().filter(|l| l.contains("\"capsule\":\"other\"")).count(), share);
     }
 
     #[test]
