@@ -1,5 +1,6 @@
 //! The boot benchmark: QEMU start → exit for the bare Hermit hello image and for
-//! astrid.img with the example capsule, interleaved in one run, medians side by side.
+//! astrid.img with the example capsule (precompiled and sealed, as the run command sends
+//! it), interleaved in one run, medians side by side.
 
 use std::time::Duration;
 
@@ -24,8 +25,13 @@ pub fn boot(art: &Artifacts, runs: usize) -> Result<BootFigures> {
     ensure!(runs >= 1, "--runs must be at least 1");
     let mut hello = Boot::new(art.loader.clone(), art.hello_img.clone());
     hello.firmware = Firmware::Qboot;
+    // The example as the run command sends it by default: precompiled here and sealed.
+    let key = crate::prepare::session_key();
+    let mode = crate::prepare::Mode::Precompiled { target: astrid_kernel::engine::CodeTarget::HermitImage, key };
+    let example = crate::prepare::prepare_capsule(&art.paths, &art.example_capsule, mode)?.file;
     let mut astrid = Boot::new(art.loader.clone(), art.astrid_img.clone());
-    astrid.capsules = vec![art.example_capsule.clone()];
+    astrid.capsules = vec![example];
+    astrid.kernel_args = vec![qemu::env_arg(astrid_kernel::settings::ARTIFACT_KEY, key)];
     let mut figures = BootFigures { hello: Vec::new(), astrid: Vec::new() };
     for i in 0..runs {
         // Interleave so drift on the shared machine hits both sides alike.
