@@ -234,7 +234,7 @@ mod tests {
                 Capsule { addr: 0x1000, len: 2, name: "a.wasm" },
                 Capsule { addr: 0x2000, len: 2, name: basename(split_module_string(string).0) },
             ];
-            let err = kernel_command_line("app", &caps).unwrap_err();
+            let err = kernel_command_line("app", &caps, 64).unwrap_err();
             assert_eq!(err.code, FailureCode::BadMultiboot);
             assert!(err.what.contains("capsule module 3"), "{}", err.what);
         }
@@ -266,13 +266,13 @@ mod tests {
     #[test]
     fn rejects_kernel_options_the_kernel_would_panic_on() {
         for app in ["app -freq", "app -freq x", "app -freq 70000", "app -ip", "app -freq 2000 -mount"] {
-            let err = kernel_command_line(app, &[]).unwrap_err();
+            let err = kernel_command_line(app, &[], 64).unwrap_err();
             assert_eq!(err.code, FailureCode::Other, "{app}");
             assert!(err.what.contains("-freq") || err.what.contains("without its value"), "{app}: {}", err.what);
         }
         // Fine: values given, and the same words as the app's own arguments after `--`.
         for app in ["app -freq 2000 -ip 10.0.2.15", "app -- -freq", "app -- -ip"] {
-            assert!(kernel_command_line(app, &[]).is_ok(), "{app}");
+            assert!(kernel_command_line(app, &[], 64).is_ok(), "{app}");
         }
     }
 

@@ -38,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = cmdline::describe_capsules(&capsules);
     let (path, rest) = cmdline::split_module_string(&app);
     assert!(!path.contains(char::is_whitespace) && rest.trim() == rest);
-    let Ok(line) = cmdline::kernel_command_line(&app, &capsules) else { return };
+    let Ok(line) = cmdline::kernel_command_line(&app, &capsules, 512) else { return };
     assert!(!line.contains('\0'));
     let env = kernel_reads(&line);
     // The image's view: its settings, then its capsules, as the loader announced them.
