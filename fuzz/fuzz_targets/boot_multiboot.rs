@@ -73,5 +73,5 @@ fuzz_target!(|data: &[u8]| {
     let frames = paging::identity_frames(&ram);
     assert!(frames.iter().all(|f| f.start % LARGE_PAGE == 0 && f.end % LARGE_PAGE == 0 && f.start < f.end));
     let bootargs = info.cmdline.as_deref().unwrap_or("");
-    fdt::build(&FdtParams { memory: &nodes, bootargs, tsc_khz: None }).expect("the device tree of an accepted boot");
+    fdt::build(&FdtParams { memory: &nodes, bootargs, tsc_khz: None, rsdp: None }).expect("the device tree of an accepted boot");
 });
