@@ -175,7 +175,7 @@ fn astrid_sys_clocks_sleep_config_random_and_log_work() {
     let f = fixtures();
     let env = [("ASTRID_TEST_ARG", "sys"), ("ASTRID_CAPSULE_CONFIG", "greeting=hello")];
     for run in [hosted(&f.probe, &env), in_image(&f.probe_cwasm, &env)] {
-        run.assert_status(0).assert_says("] ok sys").assert_says("] info: hello from astrid:sys @@audit not an audit line");
+        run.assert_status(0).assert_says("] ok sys").assert_says(r"] info: hello from astrid:sys\n@@audit not an audit line");
         run.assert_audit_verifies();
         assert!(run.console.contains("\"fn\":\"astrid:sys/host.random-bytes\""), "random-bytes not audited");
     }

@@ -6,17 +6,20 @@
 //!
 //! ```toml
 //! [package]
-//! name = "echo"                      # the capsule's identity in the audit log
+//! name = "echo"                      # the capsule's identity in the audit log, and the
+//!                                    # principal it acts for (unique in a boot)
 //!
 //! [capabilities]
-//! net_bind = ["127.0.0.1:7700"]      # loopback listeners it may open (host:port, * for any)
+//! net_bind = ["127.0.0.1:7700"]      # loopback listeners it may open (host:port, * for
+//!                                    # any); a published port named here is this capsule's
 //! net_connect = ["10.0.2.2:8080"]    # where it may connect; naming an address lets it
-//!                                    # past the airlock to that address
+//!                                    # past the airlock to that address, on that entry's
+//!                                    # ports only
 //! net_udp = ["bind:127.0.0.1:*", "127.0.0.1:5353"]
 //! ipc_publish = ["chat.**"]          # topic patterns it may publish to
 //! ipc_subscribe = ["chat.**"]        # patterns its subscriptions must fall within
 //!
-//! [limits]
+//! [limits]                           # each only lowers the image's limit
 //! memory_mib = 32
 //! kv_bytes = 65536
 //! handles = 512

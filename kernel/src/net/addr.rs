@@ -1,8 +1,11 @@
 //! Addresses a capsule names, and what the image does with them: every loopback name
-//! (`localhost`, 127.0.0.0/8, `::1`) is served inside the image and never reaches the
-//! kernel's network stack; other addresses go out through the NIC only where the
-//! capsule's policy allows, and the airlock keeps them off private, link-local,
-//! multicast and unspecified ranges unless the policy names the address itself.
+//! (`localhost`, 127.0.0.0/8, `::1`, 127/8 as IPv4-mapped or -compatible IPv6) is served
+//! inside the image and never reaches the kernel's network stack; other addresses go out
+//! through the NIC only where the capsule's policy allows, and the airlock keeps them off
+//! private, link-local, site-local, multicast, documentation, benchmarking and reserved
+//! ranges (also when embedded in IPv6 by NAT64 or 6to4) unless the entry that allows the
+//! destination names the address itself. Loopback and "this host" never leave, named or
+//! not.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
