@@ -428,7 +428,7 @@ fn an_infinite_loop_is_stopped_by_its_deadline_on_one_cpu() {
     };
     let mut runs = vec![hosted(&module, &[("ASTRID_DEADLINE_MS", &deadline_ms)])];
     runs.extend(std::thread::scope(|s| {
-        let guests: Vec<_> = (0..GUESTS).map(|_| s.spawn(&boot)).collect();
+        let guests: Vec<_> = (0..GUESTS).map(|_| s.spawn(boot)).collect();
         guests.into_iter().map(|g| g.join().expect("a guest's thread panicked")).collect::<Vec<_>>()
     }));
     let bound = DEADLINE + astrid_kernel::engine::CANCEL_GRACE + SLACK;
