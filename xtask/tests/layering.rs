@@ -88,6 +88,7 @@ const LAYERS: &[(&str, Layer)] = &[
     ("sys", Layer::Provider),
     ("kv", Layer::Provider),
     ("ipc", Layer::Provider),
+    ("quota", Layer::Provider),
     ("manifest", Layer::Provider),
     ("wasm", Layer::Provider),
     ("capsule", Layer::Provider),
