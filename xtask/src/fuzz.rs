@@ -115,6 +115,17 @@ fn ensure_cxx() -> Result<()> {
     if found("c++") || found("g++") || found("clang++") {
         return Ok(());
     }
+    // A fresh CI machine may have none: install Debian's, as setup installs QEMU.
+    if crate::setup::is_root() {
+        crate::step("installing g++ (Debian package: libFuzzer is C++)");
+        process::run(Command::new("apt-get").args(["update", "-qq"]))?;
+        process::run(
+            Command::new("apt-get").env("DEBIAN_FRONTEND", "noninteractive").args(["install", "-y", "-qq", "--no-install-recommends", "g++"]),
+        )?;
+        if found("g++") {
+            return Ok(());
+        }
+    }
     bail!("the fuzz targets link libFuzzer, which needs a C++ compiler: install one (`apt-get install g++`)")
 }
 
