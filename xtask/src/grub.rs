@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use astrid_kernel::exit::{GuestExit, decode_qemu_status};
-use wait_timeout::ChildExt;
 
 use crate::pack::{Bundle, capsule_names, partial_path};
 
@@ -237,14 +236,7 @@ pub fn boot_image(boot: &ImageBoot) -> Result<ImageOutcome> {
         let _ = stderr.read_to_string(&mut s);
         s
     });
-    let (status, timed_out) = match child.wait_timeout(boot.timeout)? {
-        Some(s) => (s.code(), false),
-        None => {
-            let _ = child.kill();
-            let _ = child.wait();
-            (None, true)
-        }
-    };
+    let (status, timed_out) = crate::process::wait_or_kill(&mut child, boot.timeout)?;
     let mut console = String::from_utf8_lossy(&reader.join().unwrap_or_default()).into_owned();
     let err = err_reader.join().unwrap_or_default();
     if !err.trim().is_empty() {

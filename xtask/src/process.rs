@@ -84,6 +84,20 @@ pub fn redact(text: &str) -> String {
     out
 }
 
+/// Waits up to `timeout` for `child`; past it, kills and reaps it. Returns its exit code
+/// (`None` when killed or ended by a signal) and whether it timed out.
+pub fn wait_or_kill(child: &mut std::process::Child, timeout: std::time::Duration) -> std::io::Result<(Option<i32>, bool)> {
+    use wait_timeout::ChildExt;
+    Ok(match child.wait_timeout(timeout)? {
+        Some(status) => (status.code(), false),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            (None, true)
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

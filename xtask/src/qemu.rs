@@ -15,7 +15,6 @@ use astrid_kernel::exit::{GuestExit, decode_qemu_status};
 /// unrestricted (the host is 10.0.2.2), `None` attaches no NIC.
 pub use astrid_kernel::settings::NetMode;
 use astrid_kernel::settings::{DebugPort, HostSeed, Number, Ports, SEED_BYTES, Settings};
-use wait_timeout::ChildExt;
 
 /// The isa-debug-exit device's I/O port.
 pub const DEBUG_EXIT_PORT: DebugPort = DebugPort(0xf4);
@@ -239,14 +238,7 @@ pub fn run(boot: &Boot) -> Result<Outcome> {
         let _ = stderr.read_to_string(&mut s);
         s
     });
-    let (status, timed_out) = match child.wait_timeout(boot.timeout)? {
-        Some(status) => (status.code(), false),
-        None => {
-            let _ = child.kill();
-            let _ = child.wait();
-            (None, true)
-        }
-    };
+    let (status, timed_out) = crate::process::wait_or_kill(&mut child, boot.timeout)?;
     let elapsed = started.elapsed();
     let mut console = String::from_utf8_lossy(&reader.join().unwrap_or_default()).into_owned();
     let qemu_err = err_reader.join().unwrap_or_default();

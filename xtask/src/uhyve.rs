@@ -6,7 +6,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use wait_timeout::ChildExt;
 
 /// What `/dev/kvm` is on this host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,14 +112,7 @@ fn wait_for(mut cmd: Command, timeout: Duration, echo: bool) -> Result<UhyveOutc
             s + &e
         })
     });
-    let (status, timed_out) = match child.wait_timeout(timeout)? {
-        Some(s) => (s.code(), false),
-        None => {
-            let _ = child.kill();
-            let _ = child.wait();
-            (None, true)
-        }
-    };
+    let (status, timed_out) = crate::process::wait_or_kill(&mut child, timeout)?;
     let output = collector.map(|h| h.join().unwrap_or_default()).unwrap_or_default();
     Ok(UhyveOutcome { status, timed_out, output, elapsed: started.elapsed() })
 }
