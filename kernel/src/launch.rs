@@ -150,12 +150,26 @@ fn run_capsules(_: &[CapsuleBytes], _: &[Option<Manifest>], _: &[Vec<u16>], _: &
 fn run_capsules(capsules: &[CapsuleBytes], manifests: &[Option<Manifest>], foreign_ports: &[Vec<u16>], settings: &Settings) -> Result<Status, Status> {
     let mut options = run_options(settings);
     seed_randomness(settings)?;
-    fit_memory(&mut options, settings, capsules.len());
+    let mapping_budget = fit_memory(&mut options, settings, capsules.len());
+    let mut each: Vec<crate::engine::RunOptions> = manifests
+        .iter()
+        .zip(foreign_ports)
+        .map(|(manifest, foreign)| {
+            let mut o = manifest.as_ref().map_or_else(|| options.clone(), |m| options.with_manifest(m));
+            o.net_policy.foreign_published = foreign.clone();
+            o
+        })
+        .collect();
+    // Where the platform bounds what may be mapped, it bounds the heap too (hosted: the
+    // host's own memory, no budget of ours).
+    if mapping_budget != usize::MAX {
+        fit_heap(&mut each, capsules, settings)?;
+    }
     let engine = start_engine(settings)?;
     let log = start_audit(settings)?;
     let audit = log.as_ref().map(crate::audit::AuditLog::handle);
     report_panics(audit.clone());
-    let (ready, loading) = load_all(&engine, capsules, manifests, foreign_ports, &options, audit.as_ref());
+    let (ready, loading) = load_all(&engine, capsules, manifests, each, &options, audit.as_ref());
     let running = run_all(&engine, &ready, audit.as_ref());
     drain_network();
     let closing = close_audit(log);
@@ -177,6 +191,7 @@ fn run_options(settings: &Settings) -> crate::engine::RunOptions {
             memory_bytes: settings.memory_mib.0.saturating_mul(MIB) as usize,
             handles: settings.handle_quota.0 as usize,
             kv_bytes: settings.kv_quota_bytes.0 as usize,
+            ..CapsuleLimits::default()
         },
         config: settings.capsule_config.0.iter().cloned().collect(),
         kv_dir: settings.kv_dir.as_ref().map(|p| p.0.clone()),
@@ -204,11 +219,132 @@ fn seed_randomness(settings: &Settings) -> Result<(), Status> {
 /// capped by that budget too. Capsules run side by side: each gets an equal share of the
 /// mapping budget, and every runner thread's stack comes out of the same memory.
 #[cfg(feature = "engine")]
-fn fit_memory(options: &mut crate::engine::RunOptions, settings: &Settings, capsules: usize) {
+fn fit_memory(options: &mut crate::engine::RunOptions, settings: &Settings, capsules: usize) -> usize {
     let n = capsules.max(1);
     let budget = crate::platform::set_memory_budget(settings.ram_mib.0.saturating_mul(MIB), n * crate::engine::config::RUNNER_STACK);
     let share = (budget / n).saturating_sub(SHARE_HEADROOM);
     options.limits.memory_bytes = options.limits.memory_bytes.min(share);
+    budget
+}
+
+/// Where the kernel's image ends in guest RAM, at most: the loaded application (about
+/// 20 MiB) with its data and the loader's structures. Kernel 0.11 (feature `mmap`) makes
+/// 75% of the RAM above it its heap; the capsules' boot modules lie below it.
+#[cfg(feature = "engine")]
+const IMAGE_ALLOWANCE: u64 = 32 << 20;
+/// Heap the image needs for itself before any capsule causes anything: the kernel's own
+/// structures (tasks, virtio queues, sockets), the engine with its linker, and a capsule
+/// compiled and run in it. Measured: a hosted run of the io-probe victim scenario
+/// (Cranelift compiling it, audit on) peaked at 17.1 MiB of heap under heaptrack; 24
+/// MiB leaves the kernel's own part and fragments room.
+#[cfg(feature = "engine")]
+const HEAP_RESERVE: usize = 24 << 20;
+/// One audit record waiting in the queue, at most: its event (~160 bytes) and an error
+/// text of up to `MAX_FIELD_BYTES`.
+#[cfg(feature = "engine")]
+const AUDIT_RECORD_BYTES: usize = 160 + crate::audit::MAX_FIELD_BYTES;
+/// What one network thread holds on the heap: its copy buffer (64 KiB) and the kernel
+/// socket's buffers it pumps.
+#[cfg(feature = "engine")]
+const NET_THREAD_BYTES: usize = 128 << 10;
+/// What one live resource handle holds: its table slot and the small object behind it.
+#[cfg(feature = "engine")]
+const HANDLE_BYTES: usize = 256;
+/// The least each capsule's scalable budgets are scaled down to: a kv store of 1 MiB
+/// (its largest value), an ipc queue that holds one largest message, 1 MiB of frames.
+#[cfg(feature = "engine")]
+const HEAP_FLOOR: crate::quota::HeapAsk = crate::quota::HeapAsk {
+    fixed: 0,
+    kv: crate::kv::store::MAX_VALUE,
+    ipc: 2 * crate::ipc::bus::MAX_PAYLOAD,
+    frames: 1 << 20,
+};
+
+/// What a capsule with `limits` can make the image hold on its heap at most: its
+/// tables (within its memory cap and `MAX_TABLE_BYTES`; linear memory is mapped outside
+/// the heap), the pipes of its streams, its UDP queues, its handles, one call's copies
+/// (the largest list a call lowers: a 10 MB frame), and its kv, ipc queue and frame
+/// budgets.
+#[cfg(feature = "engine")]
+fn heap_ask(limits: &crate::host::CapsuleLimits) -> crate::quota::HeapAsk {
+    use crate::net::{MAX_FRAME, MAX_STREAMS, MAX_UDP};
+    let pipes = MAX_STREAMS * 2 * crate::net::conn::PIPE_BYTES;
+    let udp = MAX_UDP * crate::net::conn::UDP_QUEUE_BYTES;
+    let call = MAX_FRAME.max(crate::ipc::BATCH_BYTES) + (1 << 20);
+    let tables = limits.memory_bytes.min(crate::host::MAX_TABLE_BYTES);
+    let fixed = [tables, pipes, udp, limits.handles.saturating_mul(HANDLE_BYTES), call].iter().fold(0usize, |a, b| a.saturating_add(*b));
+    crate::quota::HeapAsk { fixed, kv: limits.kv_bytes, ipc: limits.ipc_queue_bytes, frames: limits.frame_bytes }
+}
+
+/// The heap the capsules may have, in bytes: the kernel's heap for `ram_mib` of RAM,
+/// less what the image needs for itself (its reserve, the audit queue, the network
+/// threads, the capsules' code and metadata).
+#[cfg(feature = "engine")]
+fn heap_available(ram_mib: u64, capsule_bytes: &[usize]) -> (usize, usize) {
+    let modules: u64 = capsule_bytes.iter().map(|&b| b as u64).sum();
+    let above_image = ram_mib.saturating_mul(MIB).saturating_sub(IMAGE_ALLOWANCE).saturating_sub(modules);
+    let heap = usize::try_from(above_image / 4 * 3).unwrap_or(usize::MAX);
+    let reserve = HEAP_RESERVE
+        + AUDIT_QUEUE * AUDIT_RECORD_BYTES
+        + crate::net::link::MAX_THREADS * NET_THREAD_BYTES
+        + capsule_bytes.iter().sum::<usize>();
+    (heap, reserve)
+}
+
+/// Makes every capsule's host-side budgets fit the image's heap together, so no capsule
+/// input can run it out: as asked when they fit; otherwise each capsule's kv, ipc queue
+/// and frame budgets are scaled down by one common factor, none below `HEAP_FLOOR`
+/// (said on the console, per capsule); refused (64, audited) when even the floors do not
+/// fit, naming the capsules and the fix.
+#[cfg(feature = "engine")]
+fn fit_heap(each: &mut [crate::engine::RunOptions], capsules: &[CapsuleBytes], settings: &Settings) -> Result<(), Status> {
+    let sizes: Vec<usize> = capsules.iter().map(|c| c.bytes.len()).collect();
+    let (heap, reserve) = heap_available(settings.ram_mib.0, &sizes);
+    let asks: Vec<_> = each.iter().map(|o| heap_ask(&o.limits)).collect();
+    let mib = |b: usize| b.div_ceil(1 << 20);
+    match crate::quota::fit_heap(heap.saturating_sub(reserve), &asks, &HEAP_FLOOR) {
+        Ok(fitted) => {
+            for ((o, (asked, got)), capsule) in each.iter_mut().zip(asks.iter().zip(&fitted)).zip(capsules) {
+                if got != asked {
+                    say!(
+                        "astrid: capsule {}: host-side budgets scaled to fit the image's heap ({} MiB for {} capsules): kv {} KiB, ipc queue {} KiB, frames {} KiB (asked {}, {}, {} KiB)",
+                        capsule.name,
+                        mib(heap),
+                        capsules.len(),
+                        got.kv >> 10,
+                        got.ipc >> 10,
+                        got.frames >> 10,
+                        asked.kv >> 10,
+                        asked.ipc >> 10,
+                        asked.frames >> 10
+                    );
+                }
+                o.limits.kv_bytes = got.kv;
+                o.limits.ipc_queue_bytes = got.ipc;
+                o.limits.frame_bytes = got.frames;
+            }
+            Ok(())
+        }
+        Err(e) => {
+            let names: Vec<String> =
+                capsules.iter().zip(&asks).map(|(c, a)| format!("{} {} MiB", c.name, mib(a.fixed) + mib(HEAP_FLOOR.kv.min(a.kv) + HEAP_FLOOR.ipc.min(a.ipc) + HEAP_FLOOR.frames.min(a.frames)))).collect();
+            let why = format!(
+                "the capsules do not fit the image's heap: {} MiB of guest RAM gives {} MiB of heap, {} MiB of it the image's own, which leaves {} MiB; at the least they need {} MiB ({}) — give the guest more memory (scripts/run --memory MIB, {}), run fewer capsules, or lower their [limits] memory_mib",
+                settings.ram_mib.0,
+                mib(heap),
+                mib(reserve),
+                e.available >> 20,
+                mib(e.needed),
+                names.join(", "),
+                settings::RAM_MIB
+            );
+            // The refusal concerns every capsule: it is audited for the one that asks most.
+            if let Some((capsule, _)) = capsules.iter().zip(&asks).max_by_key(|(_, a)| a.total()) {
+                audit_rejection(settings, &capsule.id, &why);
+            }
+            Err(fail(Status::Usage, &why))
+        }
+    }
 }
 
 /// The engine, with the network the settings ask for.
@@ -287,28 +423,28 @@ fn load_all<'a>(
     engine: &crate::engine::CapsuleEngine,
     capsules: &'a [CapsuleBytes],
     manifests: &[Option<Manifest>],
-    foreign_ports: &[Vec<u16>],
-    options: &crate::engine::RunOptions,
+    each: Vec<crate::engine::RunOptions>,
+    base: &crate::engine::RunOptions,
     audit: Option<&crate::audit::AuditHandle>,
 ) -> (Vec<Ready<'a>>, Status) {
     let mut status = Status::Ok;
     let mut ready = Vec::new();
-    for ((capsule, manifest), foreign) in capsules.iter().zip(manifests).zip(foreign_ports) {
+    for ((capsule, manifest), options_here) in capsules.iter().zip(manifests).zip(each) {
         match engine.load(&capsule.bytes) {
             Ok(report) => {
                 let seal = report.verified_in.map(|t| format!(" (seal verified in {} us)", t.as_micros())).unwrap_or_default();
                 say!("astrid: capsule {}: {} in {} us{seal}", capsule.name, report.how, report.elapsed.as_micros());
-                let (id, mut options) = match manifest {
+                let options = options_here;
+                let id = match manifest {
                     Some(m) => {
-                        let above = crate::engine::limits_above_image(options, m);
+                        let above = crate::engine::limits_above_image(base, m);
                         if !above.is_empty() {
                             say!("astrid: capsule {}: its manifest asks for more than the image allows: {}", capsule.name, above.join(", "));
                         }
-                        (m.name.clone().unwrap_or_else(|| capsule.id.clone()), options.with_manifest(m))
+                        m.name.clone().unwrap_or_else(|| capsule.id.clone())
                     }
-                    None => (capsule.id.clone(), options.clone()),
+                    None => capsule.id.clone(),
                 };
-                options.net_policy.foreign_published = foreign.clone();
                 if let Some(audit) = audit {
                     let text = manifest.as_ref().map(|m| m.text.as_str());
                     let principal = options.principal.as_deref().unwrap_or(&id);
@@ -660,6 +796,33 @@ mod tests {
         for (args, vars, want) in cases {
             let lookup = |k: &str| vars.iter().find(|(name, _)| *name == k).map(|(_, v)| v.clone());
             assert_eq!(main(&args, lookup), want, "{args:?} {vars:?}");
+        }
+    }
+
+    /// What the heap policy makes of guests and capsule counts: the default limits, with
+    /// the memory share `fit_memory` gives (1 MiB capsules).
+    #[cfg(feature = "engine")]
+    #[test]
+    fn host_budgets_fit_the_guests_heap_as_asked_scaled_or_refused() {
+        use crate::quota::{HeapAsk, fit_heap};
+        const M: usize = 1 << 20;
+        // (guest RAM MiB, capsules, Some(scaled?) or None: refused)
+        let cases = [(512, 1, Some(false)), (512, 4, Some(false)), (512, 8, Some(true)), (256, 4, Some(true)), (128, 1, Some(true)), (128, 2, None), (1024, 8, Some(false)), (1024, 16, Some(true))];
+        for (ram, n, want) in cases {
+            // The image's mapping budget (`wasmtime_glue::budget_for_guest_ram`): RAM/4 less the runners' stacks.
+            let share = ((ram as usize * M / 4).saturating_sub(n * crate::engine::config::RUNNER_STACK) / n).saturating_sub(SHARE_HEADROOM);
+            let limits = crate::host::CapsuleLimits { memory_bytes: share.min(64 * M), ..Default::default() };
+            let asks = vec![heap_ask(&limits); n];
+            let (heap, reserve) = heap_available(ram, &vec![M; n]);
+            let got = fit_heap(heap - reserve, &asks, &HEAP_FLOOR);
+            match (&got, want) {
+                (Ok(fitted), Some(scaled)) => {
+                    assert_eq!(fitted != &asks, scaled, "{ram} MiB, {n} capsules: {fitted:?}");
+                    assert!(fitted.iter().map(HeapAsk::total).sum::<usize>() + reserve <= heap, "{ram} MiB, {n} capsules: over the heap");
+                }
+                (Err(_), None) => {}
+                _ => panic!("{ram} MiB, {n} capsules: {got:?}, want {want:?}"),
+            }
         }
     }
 

@@ -26,6 +26,10 @@ pub struct CapsuleLimits {
     pub handles: usize,
     /// Bytes of keys and values the capsule's kv store may hold.
     pub kv_bytes: usize,
+    /// Bytes its ipc subscriptions may hold queued together.
+    pub ipc_queue_bytes: usize,
+    /// Bytes of frames its TCP streams may assemble at once.
+    pub frame_bytes: usize,
 }
 
 /// The settings' defaults (`ASTRID_MEMORY_MIB`, `ASTRID_HANDLE_QUOTA`,
@@ -37,6 +41,8 @@ impl Default for CapsuleLimits {
             memory_bytes: (DEFAULT_MEMORY_MIB << 20) as usize,
             handles: DEFAULT_HANDLE_QUOTA as usize,
             kv_bytes: DEFAULT_KV_QUOTA_BYTES as usize,
+            ipc_queue_bytes: crate::ipc::CAPSULE_QUEUE_BYTES,
+            frame_bytes: crate::net::FRAME_BYTES,
         }
     }
 }
@@ -174,7 +180,7 @@ pub struct IpcCtx {
     pub subscribe: Option<Vec<String>>,
     /// Live subscriptions.
     pub subscriptions: usize,
-    /// What this capsule's subscriptions hold queued (`ipc::CAPSULE_QUEUE_BYTES`).
+    /// What this capsule's subscriptions hold queued (`CapsuleLimits::ipc_queue_bytes`).
     pub queued: Arc<Account>,
 }
 
@@ -242,6 +248,10 @@ pub const MAX_MEMORIES: usize = 8;
 /// What one table element is charged against the memory cap (a function reference
 /// and its bookkeeping in the engine).
 pub const TABLE_ELEMENT_BYTES: usize = 16;
+/// What a capsule's tables may take of its memory cap at most (262,144 elements): tables
+/// live on the image's heap, linear memories outside it, so this bounds the capsule's
+/// share of the heap whatever its memory cap.
+pub const MAX_TABLE_BYTES: usize = 4 << 20;
 
 /// What a capsule's linear memories and tables take together, against its one memory
 /// cap (`ASTRID_MEMORY_MIB`): many memories or a huge table cannot add up past it.
@@ -249,6 +259,8 @@ pub const TABLE_ELEMENT_BYTES: usize = 16;
 struct MemoryBudget {
     cap: usize,
     used: usize,
+    /// What its tables take of `used`.
+    tables: usize,
 }
 
 impl MemoryBudget {
@@ -256,9 +268,21 @@ impl MemoryBudget {
     fn grow(&mut self, more: usize) -> wasmtime::Result<()> {
         let desired = self.used.saturating_add(more);
         if desired > self.cap {
-            return Err(MemoryCapReached { desired, cap: self.cap }.into());
+            return Err(MemoryCapReached { desired, cap: self.cap, tables: false }.into());
         }
         self.used = desired;
+        Ok(())
+    }
+
+    /// Charges a table growing by `more` bytes: against the cap, and its tables together
+    /// against `MAX_TABLE_BYTES`.
+    fn grow_table(&mut self, more: usize) -> wasmtime::Result<()> {
+        let tables = self.tables.saturating_add(more);
+        if tables > MAX_TABLE_BYTES {
+            return Err(MemoryCapReached { desired: tables, cap: MAX_TABLE_BYTES, tables: true }.into());
+        }
+        self.grow(more)?;
+        self.tables = tables;
         Ok(())
     }
 }
@@ -290,11 +314,11 @@ impl CapsuleState {
                 publish: spec.ipc_publish,
                 subscribe: spec.ipc_subscribe,
                 subscriptions: 0,
-                queued: crate::ipc::queue_account(),
+                queued: crate::ipc::queue_account(spec.limits.ipc_queue_bytes),
             },
-            net: NetCtx { network: shared.network.clone(), policy: spec.net_policy, counts: NetCounts::default() },
+            net: NetCtx { network: shared.network.clone(), policy: spec.net_policy, counts: NetCounts::new(spec.limits.frame_bytes) },
             testing: TestingCtx { argument: spec.test_argument },
-            memory: MemoryBudget { cap: spec.limits.memory_bytes, used: 0 },
+            memory: MemoryBudget { cap: spec.limits.memory_bytes, used: 0, tables: 0 },
         })
     }
 }
@@ -304,10 +328,21 @@ impl CapsuleState {
 pub struct MemoryCapReached {
     pub desired: usize,
     pub cap: usize,
+    /// The tables' own bound (`MAX_TABLE_BYTES`) was reached, not the memory cap.
+    pub tables: bool,
 }
 
 impl std::fmt::Display for MemoryCapReached {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.tables {
+            return write!(
+                f,
+                "memory limit reached: the capsule asked for {} bytes of tables, their bound is {} bytes ({} elements)",
+                self.desired,
+                self.cap,
+                self.cap / TABLE_ELEMENT_BYTES
+            );
+        }
         write!(
             f,
             "memory limit reached: the capsule asked for {} bytes of memories and tables together, its cap is {} bytes (ASTRID_MEMORY_MIB)",
@@ -333,7 +368,7 @@ impl ResourceLimiter for CapsuleState {
         if maximum.is_some_and(|max| desired > max) {
             return Ok(false);
         }
-        self.memory.grow(desired.saturating_sub(current).saturating_mul(TABLE_ELEMENT_BYTES))?;
+        self.memory.grow_table(desired.saturating_sub(current).saturating_mul(TABLE_ELEMENT_BYTES))?;
         Ok(true)
     }
     fn instances(&self) -> usize {
@@ -362,7 +397,7 @@ mod tests {
             (4 * MIB, &[MIB, usize::MAX, MIB], &[true, false, true]),
         ];
         for (cap, growths, want) in cases {
-            let mut budget = MemoryBudget { cap: *cap, used: 0 };
+            let mut budget = MemoryBudget { cap: *cap, used: 0, tables: 0 };
             for (more, ok) in growths.iter().zip(want.iter()) {
                 let before = budget.used;
                 let got = budget.grow(*more);
@@ -374,5 +409,11 @@ mod tests {
             }
             assert!(budget.used <= *cap);
         }
+        // Tables stop at their own bound, far below a large cap; memories go on.
+        let mut budget = MemoryBudget { cap: 64 * MIB, used: 0, tables: 0 };
+        budget.grow_table(MAX_TABLE_BYTES).unwrap();
+        assert!(budget.grow_table(TABLE_ELEMENT_BYTES).unwrap_err().to_string().starts_with("memory limit reached"));
+        assert_eq!((budget.used, budget.tables), (MAX_TABLE_BYTES, MAX_TABLE_BYTES));
+        budget.grow(32 * MIB).unwrap();
     }
 }

@@ -30,7 +30,7 @@ use std::marker::PhantomData;
 
 use wasmtime::component::{HasData, Linker};
 
-pub use context::{CapsuleLimits, CapsuleState, Identity, MemoryCapReached, QuotaExceeded, Shared, Spec};
+pub use context::{CapsuleLimits, CapsuleState, Identity, MAX_TABLE_BYTES, MemoryCapReached, QuotaExceeded, Shared, Spec};
 pub use envelope::AuditUnavailable;
 pub use io::MAX_POLL_LIST;
 

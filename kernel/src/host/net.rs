@@ -53,7 +53,7 @@ fn resolver(cancel: &CancelToken) -> impl Fn(&str) -> Option<Vec<IpAddr>> + '_ {
 impl NetView<'_> {
     /// Hands a connection to the capsule, with the charge it took for it.
     fn push_stream(&mut self, conn: Conn, held: Held) -> wasmtime::Result<Resource<TcpStream>> {
-        let mut stream = TcpStream::new(conn);
+        let mut stream = TcpStream::new(conn).frames_charged_to(self.pkg.counts.frames());
         stream.held = Some(held);
         self.core.push(stream)
     }

@@ -21,12 +21,13 @@ pub const BATCH: usize = 256;
 /// Bytes (as charged: `bus::Message::cost`) one `poll` or `recv` returns at most,
 /// beyond its first message.
 pub const BATCH_BYTES: usize = 4 << 20;
-/// Bytes all of one capsule's subscriptions may hold queued.
+/// Bytes all of one capsule's subscriptions may hold queued (unless the image's heap
+/// gives it less).
 pub const CAPSULE_QUEUE_BYTES: usize = 16 << 20;
 
-/// A capsule's account for the messages its subscriptions hold.
-pub fn queue_account() -> std::sync::Arc<crate::quota::Account> {
-    crate::quota::Account::new("ipc queued bytes", CAPSULE_QUEUE_BYTES)
+/// A capsule's account for the messages its subscriptions hold, `limit` bytes.
+pub fn queue_account(limit: usize) -> std::sync::Arc<crate::quota::Account> {
+    crate::quota::Account::new("ipc queued bytes", limit)
 }
 
 /// `astrid:ipc/host.subscription`: one capsule's end of a subscription on the bus.

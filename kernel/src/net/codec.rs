@@ -1,9 +1,14 @@
 //! The length-prefixed frames of `tcp-stream.read` / `tcp-stream.write`: a 4-byte
 //! big-endian length, then that many bytes. Frames are assembled from whatever has
 //! arrived, a piece at a time, and never allocated from the prefix alone (a hostile
-//! prefix costs nothing: it is refused before a byte of its body is read).
+//! prefix costs nothing: it is refused before a byte of its body is read). A frame being
+//! assembled is charged to its capsule's frame account (`NetCounts`) at the length its
+//! prefix announces, so all of a capsule's streams together assemble at most its budget.
 
 use std::fmt;
+use std::sync::Arc;
+
+use crate::quota::{Account, Charge};
 
 /// Largest frame (the WIT's 10 MB).
 pub const MAX_FRAME: usize = 10 * 1024 * 1024;
@@ -30,6 +35,9 @@ pub enum FrameError {
     Truncated,
     /// A frame to send is over [`MAX_FRAME`].
     TooLargeToSend,
+    /// The frame announced does not fit what the capsule's streams may assemble at once
+    /// (the limit in bytes); it is dropped.
+    Quota(usize),
 }
 
 impl fmt::Display for FrameError {
@@ -38,6 +46,7 @@ impl fmt::Display for FrameError {
             FrameError::TooLarge(len) => write!(f, "frame of {len} bytes is over the 10 MB limit"),
             FrameError::Truncated => f.write_str("the peer closed the stream in the middle of a frame"),
             FrameError::TooLargeToSend => f.write_str("frame over the 10 MB limit"),
+            FrameError::Quota(limit) => write!(f, "frame does not fit the {limit} bytes this capsule's streams may assemble at once"),
         }
     }
 }
@@ -46,7 +55,10 @@ impl std::error::Error for FrameError {}
 
 impl From<FrameError> for super::NetError {
     fn from(e: FrameError) -> Self {
-        super::NetError::Other(e.to_string())
+        match e {
+            FrameError::Quota(_) => super::NetError::Quota,
+            e => super::NetError::Other(e.to_string()),
+        }
     }
 }
 
@@ -54,9 +66,24 @@ impl From<FrameError> for super::NetError {
 #[derive(Debug, Default)]
 pub struct FrameReader {
     buf: Vec<u8>,
+    /// The charge for the frame being assembled (none: not charged to anyone).
+    held: Option<Charge>,
 }
 
 impl FrameReader {
+    /// A reader whose frames are charged to `account`.
+    pub fn charged_to(account: &Arc<Account>) -> FrameReader {
+        FrameReader { buf: Vec::new(), held: account.charge(0).ok() }
+    }
+
+    /// Charges what is assembled now, or the whole frame its prefix announced.
+    fn charge(&mut self, bytes: usize) -> Result<(), FrameError> {
+        match &mut self.held {
+            Some(held) => held.resize(bytes).map_err(|e| FrameError::Quota(e.limit)),
+            None => Ok(()),
+        }
+    }
+
     /// Assembles what `read` has without waiting. `read(n)` gives at most `n` bytes of
     /// the stream: none when nothing has arrived yet, `Err` at its end.
     pub fn poll<E>(&mut self, mut read: impl FnMut(usize) -> Result<Vec<u8>, E>) -> Result<Frame, FrameError> {
@@ -69,6 +96,7 @@ impl FrameReader {
                 let len = u32::from_be_bytes(prefix) as usize;
                 if len > MAX_FRAME {
                     self.buf.clear();
+                    self.charge(0)?;
                     return Err(FrameError::TooLarge(len));
                 }
                 if self.buf.len() >= PREFIX + len {
@@ -76,7 +104,13 @@ impl FrameReader {
                     let rest = self.buf.split_off(PREFIX + len);
                     let data = self.buf.split_off(PREFIX);
                     self.buf = rest;
+                    self.charge(self.buf.len())?;
                     return Ok(Frame::Data(data));
+                }
+                if let Err(e) = self.charge(PREFIX + len) {
+                    self.buf.clear();
+                    self.charge(0)?;
+                    return Err(e);
                 }
                 PREFIX + len - self.buf.len()
             };
@@ -88,6 +122,14 @@ impl FrameReader {
             }
         }
     }
+}
+
+/// The prefix of `data`'s frame.
+pub fn prefix(data: &[u8]) -> Result<[u8; PREFIX], FrameError> {
+    if data.len() > MAX_FRAME {
+        return Err(FrameError::TooLargeToSend);
+    }
+    Ok((data.len() as u32).to_be_bytes())
 }
 
 /// `data` as one frame (prefix and body).
@@ -223,5 +265,29 @@ mod tests {
         assert_eq!(r.poll(&mut greedy), Ok(Frame::Data(b"ab".to_vec())));
         assert_eq!(r.poll(&mut greedy), Ok(Frame::Data(b"c".to_vec())));
         assert_eq!(r.poll(&mut greedy), Ok(Frame::Pending));
+    }
+
+    #[test]
+    fn frames_being_assembled_share_their_capsules_budget() {
+        let account = Account::new("tcp frame bytes", 10);
+        let (mut a, mut b) = (FrameReader::charged_to(&account), FrameReader::charged_to(&account));
+        // A's prefix announces 6 bytes: 10 charged before any of its body arrives.
+        let mut sa = Pieces::new(&[&[0, 0, 0, 6], b"abc"], true);
+        assert_eq!(a.poll(|n| sa.read(n)), Ok(Frame::Pending));
+        assert_eq!(account.used(), 10);
+        // B's frame does not fit beside it: `quota`, and its prefix is dropped.
+        let mut sb = Pieces::new(&[&[0, 0, 0, 1], b"x"], true);
+        let got = b.poll(|n| sb.read(n));
+        assert_eq!(got, Err(FrameError::Quota(10)));
+        assert!(matches!(super::super::NetError::from(got.unwrap_err()), super::super::NetError::Quota));
+        assert_eq!(account.used(), 10, "the refused frame took nothing");
+        // A's frame ends: its charge comes back, and B's next frame fits.
+        let mut sa = Pieces::new(&[b"def"], true);
+        assert_eq!(a.poll(|n| sa.read(n)), Ok(Frame::Data(b"abcdef".to_vec())));
+        assert_eq!(account.used(), 0);
+        let mut sb = Pieces::new(&[&encode(b"yz").unwrap()], true);
+        assert_eq!(b.poll(|n| sb.read(n)), Ok(Frame::Data(b"yz".to_vec())));
+        drop((a, b));
+        assert_eq!(account.used(), 0);
     }
 }

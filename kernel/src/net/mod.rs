@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 pub use codec::MAX_FRAME;
 pub use error::NetError;
 pub use link::{DEFAULT_LINGER, sending};
-pub use policy::{MAX_LISTENERS, MAX_POLL_ACCEPT, MAX_STREAMS, MAX_UDP, NetCounts, NetPolicy};
+pub use policy::{FRAME_BYTES, MAX_LISTENERS, MAX_POLL_ACCEPT, MAX_STREAMS, MAX_UDP, NetCounts, NetPolicy};
 pub use socket::{TcpListener, TcpStream, UdpSocket};
 
 /// `astrid:net/host.unix-listener`: the image has no Unix-domain sockets, so none is

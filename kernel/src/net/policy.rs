@@ -248,19 +248,36 @@ pub struct NetCounts {
     streams: Arc<Account>,
     listeners: Arc<Account>,
     udp: Arc<Account>,
+    /// Bytes of the frames its streams are assembling (`tcp-stream.read`).
+    frames: Arc<Account>,
 }
+
+/// What a capsule's streams may assemble of frames at once, unless the image's heap
+/// gives it less: two whole frames of the largest size.
+pub const FRAME_BYTES: usize = 2 * (super::MAX_FRAME + 4);
 
 impl Default for NetCounts {
     fn default() -> Self {
-        NetCounts {
-            streams: Account::new("tcp stream", MAX_STREAMS),
-            listeners: Account::new("tcp listener", MAX_LISTENERS),
-            udp: Account::new("udp socket", MAX_UDP),
-        }
+        NetCounts::new(FRAME_BYTES)
     }
 }
 
 impl NetCounts {
+    /// The counts of a capsule whose streams may assemble `frame_bytes` of frames.
+    pub fn new(frame_bytes: usize) -> Self {
+        NetCounts {
+            streams: Account::new("tcp stream", MAX_STREAMS),
+            listeners: Account::new("tcp listener", MAX_LISTENERS),
+            udp: Account::new("udp socket", MAX_UDP),
+            frames: Account::new("tcp frame bytes", frame_bytes),
+        }
+    }
+
+    /// The account of the frames the capsule's streams assemble.
+    pub fn frames(&self) -> &Arc<Account> {
+        &self.frames
+    }
+
     fn account(&self, kind: Kind) -> &Arc<Account> {
         match kind {
             Kind::Stream => &self.streams,

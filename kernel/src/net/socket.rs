@@ -93,6 +93,12 @@ impl TcpStream {
         TcpStream { conn, held: None, options: StreamOptions::default(), frames: FrameReader::default(), read_shut: false, write_shut: false }
     }
 
+    /// Charges the frames this stream assembles to `account` (its owner's).
+    pub fn frames_charged_to(mut self, account: &std::sync::Arc<crate::quota::Account>) -> TcpStream {
+        self.frames = FrameReader::charged_to(account);
+        self
+    }
+
     /// Whether the capsule has not shut the stream's read side.
     pub fn read_open(&self) -> bool {
         !self.read_shut
@@ -109,8 +115,12 @@ impl TcpStream {
 
     /// Writes `data` as one frame, waiting up to the write timeout for room.
     pub fn write_frame(&self, data: &[u8], cancel: &CancelToken) -> Result<(), NetError> {
-        let framed = super::codec::encode(data)?;
-        self.write(&framed, true, cancel).map(|_| ())
+        // The prefix, then the body where it lies: no second copy of a 10 MB frame.
+        self.write(&super::codec::prefix(data)?, true, cancel)?;
+        if !data.is_empty() {
+            self.write(data, true, cancel)?;
+        }
+        Ok(())
     }
 
     /// Reads (or, without `consume`, peeks) up to `max` bytes, waiting up to the read
