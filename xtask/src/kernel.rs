@@ -325,6 +325,55 @@ const UDP_SEND_WHEN_FULL: &[Patch] = &[Patch {
     ],
 }];
 
+/// Kernel 0.11 bug: the virtio-fs driver unwrapped the reply's header, but a FUSE error
+/// reply is the out-header alone (16 bytes), shorter than the header of a reply that
+/// succeeded: a write that failed on the host (a full disk, EFBIG past a file size
+/// limit) panicked the kernel (`called Option::unwrap() on a None value`,
+/// `virtio_fs.rs:192`) and took the image and its queued audit records down. The fix: a
+/// reply shorter than its header is an I/O error (EIO), which the caller sees.
+const VIRTIO_FS_ERROR_REPLY: &[Patch] = &[Patch {
+    file: "src/drivers/fs/virtio_fs.rs",
+    why: "a short virtio-fs reply (a FUSE error) is an I/O error, not a panic",
+    edits: &[(
+        "		let headers = transfer_result.used_recv_buff.pop_front_downcast().unwrap();",
+        "		// astrid.img: an error reply is the out-header alone, shorter than a
+		// successful reply's header: an I/O error for the caller, not a panic.
+		let Some(headers) = transfer_result.used_recv_buff.pop_front_downcast() else {
+			return Err(VirtqError::IncompleteWrite);
+		};",
+    )],
+}];
+
+/// Kernel 0.11 hazard: a virtio-fs request spins for the device's reply with interrupts
+/// off (the driver's lock), for ever: a host daemon that stalls (stopped, wedged, its
+/// disk hung) froze that CPU, and on one vCPU the whole image, so no deadline or
+/// cancellation could end a capsule. The fix: the reply is awaited for at most 5 s; a
+/// device that misses that holds a request whose late reply would be taken for the next
+/// one's, so it is failed for good and every later request is an I/O error (the audit
+/// log then fails closed), and closing a file on it (a release the device cannot
+/// answer) no longer panics.
+const VIRTIO_FS_STALL: &[Patch] = &[Patch {
+    file: "src/drivers/fs/virtio_fs.rs",
+    why: "a virtio-fs reply is awaited for at most 5 s, then the device is failed",
+    edits: &[
+        (
+            "impl FuseInterface for VirtioFsDriver {",
+            "/// astrid.img: how long a request waits for the device's reply (spinning, interrupts off).\nconst FS_REPLY_TIMEOUT_US: u64 = 5_000_000;\n/// astrid.img: set once the device missed that: its late reply would be taken for the next\n/// request's, so every later request fails.\nstatic FS_FAILED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);\n\nimpl FuseInterface for VirtioFsDriver {",
+        ),
+        (
+            "\t\tlet mut transfer_result =\n\t\t\tself.vqueues[1].dispatch_blocking(buffer_tkn, BufferType::Direct)?;",
+            "\t\t// astrid.img: dispatch_blocking's wait, bounded by FS_REPLY_TIMEOUT_US.\n\t\tif FS_FAILED.load(core::sync::atomic::Ordering::Relaxed) {\n\t\t\treturn Err(VirtqError::General);\n\t\t}\n\t\tlet queue = &mut self.vqueues[1];\n\t\tqueue.dispatch(buffer_tkn, false, BufferType::Direct)?;\n\t\tqueue.disable_notifs();\n\t\tlet started = crate::arch::processor::get_timer_ticks();\n\t\tlet mut transfer_result = loop {\n\t\t\tif let Ok(used) = queue.try_recv() {\n\t\t\t\tbreak used;\n\t\t\t}\n\t\t\tif crate::arch::processor::get_timer_ticks().saturating_sub(started) > FS_REPLY_TIMEOUT_US {\n\t\t\t\tFS_FAILED.store(true, core::sync::atomic::Ordering::Relaxed);\n\t\t\t\tqueue.enable_notifs();\n\t\t\t\treturn Err(VirtqError::General);\n\t\t\t}\n\t\t\tcore::hint::spin_loop();\n\t\t};\n\t\tqueue.enable_notifs();",
+        ),
+    ],
+}, Patch {
+    file: "src/fs/fuse.rs",
+    why: "closing a file on a failed virtio-fs device is not a panic",
+    edits: &[(
+        "ops::Release::create(self.fuse_nid.unwrap(), self.fuse_fh.unwrap());\n\t\t\tget_filesystem_driver()\n\t\t\t\t.unwrap()\n\t\t\t\t.lock()\n\t\t\t\t.send_command(cmd, rsp_payload_len)\n\t\t\t\t.unwrap();",
+        "ops::Release::create(self.fuse_nid.unwrap(), self.fuse_fh.unwrap());\n\t\t\t// astrid.img: a failed device cannot release the handle; closing goes on.\n\t\t\tlet _ = get_filesystem_driver()\n\t\t\t\t.unwrap()\n\t\t\t\t.lock()\n\t\t\t\t.send_command(cmd, rsp_payload_len);",
+    )],
+}];
+
 /// For PVM hosts: start XCR0 from X87 instead of reading it (`xgetbv`), and write it
 /// without the read-back check the `x86_64` crate's `XCr0::write` performs.
 const NO_XGETBV: &[Patch] = &[Patch {
@@ -337,7 +386,7 @@ const NO_XGETBV: &[Patch] = &[Patch {
 }];
 
 /// Bump when a patch changes, so cached patched copies are rebuilt.
-const PATCH_LEVEL: u32 = 6;
+const PATCH_LEVEL: u32 = 9;
 
 fn patched_source(paths: &Paths, pristine: &Path, variant: Variant) -> Result<PathBuf> {
     let dst = paths.out.join(format!("kernel-source-{}", variant.name()));
@@ -351,7 +400,7 @@ fn patched_source(paths: &Paths, pristine: &Path, variant: Variant) -> Result<Pa
         fs::remove_dir_all(&dst)?;
     }
     copy_dir(pristine, &dst)?;
-    let mut patches: Vec<&Patch> = FUTEX_WAKE_RACE.iter().chain(SEND_IN_CLOSE_WAIT).chain(ONESHOT_TIMER_ORDER).chain(TIME_SLICE).chain(NONBLOCKING_CONNECT).chain(UDP_SEND_WHEN_FULL).collect();
+    let mut patches: Vec<&Patch> = FUTEX_WAKE_RACE.iter().chain(SEND_IN_CLOSE_WAIT).chain(ONESHOT_TIMER_ORDER).chain(TIME_SLICE).chain(NONBLOCKING_CONNECT).chain(UDP_SEND_WHEN_FULL).chain(VIRTIO_FS_ERROR_REPLY).chain(VIRTIO_FS_STALL).collect();
     if variant == Variant::Pvm {
         patches.extend(NO_XGETBV);
     }
