@@ -595,3 +595,155 @@ fn endless_table_growth_is_a_clean_trap_beside_a_working_capsule() {
         run.assert_status(1).assert_says("table-grow.wasm: trapped: memory limit reached");
     }
 }
+
+/// Three capsules pushing every host-side budget at once (kv to `quota`, a flood of
+/// 1 MiB payloads into their subscriptions, four 10 MB frames being assembled) beside
+/// a well-behaved one, in a 256 MiB guest whose heap cannot hold every capsule's worst
+/// case: the image scales their budgets to fit and says so, every attacker stops at its
+/// share, the victim finishes, and nothing runs the heap out. Hosted (no heap of ours)
+/// the same capsules run unscaled.
+#[test]
+fn hostile_capsules_together_cannot_run_the_image_out_of_heap() {
+    let f = fixtures();
+    let dir = common::scratch().join("hostile-heap");
+    std::fs::create_dir_all(&dir).unwrap();
+    let copies = |from: &Path, ext: &str| -> Vec<PathBuf> {
+        ["victim", "heap-a", "heap-b", "heap-c"]
+            .iter()
+            .map(|name| {
+                let to = dir.join(format!("{name}.{ext}"));
+                std::fs::copy(from, &to).unwrap();
+                to
+            })
+            .collect()
+    };
+    let env = [("ASTRID_TEST_ARG", "hostile-heap")];
+    let (plain, sealed) = (copies(&f.probe, "wasm"), copies(&f.probe_cwasm, "cwasm"));
+    let hosted = hosted_many(&plain.iter().map(PathBuf::as_path).collect::<Vec<_>>(), &env);
+    hosted.assert_status(0);
+    assert!(!hosted.console.contains("scaled to fit"), "hosted mode has no heap of ours to fit:\n{}", hosted.console);
+
+    let art = common::artifacts();
+    let mut boot = Boot::new(art.loader.clone(), f.image.clone());
+    boot.capsules = sealed;
+    boot.kernel_args = env.iter().map(|(k, v)| format!("env={k}={v}")).collect();
+    boot.kernel_args.push(common::artifact_key_arg());
+    boot.memory_mib = 256;
+    boot.timeout = Duration::from_secs(180);
+    let out = qemu::run(&boot).expect("starting QEMU");
+    assert!(!out.timed_out, "guest hung; console:\n{}", out.console);
+    let status = match out.exit {
+        GuestExit::App(s) => i32::from(s),
+        other => panic!("no application status ({other:?}); console:\n{}", out.console),
+    };
+    let image = Run { status, console: out.console };
+    image.assert_status(0).assert_says("host-side budgets scaled to fit the image's heap");
+    for run in [&hosted, &image] {
+        run.assert_says("ok victim");
+        assert_eq!(run.console.matches("ok hostile-heap: kv").count(), 3, "{}", run.console);
+        assert!(!run.console.contains("memory allocation of"), "the heap ran out:\n{}", run.console);
+        let summary = run.assert_audit_verifies();
+        assert_eq!(summary.capsules_ended, 4, "{}", run.console);
+    }
+}
+
+/// virtiofsd for the guest's `/root`, started through a wrapper that first runs `setup`
+/// (shell lines: resource limits, signal dispositions) and writes its process id to
+/// `pid` (the wrapper `exec`s, so it is virtiofsd's).
+fn virtiofsd_wrapped(dir: &Path, setup: &str) -> (PathBuf, PathBuf) {
+    let real = xtask::setup::ensure_virtiofsd(&Paths::discover()).expect("installing virtiofsd");
+    let (wrapper, pid) = (dir.join("virtiofsd-wrapper.sh"), dir.join("virtiofsd.pid"));
+    let script = format!("#!/bin/bash\necho $$ > '{}'\n{setup}\nexec '{}' \"$@\"\n", pid.display(), real.display());
+    std::fs::write(&wrapper, script).unwrap();
+    std::process::Command::new("chmod").arg("+x").arg(&wrapper).status().unwrap();
+    (wrapper, pid)
+}
+
+/// Fail-closed in the image: the shared directory's file system "fills up" mid-run
+/// (virtiofsd under a 64 KiB file size limit, SIGXFSZ ignored, so writes past it fail
+/// with EFBIG). The kernel's virtio-fs driver used to panic on that error reply; now
+/// the write fails, the image cancels the capsule, the serial console keeps every
+/// record sealed before the failure and ends with one naming it, and the image exits
+/// with the audit status (74).
+#[test]
+fn a_full_file_system_under_the_virtio_audit_sink_fails_closed_in_the_image() {
+    let dir = common::scratch().join("virtio-full");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (wrapper, _) = virtiofsd_wrapped(&dir, "ulimit -f 64\ntrap '' XFSZ");
+    let share = dir.join("share");
+    let art = common::artifacts();
+    let mut boot = Boot::new(art.loader.clone(), fixtures().image.clone());
+    boot.capsules = vec![fixtures().probe_cwasm.clone()];
+    boot.kernel_args = vec!["env=ASTRID_TEST_ARG=bench-read-4k".into(), "env=ASTRID_AUDIT_FILE=/root/audit.log".into(), common::artifact_key_arg()];
+    boot.shared_dir = Some((share.clone(), wrapper));
+    boot.timeout = Duration::from_secs(120);
+    let out = qemu::run(&boot).expect("starting QEMU");
+    assert!(!out.timed_out, "guest hung; console:\n{}", out.console);
+    let GuestExit::App(status) = out.exit else { panic!("no application status ({:?}); console:\n{}", out.exit, out.console) };
+    let run = Run { status: i32::from(status), console: out.console };
+    run.assert_status(74).assert_says("audit log failed");
+    assert!(!run.console.contains("] ok bench-read-4k"), "the capsule went on unrecorded:\n{}", run.console);
+    let written = std::fs::metadata(share.join("audit.log")).expect("no audit.log in the share").len();
+    assert!(written > 0 && written <= 64 << 10, "the file holds {written} bytes");
+    let lines = audit::extract(&run.console);
+    let last = lines.last().expect("no audit line on the console");
+    assert!(last.contains("\"fn\":\"astrid:audit/sink-failed\"") && last.contains("/root/audit.log"), "last record: {last}");
+    match audit::verify(lines.iter().copied()) {
+        Err(audit::Break { kind: audit::BreakKind::EndedBySinkFailure(why), .. }) => assert!(why.contains("/root/audit.log"), "{why}"),
+        other => panic!("expected a log ended by the sink's failure, got {other:?}\n{}", run.console),
+    }
+}
+
+/// A stalled sink in the image: virtiofsd is stopped (SIGSTOP) while a capsule's calls
+/// are being audited to the shared directory. The kernel's virtio-fs driver waited for
+/// the reply spinning with interrupts off, for ever, which froze the guest; now it waits
+/// at most 5 s, fails the device, and the audit log fails closed: the capsule is
+/// stopped, the serial console ends with the failure, the image exits with 74 while
+/// virtiofsd is still stopped (it is killed at the end).
+#[test]
+fn a_stalled_virtio_audit_sink_ends_the_run_fail_closed_in_the_image() {
+    let dir = common::scratch().join("virtio-stall");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (wrapper, pid_file) = virtiofsd_wrapped(&dir, "");
+    let share = dir.join("share");
+    let art = common::artifacts();
+    let mut boot = Boot::new(art.loader.clone(), fixtures().image.clone());
+    boot.capsules = vec![fixtures().probe_cwasm.clone()];
+    boot.kernel_args = vec!["env=ASTRID_TEST_ARG=tick".into(), "env=ASTRID_AUDIT_FILE=/root/audit.log".into(), common::artifact_key_arg()];
+    boot.shared_dir = Some((share.clone(), wrapper));
+    boot.timeout = Duration::from_secs(150);
+    let log = share.join("audit.log");
+    let (out, stopped) = std::thread::scope(|s| {
+        let stopper = s.spawn(|| {
+            // Once the capsule's calls reach the file, stop the daemon mid-run.
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            while std::fs::metadata(&log).map(|m| m.len() < 4096).unwrap_or(true) {
+                assert!(std::time::Instant::now() < deadline, "the guest never wrote 4 KiB of audit log");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let pid = std::fs::read_to_string(&pid_file).expect("virtiofsd's pid").trim().to_string();
+            assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success(), "SIGSTOP {pid}");
+            std::time::Instant::now()
+        });
+        let out = qemu::run(&boot).expect("starting QEMU");
+        (out, stopper.join().expect("the stopper panicked"))
+    });
+    let ended_after = stopped.elapsed();
+    assert!(!out.timed_out, "guest hung behind the stalled sink; console:\n{}", out.console);
+    let GuestExit::App(status) = out.exit else { panic!("no application status ({:?}); console:\n{}", out.exit, out.console) };
+    let run = Run { status: i32::from(status), console: out.console };
+    run.assert_status(74).assert_says("audit log failed");
+    assert!(!run.console.contains("] ok tick"), "the capsule went on unrecorded:\n{}", run.console);
+    // The reply timeout (5 s), the capsule's cancellation and the close, under TCG on a
+    // loaded machine.
+    assert!(ended_after < Duration::from_secs(40), "the image ended {ended_after:?} after the sink stalled");
+    let lines = audit::extract(&run.console);
+    let last = lines.last().expect("no audit line on the console");
+    assert!(last.contains("\"fn\":\"astrid:audit/sink-failed\"") && last.contains("/root/audit.log"), "last record: {last}");
+    match audit::verify(lines.iter().copied()) {
+        Err(audit::Break { kind: audit::BreakKind::EndedBySinkFailure(why), .. }) => assert!(why.contains("/root/audit.log"), "{why}"),
+        other => panic!("expected a log ended by the sink's failure, got {other:?}\n{}", run.console),
+    }
+}

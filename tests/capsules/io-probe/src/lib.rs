@@ -85,6 +85,8 @@ impl Guest for Probe {
             "bench-splice" => bench_splice(),
             "hostile-ipc" => hostile_ipc(),
             "hostile-net" => hostile_net(),
+            "hostile-heap" => hostile_heap(),
+            "tick" => tick(),
             "victim" => victim(),
             other => fail(other, "unknown scenario"),
         }
@@ -569,4 +571,59 @@ fn hostile_net() {
     }
     check!(s, net::udp_bind("127.0.0.1", 0).is_ok(), "UDP after its pollables were dropped");
     say("ok hostile-net");
+}
+
+/// Every scalable host-side budget pushed at once: kv filled to `quota`, 16 `**`
+/// subscriptions under a flood of 1 MiB payloads, and four streams each assembling a
+/// 10 MB frame. Where the image's heap cannot hold every capsule's worst case, each
+/// stops at the share the image gave it; the frames never all fit (two at most).
+fn hostile_heap() {
+    let s = "hostile-heap";
+    let chunk = vec![7u8; 64 << 10];
+    let mut stored = 0usize;
+    loop {
+        match kv::kv_set(&format!("k{stored}"), &chunk) {
+            Ok(()) => stored += 1,
+            Err(kv::ErrorCode::Quota) => break,
+            Err(e) => fail(s, &format!("kv set {stored}: {e:?}")),
+        }
+        check!(s, stored < 1024, "kv took 64 MiB without a quota");
+    }
+    let subs: Vec<_> = (0..16).map(|i| ipc::subscribe("**").unwrap_or_else(|e| fail(s, &format!("subscription {i}: {e:?}")))).collect();
+    let payload = "x".repeat(1 << 20);
+    for i in 0..24 {
+        ipc::publish("flood.heap", &payload).unwrap_or_else(|e| fail(s, &format!("publish {i}: {e:?}")));
+    }
+    let listener = net::bind_tcp("127.0.0.1", 0).unwrap_or_else(|e| fail(s, &format!("bind: {e:?}")));
+    let addr = listener.local_addr().unwrap();
+    let port: u16 = addr.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or_else(|| fail(s, &format!("address {addr}")));
+    let mut head = 10_000_000u32.to_be_bytes().to_vec();
+    head.extend(vec![1u8; 128 << 10]);
+    let (mut kept, mut refused) = (Vec::new(), 0);
+    for i in 0..4 {
+        let client = net::connect_tcp("127.0.0.1", port).unwrap_or_else(|e| fail(s, &format!("connect {i}: {e:?}")));
+        let server = listener.accept().unwrap_or_else(|e| fail(s, &format!("accept {i}: {e:?}")));
+        let w = client.write_stream();
+        for piece in head.chunks(4096) {
+            w.blocking_write_and_flush(piece).unwrap_or_else(|e| fail(s, &format!("frame {i}: write: {e:?}")));
+        }
+        match server.read() {
+            Ok(net::NetReadStatus::Pending) => {}
+            Err(net::ErrorCode::Quota) => refused += 1,
+            Ok(other) => fail(s, &format!("frame {i}: read {:?}", matches!(other, net::NetReadStatus::Closed))),
+            Err(e) => fail(s, &format!("frame {i}: read: {e:?}")),
+        }
+        kept.push((w, client, server));
+    }
+    check!(s, refused >= 2, "{} of four 10 MB frames were assembled at once", 4 - refused);
+    let held: usize = subs.iter().map(|sub| sub.poll().map(|e| e.messages.len()).unwrap_or(0)).sum();
+    say(&format!("ok hostile-heap: kv {} KiB, ipc held {held} MiB, {refused} of 4 frames refused", stored * 64));
+}
+
+/// A steady trickle of host calls (a 10 ms sleep each) for up to a minute: something
+/// for the audit log to record while a test breaks its sink.
+fn tick() {
+    for i in 0..6000 {
+        sys::sleep_ns(10 * MS).unwrap_or_else(|e| fail("tick", &format!("sleep {i}: {e:?}")));
+    }
 }
