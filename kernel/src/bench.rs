@@ -47,7 +47,55 @@ pub fn run(bench: Benchmark, audit_file: Option<&std::path::Path>) -> Result<Str
             }
             None => Err(format!("sink-file needs {}", crate::settings::AUDIT_FILE)),
         },
+        #[cfg(feature = "engine")]
+        Benchmark::Quota => Ok(quota_cost(QUOTA_BATCHES)),
+        #[cfg(not(feature = "engine"))]
+        Benchmark::Quota => Err("quota needs the engine's providers (not in this image)".into()),
     }
+}
+
+/// Operations per timed batch of the `quota` benchmark, and its batches.
+#[cfg(feature = "engine")]
+const QUOTA_BATCH: u32 = 20_000;
+#[cfg(feature = "engine")]
+const QUOTA_BATCHES: usize = 7;
+
+/// What the host-side accounting costs (issue #12: no more than noise): one charge and
+/// release of a `quota::Account`, as each queued ipc message takes, against the
+/// operation it guards, a publish and take of a 64-byte message with one subscription
+/// on the image's bus. Interleaved batches, medians; `ratio` is the round trip over the
+/// round trip less its charge.
+#[cfg(feature = "engine")]
+fn quota_cost(batches: usize) -> String {
+    use crate::ipc::bus::{Attribution, Bus, Message};
+    use std::hint::black_box;
+    let account = crate::quota::Account::new("ipc queued bytes", crate::ipc::CAPSULE_QUEUE_BYTES);
+    let bus = Bus::default();
+    let sub = bus.subscribe("bench.quota", &account);
+    let message = Message { topic: "bench.quota".into(), payload: "x".repeat(64), source: "bench".into(), principal: Attribution::System };
+    let cost = message.cost();
+    let per_op = |started: Instant| started.elapsed().as_nanos() as f64 / f64::from(QUOTA_BATCH);
+    let (mut charges, mut trips) = (Vec::new(), Vec::new());
+    for _ in 0..batches {
+        let started = Instant::now();
+        for _ in 0..QUOTA_BATCH {
+            drop(black_box(black_box(&account).charge(black_box(cost))));
+        }
+        charges.push(per_op(started));
+        let started = Instant::now();
+        for _ in 0..QUOTA_BATCH {
+            bus.publish(black_box(message.clone()));
+            black_box(sub.take(1, usize::MAX));
+        }
+        trips.push(per_op(started));
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (charge, trip) = (median(charges), median(trips));
+    let ratio = trip / (trip - charge).max(f64::MIN_POSITIVE);
+    format!("bench quota: charge_ns={charge:.1} trip_ns={trip:.1} ratio={ratio:.3} left={}", account.used())
 }
 
 /// Round trips of two threads waking each other through a futex word.

@@ -230,8 +230,9 @@ mod tests {
         let ask = |fixed, kv, ipc, frames| HeapAsk { fixed: fixed * M, kv: kv * M, ipc: ipc * M, frames: frames * M };
         let floor = ask(0, 1, 2, 1);
         // (available MiB, asks, what each capsule gets, or the least needed when refused)
+        type Case = (usize, Vec<HeapAsk>, Result<Vec<HeapAsk>, usize>);
         #[rustfmt::skip]
-        let cases: Vec<(usize, Vec<HeapAsk>, Result<Vec<HeapAsk>, usize>)> = vec![
+        let cases: Vec<Case> = vec![
             // Room for everything: as asked.
             (100, vec![ask(10, 16, 16, 16)], Ok(vec![ask(10, 16, 16, 16)])),
             (116, vec![ask(10, 16, 16, 16), ask(10, 16, 16, 16)], Ok(vec![ask(10, 16, 16, 16); 2])),

@@ -43,10 +43,13 @@ pub enum Benchmark {
     SerialRaw,
     /// Needs `ASTRID_AUDIT_FILE`.
     SinkFile,
+    /// What the host-side accounting costs: a quota charge and release against the ipc
+    /// publish and take it guards.
+    Quota,
 }
 
 impl Benchmark {
-    pub const ALL: [Benchmark; 7] = [
+    pub const ALL: [Benchmark; 8] = [
         Benchmark::Futex,
         Benchmark::FutexTimed,
         Benchmark::Wait,
@@ -54,6 +57,7 @@ impl Benchmark {
         Benchmark::SinkSerial,
         Benchmark::SerialRaw,
         Benchmark::SinkFile,
+        Benchmark::Quota,
     ];
 
     pub fn name(self) -> &'static str {
@@ -65,6 +69,7 @@ impl Benchmark {
             Benchmark::SinkSerial => "sink-serial",
             Benchmark::SerialRaw => "serial-raw",
             Benchmark::SinkFile => "sink-file",
+            Benchmark::Quota => "quota",
         }
     }
 }
@@ -759,7 +764,7 @@ settings! {
             default "256", accepts "a number of MiB";
         /// Runs a native baseline instead of capsules (the engine benchmarks use it).
         Image BENCH = "ASTRID_BENCH", bench: Option<Benchmark> = None,
-            default "unset", accepts "futex, futex-timed, wait, memcpy, sink-serial, serial-raw, sink-file";
+            default "unset", accepts "futex, futex-timed, wait, memcpy, sink-serial, serial-raw, sink-file, quota";
         /// What test capsules read with `test-argument` (`--test-arg`; the testing image only).
         Image TEST_ARG = "ASTRID_TEST_ARG", test_arg: String = String::new(),
             default "", accepts "any text";

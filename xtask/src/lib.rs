@@ -6,6 +6,7 @@ pub mod audit_cmd;
 pub mod bench;
 pub mod bench_engine;
 pub mod bench_net;
+pub mod bench_quota;
 pub mod capsule;
 pub mod compile;
 pub mod fuzz;

@@ -84,7 +84,7 @@ enum Cmd {
         /// Runs per figure (the boot benchmark uses at least 10).
         #[arg(long, default_value_t = 10)]
         runs: usize,
-        /// Only this group: `boot`, `engine` or `net`.
+        /// Only this group: `boot`, `engine`, `net` or `quota`.
         #[arg(long)]
         only: Option<String>,
     },
@@ -343,6 +343,14 @@ fn dispatch(cmd: Cmd) -> Result<u8> {
             }
             let engine_group = only.as_deref().is_none_or(|o| o == "engine");
             let net_group = only.as_deref().is_none_or(|o| o == "net");
+            if only.as_deref().is_none_or(|o| o == "quota") {
+                let runs = runs.clamp(1, 5);
+                let (_, probe_native, _) = precompiled(&paths, "io-probe")?;
+                let hosted_bin = artifacts::ensure_hosted(&paths, true)?;
+                let scratch = paths.out.join("bench-scratch/quota");
+                let (hosted, image, rtt) = xtask::bench_quota::run(&art, &hosted_bin, &art.astrid_img, &probe_native, &scratch, runs)?;
+                xtask::bench_quota::print(&hosted, &image, rtt, runs);
+            }
             // What both groups use, built and precompiled once.
             let (probe, hosted_bin, testing_img) = if engine_group || net_group {
                 (Some(precompiled(&paths, "io-probe")?), artifacts::ensure_hosted(&paths, true)?, artifacts::ensure_testing(&paths)?)
