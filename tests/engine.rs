@@ -747,3 +747,34 @@ fn a_stalled_virtio_audit_sink_ends_the_run_fail_closed_in_the_image() {
         other => panic!("expected a log ended by the sink's failure, got {other:?}\n{}", run.console),
     }
 }
+
+/// Capsules whose host-side budgets do not fit the guest's heap even at their floors
+/// (two in 128 MiB) are refused before anything runs: status 64, a message naming each
+/// capsule's least need and the fix, and the refusal in the audit log.
+#[test]
+fn capsules_that_cannot_fit_the_heap_are_refused_naming_the_fix() {
+    let f = fixtures();
+    let dir = common::scratch().join("heap-refused");
+    std::fs::create_dir_all(&dir).unwrap();
+    let capsules: Vec<PathBuf> = ["one", "two"]
+        .iter()
+        .map(|name| {
+            let to = dir.join(format!("{name}.cwasm"));
+            std::fs::copy(&f.probe_cwasm, &to).unwrap();
+            to
+        })
+        .collect();
+    let art = common::artifacts();
+    let mut boot = Boot::new(art.loader.clone(), f.image.clone());
+    boot.capsules = capsules;
+    boot.kernel_args = vec!["env=ASTRID_TEST_ARG=block-timer".into(), common::artifact_key_arg()];
+    boot.memory_mib = 128;
+    boot.timeout = Duration::from_secs(90);
+    let out = qemu::run(&boot).expect("starting QEMU");
+    assert_eq!(out.exit, GuestExit::App(64), "console:\n{}", out.console);
+    let run = Run { status: 64, console: out.console };
+    run.assert_says("the capsules do not fit the image's heap").assert_says("one.cwasm").assert_says("two.cwasm").assert_says("--memory");
+    assert!(!run.console.contains("] ok block-timer"), "a capsule ran:\n{}", run.console);
+    run.assert_says("\"fn\":\"astrid:capsule/load\"");
+    run.assert_audit_verifies();
+}
