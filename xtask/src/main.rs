@@ -876,6 +876,14 @@ mod tests {
         let paths = Paths::discover();
         let early = capsule::build(&paths, &paths.root.join("capsules/hello")).unwrap_err();
         assert!(early.to_string().contains("toolchain::ensure_all"), "{early}");
+        // Whatever the step: every cargo command goes through `process`, which refuses
+        // to start one before the ensure step.
+        for toolchain in [toolchain::APP, toolchain::KERNEL, toolchain::STABLE] {
+            let early = process::run(process::cargo(toolchain).arg("build")).unwrap_err();
+            assert!(early.to_string().contains("toolchain::ensure_all"), "{early}");
+            let early = process::output(process::cargo(toolchain).arg("metadata")).unwrap_err();
+            assert!(early.to_string().contains("toolchain::ensure_all"), "{early}");
+        }
     }
 
     /// The status and message of a run refused before anything boots.
