@@ -277,8 +277,9 @@ impl CapsuleEngine {
     #[cfg(not(feature = "jit"))]
     fn compile(&self, _: &[u8]) -> wasmtime::Result<(Loaded, &'static str)> {
         wasmtime::bail!(
-            "a .wasm, and this image has no compiler (built without the `jit` feature): it runs only artifacts \
-             precompiled and sealed on the host — run it with `scripts/run` without --jit"
+            "a .wasm, and astrid.img has no compiler (built without the `jit` feature): it runs only artifacts \
+             precompiled and sealed on the host — run it with `scripts/run` (which precompiles it), or with \
+             `scripts/run --jit` (which boots astrid-jit.img, the image with Cranelift)"
         )
     }
 
