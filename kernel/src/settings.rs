@@ -43,10 +43,15 @@ pub enum Benchmark {
     SerialRaw,
     /// Needs `ASTRID_AUDIT_FILE`.
     SinkFile,
+    /// A TCP echo server on the kernel's own sockets (no capsule, no pipes, no pumps):
+    /// the floor a capsule's TCP echo is measured against. Listens on the first
+    /// `ASTRID_PUBLISH` port (else 7700) and serves two connections (a warm-up and the
+    /// measured one).
+    TcpEcho,
 }
 
 impl Benchmark {
-    pub const ALL: [Benchmark; 7] = [
+    pub const ALL: [Benchmark; 8] = [
         Benchmark::Futex,
         Benchmark::FutexTimed,
         Benchmark::Wait,
@@ -54,6 +59,7 @@ impl Benchmark {
         Benchmark::SinkSerial,
         Benchmark::SerialRaw,
         Benchmark::SinkFile,
+        Benchmark::TcpEcho,
     ];
 
     pub fn name(self) -> &'static str {
@@ -65,6 +71,7 @@ impl Benchmark {
             Benchmark::SinkSerial => "sink-serial",
             Benchmark::SerialRaw => "serial-raw",
             Benchmark::SinkFile => "sink-file",
+            Benchmark::TcpEcho => "tcp-echo",
         }
     }
 }
@@ -759,7 +766,7 @@ settings! {
             default "256", accepts "a number of MiB";
         /// Runs a native baseline instead of capsules (the engine benchmarks use it).
         Image BENCH = "ASTRID_BENCH", bench: Option<Benchmark> = None,
-            default "unset", accepts "futex, futex-timed, wait, memcpy, sink-serial, serial-raw, sink-file";
+            default "unset", accepts "futex, futex-timed, wait, memcpy, sink-serial, serial-raw, sink-file, tcp-echo";
         /// What test capsules read with `test-argument` (`--test-arg`; the testing image only).
         Image TEST_ARG = "ASTRID_TEST_ARG", test_arg: String = String::new(),
             default "", accepts "any text";
@@ -993,7 +1000,7 @@ mod tests {
         (RUN_NONCE, &["0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"], &["", ZERO_SEED, "01", "+123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"]),
         (AUDIT_KEY, &["0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"], &["", ZERO_SEED, "01"]),
         (ARTIFACT_KEY, &["0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"], &["", ZERO_SEED, "01", "zz"]),
-        (BENCH, &["futex", "futex-timed", "wait", "memcpy", "sink-serial", "serial-raw", "sink-file"], &["fast", ""]),
+        (BENCH, &["futex", "futex-timed", "wait", "memcpy", "sink-serial", "serial-raw", "sink-file", "tcp-echo"], &["fast", ""]),
         (TEST_ARG, &["", "bench-read-4k"], &[]),
         (DEBUG_EXIT, &["0xf4", "f4"], &["", "port", "0x10000", "0x+f4"]),
         (ON_EXIT, &["poweroff", "halt", "reboot"], &["", "off", "Halt"]),

@@ -338,9 +338,11 @@ fn dispatch(cmd: Cmd) -> Result<u8> {
         }
         Cmd::Bench { runs, only } => {
             let art = artifacts::ensure(&paths)?;
+            let mut goals = Vec::new();
             if only.as_deref().is_none_or(|o| o == "boot") {
                 let figures = bench::boot(&art, runs.max(10))?;
                 bench::print_boot(&figures);
+                goals.push(bench::boot_goal(&figures));
             }
             let engine_group = only.as_deref().is_none_or(|o| o == "engine");
             let net_group = only.as_deref().is_none_or(|o| o == "net");
@@ -380,14 +382,16 @@ fn dispatch(cmd: Cmd) -> Result<u8> {
                     scratch: paths.out.join("bench-scratch"),
                     runs: runs.clamp(1, 5),
                 };
-                let rows = net.run_all()?;
+                let (rows, net_goals) = net.run_all()?;
                 println!("capsule-world benchmarks (medians; image = astrid.img under QEMU TCG, one CPU)");
                 println!("| figure | hosted (Linux process) | astrid.img (QEMU TCG) |");
                 println!("|---|---|---|");
                 for r in &rows {
                     println!("| {} | {} | {} |", r.what, r.hosted, r.image);
                 }
+                goals.extend(net_goals);
             }
+            bench::print_goals(&goals);
             Ok(0)
         }
     }
