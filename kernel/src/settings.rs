@@ -798,6 +798,10 @@ settings! {
         CACHE_DIR = "ASTRID_CACHE_DIR", default "unset", accepts "a directory";
         /// Read by the kernel crate's build script: the astrid-sys WIT for vendored builds.
         SYS_WIT_DIR = "ASTRID_SYS_WIT_DIR", default "unset", accepts "a directory";
+        /// Read by `scripts/bench` (boot): print every astrid.img run's console, each line with when it arrived.
+        BENCH_CONSOLE = "ASTRID_BENCH_CONSOLE", default "unset", accepts "1";
+        /// Read by `scripts/bench` (boot): also boot this other astrid.img with the example, interleaved, for an A/B of two builds.
+        BENCH_BOOT_AB = "ASTRID_BENCH_BOOT_AB", default "unset", accepts "an image file";
     }
 }
 
@@ -1013,6 +1017,8 @@ mod tests {
         (CACHE_DIR, &["/tmp/cache"], &[]),
         (STATE_DIR, &["/var/lib/astrid"], &[]),
         (SYS_WIT_DIR, &["/vendor/wit"], &[]),
+        (BENCH_CONSOLE, &["1"], &[]),
+        (BENCH_BOOT_AB, &["/tmp/old-astrid.img"], &[]),
     ];
 
     const ZERO_SEED: &str = "0000000000000000000000000000000000000000000000000000000000000000";

@@ -17,6 +17,8 @@ pub struct BootFigures {
     pub milestones: Vec<Vec<Option<Duration>>>,
     /// Per hello run: when the loader's line and the application's line arrived.
     pub hello_lines: Vec<[Option<Duration>; 2]>,
+    /// With `ASTRID_BENCH_BOOT_AB`: that image and its runs (same example, interleaved).
+    pub other: Option<(std::path::PathBuf, Vec<Duration>)>,
 }
 
 /// The console lines that mark where astrid.img's boot spends its time, in order: a
@@ -108,19 +110,28 @@ pub fn boot(art: &Artifacts, runs: usize) -> Result<BootFigures> {
     let mut astrid = Boot::new(art.loader.clone(), art.astrid_img.clone());
     astrid.capsules = vec![example];
     astrid.kernel_args = vec![qemu::env_arg(astrid_kernel::settings::ARTIFACT_KEY, key)];
-    let mut figures = BootFigures { hello: Vec::new(), astrid: Vec::new(), milestones: Vec::new(), hello_lines: Vec::new() };
+    // An A/B of two builds: the other image boots the same example, in the same rounds.
+    let other = std::env::var_os(astrid_kernel::settings::BENCH_BOOT_AB).map(std::path::PathBuf::from);
+    let other_boot = other.as_ref().map(|img| Boot { app: img.clone(), ..astrid.clone() });
+    let mut figures =
+        BootFigures { hello: Vec::new(), astrid: Vec::new(), milestones: Vec::new(), hello_lines: Vec::new(), other: other.map(|p| (p, Vec::new())) };
     for i in 0..runs {
         // Interleave so drift on the shared machine hits both sides alike.
-        for (is_hello, boot) in [(true, &hello), (false, &astrid)] {
+        for (side, boot) in [(0, Some(&hello)), (1, Some(&astrid)), (2, other_boot.as_ref())] {
+            let Some(boot) = boot else { continue };
             let out = qemu::run(boot)?;
-            ensure!(out.app_status() == Some(0), "benchmark boot {} failed: {}\n{}", i + 1, out.describe(), out.console);
-            if is_hello {
+            ensure!(out.app_status() == Some(0), "benchmark boot {} of {} failed: {}\n{}", i + 1, boot.app.display(), out.describe(), out.console);
+            if side == 2 {
+                if let Some((_, samples)) = figures.other.as_mut() {
+                    samples.push(out.elapsed);
+                }
+            } else if side == 0 {
                 figures.hello.push(out.elapsed);
                 figures.hello_lines.push([arrival(&out.lines, LOADER_LINE), arrival(&out.lines, "hello from Hermit")]);
             } else {
                 figures.astrid.push(out.elapsed);
                 figures.milestones.push(milestones(&out.lines));
-                if std::env::var_os("ASTRID_BENCH_CONSOLE").is_some() {
+                if std::env::var_os(astrid_kernel::settings::BENCH_CONSOLE).is_some() {
                     for (t, l) in &out.lines {
                         eprintln!("{:8.1} ms  {l}", t.as_secs_f64() * 1e3);
                     }
@@ -143,6 +154,11 @@ pub fn print_boot(f: &BootFigures) {
     println!("| (a) bare Hermit hello | {:.3} s | {:.3} s | {:.3} s |", h.as_secs_f64(), min(&f.hello).as_secs_f64(), max(&f.hello).as_secs_f64());
     println!("| (b) astrid.img + example capsule | {:.3} s | {:.3} s | {:.3} s |", a.as_secs_f64(), min(&f.astrid).as_secs_f64(), max(&f.astrid).as_secs_f64());
     println!("ratio b/a = {:.2}", a.as_secs_f64() / h.as_secs_f64());
+    if let Some((img, o)) = &f.other {
+        let m = median(o);
+        println!("| (c) {} + example capsule | {:.3} s | {:.3} s | {:.3} s |", img.display(), m.as_secs_f64(), min(o).as_secs_f64(), max(o).as_secs_f64());
+        println!("ratio b/c = {:.2}, c/a = {:.2}", a.as_secs_f64() / m.as_secs_f64(), m.as_secs_f64() / h.as_secs_f64());
+    }
     print_breakdown(f);
 }
 
