@@ -31,6 +31,9 @@ fn stage_frozen_wit() {
             continue;
         }
         let to = staged.join(&name);
+        // The staged copy is ignored by git: a fresh checkout (or a worktree sharing a
+        // warm target) lacks it, and a missing path makes cargo run this script again.
+        println!("cargo:rerun-if-changed={}", to.display());
         fs::create_dir_all(&to).unwrap();
         for file in fs::read_dir(entry.path()).unwrap() {
             let file = file.unwrap().path();

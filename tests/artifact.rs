@@ -218,6 +218,7 @@ fn the_run_command_precompiles_by_default_with_a_key_it_makes_once() {
     let (code, text) = run_command(&state, &["--jit", "--cpus", "1", capsule]);
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("capsule sdk-hello.wasm: wasm component") && text.contains("compiled component in"), "{text}");
+    assert!(text.contains("booting astrid-jit.img, the image with Cranelift"), "--jit did not say it boots the JIT image:\n{text}");
 
     // An artifact of this deployment, run by a deployment with another key: refused.
     let cwasm = unique_dir().join("sdk-hello.cwasm");

@@ -8,15 +8,21 @@ use std::process::Command;
 use std::time::Duration;
 
 use astrid_kernel::exit::GuestExit;
-use common::{artifacts, scratch_file};
+use common::{artifacts, jit_img, scratch_file};
 use xtask::qemu::{self, Boot, Firmware, Outcome};
 
+/// astrid.img, the production image (no compiler: precompiled capsules only).
 fn boot_astrid(capsules: Vec<PathBuf>) -> Boot {
     let art = artifacts();
     let mut boot = Boot::new(art.loader.clone(), art.astrid_img.clone());
     boot.capsules = capsules;
     boot.timeout = Duration::from_secs(60);
     boot
+}
+
+/// astrid-jit.img, which compiles a plain `.wasm` in the guest.
+fn boot_jit(capsules: Vec<PathBuf>) -> Boot {
+    Boot { app: jit_img().clone(), ..boot_astrid(capsules) }
 }
 
 fn run(boot: &Boot) -> Outcome {
@@ -34,8 +40,9 @@ fn assert_app(out: &Outcome, status: u8, needle: &str) {
 #[test]
 fn example_capsule_boots_and_is_recognised_as_a_component() {
     let art = artifacts();
-    let out = run(&boot_astrid(vec![art.example_capsule.clone()]));
+    let out = run(&boot_jit(vec![art.example_capsule.clone()]));
     assert_app(&out, 0, "astrid: capsule hello.wasm: wasm component (binary version 0xd)");
+    assert!(out.console.contains("capsule hello.wasm: compiled component in"), "{}", out.console);
     assert!(out.console.contains("astrid-boot: "), "loader said nothing:\n{}", out.console);
     assert!(out.console.contains("astrid: 1 capsule(s) ready"), "{}", out.console);
 }
@@ -43,7 +50,7 @@ fn example_capsule_boots_and_is_recognised_as_a_component() {
 #[test]
 fn a_core_module_is_recognised_too_and_seabios_boots_the_same_image() {
     let module = scratch_file("core.wasm", &[0, 0x61, 0x73, 0x6d, 1, 0, 0, 0]);
-    let mut boot = boot_astrid(vec![module]);
+    let mut boot = boot_jit(vec![module]);
     boot.firmware = Firmware::SeaBios;
     assert_app(&run(&boot), 0, "capsule core.wasm: wasm core module");
 }
@@ -52,11 +59,23 @@ fn a_core_module_is_recognised_too_and_seabios_boots_the_same_image() {
 fn several_capsules_arrive_in_order() {
     let art = artifacts();
     let second = scratch_file("second.wasm", &[0, 0x61, 0x73, 0x6d, 1, 0, 0, 0]);
-    let out = run(&boot_astrid(vec![art.example_capsule.clone(), second]));
+    let out = run(&boot_jit(vec![art.example_capsule.clone(), second]));
     assert_app(&out, 0, "astrid: 2 capsule(s) ready");
     let first = out.console.find("capsule hello.wasm").expect("first capsule missing");
     let second = out.console.find("capsule second.wasm").expect("second capsule missing");
     assert!(first < second, "{}", out.console);
+}
+
+#[test]
+fn the_production_image_has_no_compiler_and_says_how_to_run_a_plain_wasm() {
+    let art = artifacts();
+    let out = run(&boot_astrid(vec![art.example_capsule.clone()]));
+    assert_app(&out, 65, "capsule hello.wasm: cannot be loaded: a .wasm, and astrid.img has no compiler");
+    assert!(out.console.contains("scripts/run --jit"), "{}", out.console);
+    assert_refusal_audited(&out);
+    // A third of the JIT image: no Cranelift in it.
+    let (small, big) = (std::fs::metadata(&art.astrid_img).unwrap().len(), std::fs::metadata(jit_img()).unwrap().len());
+    assert!(small * 2 < big, "astrid.img ({small} bytes) is not much smaller than astrid-jit.img ({big} bytes): is Cranelift back in it?");
 }
 
 #[test]

@@ -34,7 +34,8 @@ fn setup() -> Option<Setup> {
     let art = common::artifacts();
     let image = match kvm {
         Kvm::PvmEmulator => artifacts::ensure_softfloat(&paths).expect("building the soft-float image"),
-        _ => art.astrid_img.clone(),
+        // The example goes as a plain .wasm: the image with Cranelift compiles it.
+        _ => common::jit_img().clone(),
     };
     let env = if kvm == Kvm::PvmEmulator {
         vec![("ASTRID_CHECK_ONLY".to_string(), "1".to_string())]

@@ -51,6 +51,7 @@ pub fn run(bench: Benchmark, audit_file: Option<&std::path::Path>) -> Result<Str
         Benchmark::Quota => Ok(quota_cost(QUOTA_BATCHES)),
         #[cfg(not(feature = "engine"))]
         Benchmark::Quota => Err("quota needs the engine's providers (not in this image)".into()),
+        Benchmark::TcpEcho => tcp_echo(crate::settings::current().publish.0.first().copied().unwrap_or(TCP_ECHO_PORT), TCP_ECHO_CONNECTIONS),
     }
 }
 
@@ -96,6 +97,42 @@ fn quota_cost(batches: usize) -> String {
     let (charge, trip) = (median(charges), median(trips));
     let ratio = trip / (trip - charge).max(f64::MIN_POSITIVE);
     format!("bench quota: charge_ns={charge:.1} trip_ns={trip:.1} ratio={ratio:.3} left={}", account.used())
+
+/// Where `tcp-echo` listens without a published port.
+const TCP_ECHO_PORT: u16 = 7700;
+/// Connections `tcp-echo` serves: the client's warm-up and the measured one.
+const TCP_ECHO_CONNECTIONS: u32 = 2;
+/// Bytes per kernel read and write of `tcp-echo` (the capsule's pumps move as much).
+const TCP_ECHO_CHUNK: usize = 64 << 10;
+
+/// The TCP floor: an echo server on the kernel's sockets, one blocking read and write
+/// per chunk through one reused buffer, serving `connections` connections one after
+/// the other, each until its peer half-closes. The client times it; the line says
+/// what was echoed.
+fn tcp_echo(port: u16, connections: u32) -> Result<String, String> {
+    use std::io::{Read, Write};
+    // The image's NIC (QEMU forwards the published port to it); the host's loopback
+    // in hosted mode, as published ports there are.
+    let ip = if cfg!(target_os = "hermit") { std::net::Ipv4Addr::UNSPECIFIED } else { std::net::Ipv4Addr::LOCALHOST };
+    let listener = std::net::TcpListener::bind((ip, port)).map_err(|e| format!("cannot listen on port {port}: {e}"))?;
+    let mut buf = vec![0u8; TCP_ECHO_CHUNK];
+    let mut total = 0u64;
+    for _ in 0..connections {
+        let (mut stream, _) = listener.accept().map_err(|e| format!("accept on port {port}: {e}"))?;
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    stream.write_all(&buf[..n]).map_err(|e| format!("echo write: {e}"))?;
+                    total += n as u64;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("echo read: {e}")),
+            }
+        }
+        let _ = stream.flush();
+    }
+    Ok(format!("bench tcp-echo: connections={connections} bytes={total}"))
 }
 
 /// Round trips of two threads waking each other through a futex word.

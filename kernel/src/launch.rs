@@ -23,6 +23,11 @@ const SHARE_HEADROOM: usize = 2 << 20;
 /// How long the image waits at exit for connections still sending what capsules wrote.
 #[cfg(feature = "engine")]
 const EXIT_LINGER: std::time::Duration = crate::net::DEFAULT_LINGER;
+/// Stack of the threads that only wait (on a capsule's run, which has its own runner
+/// thread, or on the audit sink's failure): under TCG a thread's creation costs in
+/// proportion to its stack (the kernel maps and clears it page by page).
+#[cfg(feature = "engine")]
+const WAITER_STACK: usize = 256 << 10;
 
 /// Runs the image's application with the settings the caller parsed (from the
 /// environment, or injected by tests) and returns its exit status; messages go to stdout
@@ -483,25 +488,37 @@ fn run_all(engine: &crate::engine::CapsuleEngine, ready: &[Ready], audit: Option
         if let Some(audit) = audit {
             // Fail-closed: when the audit log's sink fails, no capsule goes on unrecorded.
             let (failure, cancels, all_ended) = (audit.failure(), &cancels, &all_ended);
-            scope.spawn(move || {
+            let watcher = std::thread::Builder::new().stack_size(WAITER_STACK).spawn_scoped(scope, move || {
                 if crate::wait::wait_any(&[&failure as &dyn crate::wait::Readiness, all_ended], &CancelToken::new(), None).is_ok() && failure.is_cancelled() {
                     say!("astrid: the audit log's sink failed: every capsule is cancelled");
                     cancels.iter().for_each(CancelToken::cancel);
                 }
             });
+            if let Err(e) = watcher {
+                // Not run without the watch that stops capsules when the log fails.
+                say!("astrid: cannot watch the audit log's sink ({e}): no capsule runs");
+                return ready.iter().map(|_| Status::Software).collect();
+            }
         }
         let runs: Vec<_> = ready
             .iter()
             .zip(&cancels)
             .map(|(r, cancel)| {
-                scope.spawn(move || {
+                std::thread::Builder::new().stack_size(WAITER_STACK).spawn_scoped(scope, move || {
                     let started = std::time::Instant::now();
                     let outcome = engine.run(&r.id, &r.report.loaded, &r.options, cancel, audit);
                     report_outcome(&r.capsule.name, &outcome, started.elapsed(), cancel.is_cancelled())
                 })
             })
             .collect();
-        let statuses = runs.into_iter().map(|h| h.join().unwrap_or(Status::Software)).collect();
+        let statuses = runs
+            .into_iter()
+            .zip(ready)
+            .map(|(h, r)| match h {
+                Ok(h) => h.join().unwrap_or(Status::Software),
+                Err(e) => fail(Status::Software, &format!("capsule {}: cannot start its thread: {e}", r.capsule.name)),
+            })
+            .collect();
         all_ended.cancel();
         statuses
     });

@@ -46,10 +46,15 @@ pub enum Benchmark {
     /// What the host-side accounting costs: a quota charge and release against the ipc
     /// publish and take it guards.
     Quota,
+    /// A TCP echo server on the kernel's own sockets (no capsule, no pipes, no pumps):
+    /// the floor a capsule's TCP echo is measured against. Listens on the first
+    /// `ASTRID_PUBLISH` port (else 7700) and serves two connections (a warm-up and the
+    /// measured one).
+    TcpEcho,
 }
 
 impl Benchmark {
-    pub const ALL: [Benchmark; 8] = [
+    pub const ALL: [Benchmark; 9] = [
         Benchmark::Futex,
         Benchmark::FutexTimed,
         Benchmark::Wait,
@@ -58,6 +63,7 @@ impl Benchmark {
         Benchmark::SerialRaw,
         Benchmark::SinkFile,
         Benchmark::Quota,
+        Benchmark::TcpEcho,
     ];
 
     pub fn name(self) -> &'static str {
@@ -70,6 +76,7 @@ impl Benchmark {
             Benchmark::SerialRaw => "serial-raw",
             Benchmark::SinkFile => "sink-file",
             Benchmark::Quota => "quota",
+            Benchmark::TcpEcho => "tcp-echo",
         }
     }
 }
@@ -764,7 +771,7 @@ settings! {
             default "256", accepts "a number of MiB";
         /// Runs a native baseline instead of capsules (the engine benchmarks use it).
         Image BENCH = "ASTRID_BENCH", bench: Option<Benchmark> = None,
-            default "unset", accepts "futex, futex-timed, wait, memcpy, sink-serial, serial-raw, sink-file, quota";
+            default "unset", accepts "futex, futex-timed, wait, memcpy, sink-serial, serial-raw, sink-file, quota, tcp-echo";
         /// What test capsules read with `test-argument` (`--test-arg`; the testing image only).
         Image TEST_ARG = "ASTRID_TEST_ARG", test_arg: String = String::new(),
             default "", accepts "any text";
@@ -796,6 +803,10 @@ settings! {
         CACHE_DIR = "ASTRID_CACHE_DIR", default "unset", accepts "a directory";
         /// Read by the kernel crate's build script: the astrid-sys WIT for vendored builds.
         SYS_WIT_DIR = "ASTRID_SYS_WIT_DIR", default "unset", accepts "a directory";
+        /// Read by `scripts/bench` (boot): print every astrid.img run's console, each line with when it arrived.
+        BENCH_CONSOLE = "ASTRID_BENCH_CONSOLE", default "unset", accepts "1";
+        /// Read by `scripts/bench` (boot): also boot this other astrid.img with the example, interleaved, for an A/B of two builds.
+        BENCH_BOOT_AB = "ASTRID_BENCH_BOOT_AB", default "unset", accepts "an image file";
     }
 }
 
@@ -998,7 +1009,7 @@ mod tests {
         (RUN_NONCE, &["0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"], &["", ZERO_SEED, "01", "+123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"]),
         (AUDIT_KEY, &["0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"], &["", ZERO_SEED, "01"]),
         (ARTIFACT_KEY, &["0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"], &["", ZERO_SEED, "01", "zz"]),
-        (BENCH, &["futex", "futex-timed", "wait", "memcpy", "sink-serial", "serial-raw", "sink-file"], &["fast", ""]),
+        (BENCH, &["futex", "futex-timed", "wait", "memcpy", "sink-serial", "serial-raw", "sink-file", "tcp-echo"], &["fast", ""]),
         (TEST_ARG, &["", "bench-read-4k"], &[]),
         (DEBUG_EXIT, &["0xf4", "f4"], &["", "port", "0x10000", "0x+f4"]),
         (ON_EXIT, &["poweroff", "halt", "reboot"], &["", "off", "Halt"]),
@@ -1011,6 +1022,8 @@ mod tests {
         (CACHE_DIR, &["/tmp/cache"], &[]),
         (STATE_DIR, &["/var/lib/astrid"], &[]),
         (SYS_WIT_DIR, &["/vendor/wit"], &[]),
+        (BENCH_CONSOLE, &["1"], &[]),
+        (BENCH_BOOT_AB, &["/tmp/old-astrid.img"], &[]),
     ];
 
     const ZERO_SEED: &str = "0000000000000000000000000000000000000000000000000000000000000000";

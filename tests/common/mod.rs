@@ -20,6 +20,12 @@ pub fn artifacts() -> &'static Artifacts {
     ART.get_or_init(|| artifacts::ensure(&Paths::discover()).expect("building the images failed"))
 }
 
+/// astrid-jit.img (the image with Cranelift), for tests that boot a plain `.wasm`.
+pub fn jit_img() -> &'static PathBuf {
+    static IMG: OnceLock<PathBuf> = OnceLock::new();
+    IMG.get_or_init(|| artifacts::ensure_jit(&Paths::discover()).expect("building astrid-jit.img failed"))
+}
+
 /// A scratch directory unique to this test process.
 pub fn scratch() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("astrid-it-{}", std::process::id()));

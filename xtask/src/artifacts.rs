@@ -36,6 +36,16 @@ pub fn ensure(paths: &Paths) -> Result<Artifacts> {
     })
 }
 
+/// Builds astrid-jit.img: astrid.img with Cranelift, which compiles plain `.wasm` in
+/// the guest (`--jit`, and tests that boot a `.wasm` or a WAT module).
+pub fn ensure_jit(paths: &Paths) -> Result<PathBuf> {
+    setup::ensure_base()?;
+    let lib = kernel::build(paths, Variant::Standard)?;
+    let img = paths.astrid_jit_img();
+    hermit_app::build(paths, App::AstridJit, Flavor::Standard, &lib, &img)?;
+    Ok(img)
+}
+
 /// Builds astrid.img with the testing sources linked in (test and bench images).
 pub fn ensure_testing(paths: &Paths) -> Result<PathBuf> {
     setup::ensure_base()?;

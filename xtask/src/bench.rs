@@ -12,6 +12,84 @@ use crate::qemu::{self, Boot, Firmware};
 pub struct BootFigures {
     pub hello: Vec<Duration>,
     pub astrid: Vec<Duration>,
+    /// Per astrid run: when each milestone's console line arrived (host clock, from
+    /// QEMU's start), `None` where the line never came.
+    pub milestones: Vec<Vec<Option<Duration>>>,
+    /// Per hello run: when the loader's line and the application's line arrived.
+    pub hello_lines: Vec<[Option<Duration>; 2]>,
+    /// With `ASTRID_BENCH_BOOT_AB`: that image and its runs (same example, interleaved).
+    pub other: Option<(std::path::PathBuf, Vec<Duration>)>,
+}
+
+/// The console lines that mark where astrid.img's boot spends its time, in order: a
+/// label and what the line contains.
+pub const MILESTONES: &[(&str, &str)] = &[
+    ("loader's line (QEMU start, image read, loader copies the ELF)", LOADER_LINE),
+    ("application's first line (kernel init)", "astrid: astrid.img"),
+    ("capsule checked (module read, manifest)", "capsule(s) ready"),
+    ("capsule loaded (engine created, deserialize + seal check)", "precompiled component in"),
+    ("capsule's first log line (store, linker, instantiate, audit start)", "hello: running in"),
+    ("capsule's ipc round trip done", "hello: ipc"),
+    ("capsule's sleep done (50 ms)", "hello: slept"),
+    ("capsule completed", "completed in"),
+    ("audit log closed", "audit log closed"),
+];
+
+/// What the loader's one line starts with (boot/src/main.rs).
+const LOADER_LINE: &str = "astrid-boot: app";
+
+/// When the first line containing `needle` arrived.
+fn arrival(lines: &[(Duration, String)], needle: &str) -> Option<Duration> {
+    lines.iter().find(|(_, l)| l.contains(needle)).map(|(t, _)| *t)
+}
+
+/// When each milestone's line first arrived.
+fn milestones(lines: &[(Duration, String)]) -> Vec<Option<Duration>> {
+    MILESTONES.iter().map(|(_, needle)| arrival(lines, needle)).collect()
+}
+
+/// The boot goal: astrid.img to the example's exit within this factor of bare Hermit.
+pub const BOOT_GOAL: f64 = 1.10;
+
+/// A figure an issue set a goal for, as this run measured it.
+#[derive(Clone, Debug)]
+pub struct Goal {
+    pub figure: String,
+    /// `hosted` or `image`.
+    pub side: &'static str,
+    pub value: f64,
+    /// `≤ 1.10×` or `≥ 0.8×`.
+    pub goal: String,
+    pub met: bool,
+}
+
+impl Goal {
+    pub fn at_most(figure: &str, side: &'static str, value: f64, limit: f64) -> Goal {
+        Goal { figure: figure.into(), side, value, goal: format!("≤ {limit:.2}×"), met: value <= limit }
+    }
+    pub fn at_least(figure: &str, side: &'static str, value: f64, floor: f64) -> Goal {
+        Goal { figure: figure.into(), side, value, goal: format!("≥ {floor:.2}×"), met: value >= floor }
+    }
+}
+
+/// The goals table that ends a benchmark run.
+pub fn print_goals(goals: &[Goal]) {
+    if goals.is_empty() {
+        return;
+    }
+    println!("goals");
+    println!("| figure | side | this run | goal | met |");
+    println!("|---|---|---|---|---|");
+    for g in goals {
+        println!("| {} | {} | {:.2}× | {} | {} |", g.figure, g.side, g.value, g.goal, if g.met { "yes" } else { "no" });
+    }
+    println!("{} of {} goals met", goals.iter().filter(|g| g.met).count(), goals.len());
+}
+
+/// The boot figures' goal.
+pub fn boot_goal(f: &BootFigures) -> Goal {
+    let ratio = median(&f.astrid).as_secs_f64() / median(&f.hello).as_secs_f64();
+    Goal::at_most("boot → capsule exit vs bare Hermit hello", "image", ratio, BOOT_GOAL)
 }
 
 pub fn median(samples: &[Duration]) -> Duration {
@@ -32,13 +110,33 @@ pub fn boot(art: &Artifacts, runs: usize) -> Result<BootFigures> {
     let mut astrid = Boot::new(art.loader.clone(), art.astrid_img.clone());
     astrid.capsules = vec![example];
     astrid.kernel_args = vec![qemu::env_arg(astrid_kernel::settings::ARTIFACT_KEY, key)];
-    let mut figures = BootFigures { hello: Vec::new(), astrid: Vec::new() };
+    // An A/B of two builds: the other image boots the same example, in the same rounds.
+    let other = std::env::var_os(astrid_kernel::settings::BENCH_BOOT_AB).map(std::path::PathBuf::from);
+    let other_boot = other.as_ref().map(|img| Boot { app: img.clone(), ..astrid.clone() });
+    let mut figures =
+        BootFigures { hello: Vec::new(), astrid: Vec::new(), milestones: Vec::new(), hello_lines: Vec::new(), other: other.map(|p| (p, Vec::new())) };
     for i in 0..runs {
         // Interleave so drift on the shared machine hits both sides alike.
-        for (boot, samples) in [(&hello, &mut figures.hello), (&astrid, &mut figures.astrid)] {
+        for (side, boot) in [(0, Some(&hello)), (1, Some(&astrid)), (2, other_boot.as_ref())] {
+            let Some(boot) = boot else { continue };
             let out = qemu::run(boot)?;
-            ensure!(out.app_status() == Some(0), "benchmark boot {} failed: {}\n{}", i + 1, out.describe(), out.console);
-            samples.push(out.elapsed);
+            ensure!(out.app_status() == Some(0), "benchmark boot {} of {} failed: {}\n{}", i + 1, boot.app.display(), out.describe(), out.console);
+            if side == 2 {
+                if let Some((_, samples)) = figures.other.as_mut() {
+                    samples.push(out.elapsed);
+                }
+            } else if side == 0 {
+                figures.hello.push(out.elapsed);
+                figures.hello_lines.push([arrival(&out.lines, LOADER_LINE), arrival(&out.lines, "hello from Hermit")]);
+            } else {
+                figures.astrid.push(out.elapsed);
+                figures.milestones.push(milestones(&out.lines));
+                if std::env::var_os(astrid_kernel::settings::BENCH_CONSOLE).is_some() {
+                    for (t, l) in &out.lines {
+                        eprintln!("{:8.1} ms  {l}", t.as_secs_f64() * 1e3);
+                    }
+                }
+            }
         }
         eprint!("\r  boot benchmark: {}/{runs} runs", i + 1);
     }
@@ -56,6 +154,46 @@ pub fn print_boot(f: &BootFigures) {
     println!("| (a) bare Hermit hello | {:.3} s | {:.3} s | {:.3} s |", h.as_secs_f64(), min(&f.hello).as_secs_f64(), max(&f.hello).as_secs_f64());
     println!("| (b) astrid.img + example capsule | {:.3} s | {:.3} s | {:.3} s |", a.as_secs_f64(), min(&f.astrid).as_secs_f64(), max(&f.astrid).as_secs_f64());
     println!("ratio b/a = {:.2}", a.as_secs_f64() / h.as_secs_f64());
+    if let Some((img, o)) = &f.other {
+        let m = median(o);
+        println!("| (c) {} + example capsule | {:.3} s | {:.3} s | {:.3} s |", img.display(), m.as_secs_f64(), min(o).as_secs_f64(), max(o).as_secs_f64());
+        println!("ratio b/c = {:.2}, c/a = {:.2}", a.as_secs_f64() / m.as_secs_f64(), m.as_secs_f64() / h.as_secs_f64());
+    }
+    print_breakdown(f);
+}
+
+/// Where astrid.img's boot goes: the median arrival of each milestone's console line
+/// and the step from the one before, beside the hello image's line and exit.
+fn print_breakdown(f: &BootFigures) {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let median_of = |v: Vec<Option<Duration>>| {
+        let got: Vec<Duration> = v.into_iter().flatten().collect();
+        (!got.is_empty()).then(|| median(&got))
+    };
+    println!("where the boot goes (host clock from QEMU's start, medians of {} runs)", f.astrid.len());
+    println!("| step | at | step took |");
+    println!("|---|---|---|");
+    let mut before = Duration::ZERO;
+    for (i, label) in ["loader's line", "application's line (kernel init)"].iter().enumerate() {
+        if let Some(t) = median_of(f.hello_lines.iter().map(|h| h[i]).collect()) {
+            println!("| (a) {label} | {:.0} ms | {:.0} ms |", ms(t), ms(t.saturating_sub(before)));
+            before = t;
+        }
+    }
+    let exit = median(&f.hello);
+    println!("| (a) QEMU exits | {:.0} ms | {:.0} ms |", ms(exit), ms(exit.saturating_sub(before)));
+    let mut before = Duration::ZERO;
+    for (i, (label, _)) in MILESTONES.iter().enumerate() {
+        match median_of(f.milestones.iter().map(|m| m[i]).collect()) {
+            Some(t) => {
+                println!("| (b) {label} | {:.0} ms | {:.0} ms |", ms(t), ms(t.saturating_sub(before)));
+                before = t;
+            }
+            None => println!("| (b) {label} | not seen | |"),
+        }
+    }
+    let exit = median(&f.astrid);
+    println!("| (b) QEMU exits | {:.0} ms | {:.0} ms |", ms(exit), ms(exit.saturating_sub(before)));
 }
 
 #[cfg(test)]

@@ -4,7 +4,9 @@
 //! - TCP echo throughput of an SDK capsule (sdk-probe's echo server) driven by a client
 //!   on this machine through a published port, moving bytes with `splice` from the
 //!   socket's `read-stream` to its `write-stream` against `read-bytes`/`write-bytes`
-//!   round trips through the capsule (auditing off: this is the data path).
+//!   round trips through the capsule (auditing off: this is the data path), and
+//!   against its floor: the image's own echo on the kernel's sockets (`ASTRID_BENCH=
+//!   tcp-echo`, no capsule), driven the same way in the same run.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -16,11 +18,16 @@ use anyhow::{Context, Result, bail, ensure};
 use astrid_kernel::settings::{ARTIFACT_KEY, AUDIT, BENCH, CAPSULE_CONFIG, PUBLISH, TEST_ARG};
 
 use crate::artifacts::Artifacts;
+use crate::bench::Goal;
 use crate::bench_engine::{Row, figure, median_of as median};
 use crate::qemu::{self, Boot, NetMode};
 
 /// Bytes the client sends (and gets back) per echo connection.
 pub const ECHO_BYTES: usize = 4 << 20;
+/// The goal for a capsule's splice echo against the raw kernel-socket echo (#10.7).
+pub const TCP_FLOOR_GOAL: f64 = 0.8;
+/// The goal for an ipc round trip against the raw futex ping-pong, hosted.
+pub const IPC_GOAL_HOSTED: f64 = 3.0;
 
 pub struct NetBench<'a> {
     pub art: &'a Artifacts,
@@ -111,7 +118,7 @@ impl NetBench<'_> {
         ];
         std::thread::scope(|scope| -> Result<(f64, f64)> {
             let server = scope.spawn(|| self.run(at, std::slice::from_ref(&sdk), &env, Some((host_port, guest_port))));
-            let data: Vec<u8> = (0..ECHO_BYTES).map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3]).collect();
+            let data = echo_data();
             let until = Instant::now() + Duration::from_secs(240);
             // A small warm-up connection first: the first connection into a fresh guest
             // waits for DHCP and TCP's SYN retries (seconds), which is not throughput.
@@ -126,32 +133,70 @@ impl NetBench<'_> {
         })
     }
 
-    pub fn run_all(&self) -> Result<Vec<Row>> {
+    /// MB/s echoed by the raw kernel-socket echo (`ASTRID_BENCH=tcp-echo`), driven as
+    /// the capsule's is: a warm-up connection, then the measured one.
+    fn raw_echo_once(&self, at: Where) -> Result<f64> {
+        let host_port = free_port()?;
+        let guest_port = if at == Where::Hosted { host_port } else { 7700 };
+        let env = vec![(BENCH, "tcp-echo".to_string())];
+        std::thread::scope(|scope| -> Result<f64> {
+            let server = scope.spawn(|| self.run(at, &[], &env, Some((host_port, guest_port))));
+            let data = echo_data();
+            let until = Instant::now() + Duration::from_secs(240);
+            echo(host_port, b"warm-up", until)?;
+            let took = echo(host_port, &data, until);
+            let console = server.join().map_err(|_| anyhow::anyhow!("the raw echo thread panicked"))??;
+            ensure!(console.contains("bench tcp-echo: connections=2"), "the raw echo did not finish:\n{console}");
+            Ok(ECHO_BYTES as f64 / took?.as_secs_f64() / 1e6)
+        })
+    }
+
+    /// The rows, and the goals this run met or missed.
+    pub fn run_all(&self) -> Result<(Vec<Row>, Vec<Goal>)> {
         let mut ipc_cells = Vec::new();
         let mut tcp_cells = Vec::new();
+        let mut floor_cells = Vec::new();
+        let mut goals = Vec::new();
         for (at, name) in [(Where::Hosted, "hosted"), (Where::Image, "image")] {
             eprintln!("  capsule-world benchmarks: {name} …");
             let (ipc, futex) = self.ipc(at)?;
             ipc_cells.push(format!("{ipc:.1} µs vs {futex:.1} µs = {:.1}", ipc / futex));
+            if at == Where::Hosted {
+                goals.push(Goal::at_most("ipc round trip between two capsules vs raw futex ping-pong", name, ipc / futex, IPC_GOAL_HOSTED));
+            }
             let mut splice = Vec::new();
             let mut rw = Vec::new();
-            // Alternate which mode goes first, so neither pays for the first connection.
+            let mut raw = Vec::new();
+            // Alternate which mode goes first, so neither pays for the first connection;
+            // the raw echo's boot between them, so drift hits all three alike.
             for i in 0..self.runs.clamp(2, 4) {
                 let (s, r) = self.echo_once(at, i % 2 == 1)?;
                 splice.push(s);
                 rw.push(r);
+                raw.push(self.raw_echo_once(at)?);
             }
             let (s, r) = (median(splice.len(), || Ok(splice.remove(0)))?, median(rw.len(), || Ok(rw.remove(0)))?);
+            let k = median(raw.len(), || Ok(raw.remove(0)))?;
             tcp_cells.push(format!("{s:.1} MB/s vs {r:.1} MB/s = {:.2}", s / r));
+            floor_cells.push(format!("{s:.1} MB/s vs {k:.1} MB/s = {:.2}", s / k));
+            if at == Where::Image {
+                goals.push(Goal::at_least("TCP echo: a capsule's splice vs the raw kernel-socket echo", name, s / k, TCP_FLOOR_GOAL));
+            }
         }
-        Ok(vec![
+        let rows = vec![
             Row { what: "ipc round trip between two capsules (audit off) vs raw futex ping-pong".into(), hosted: ipc_cells[0].clone(), image: ipc_cells[1].clone() },
             Row {
                 what: format!("TCP echo of {} MiB from a host client: splice vs read-bytes/write-bytes (audit off)", ECHO_BYTES >> 20),
                 hosted: tcp_cells[0].clone(),
                 image: tcp_cells[1].clone(),
             },
-        ])
+            Row {
+                what: format!("TCP echo of {} MiB: a capsule's splice vs the raw kernel-socket echo (`tcp-echo`, no capsule)", ECHO_BYTES >> 20),
+                hosted: floor_cells[0].clone(),
+                image: floor_cells[1].clone(),
+            },
+        ];
+        Ok((rows, goals))
     }
 }
 
@@ -188,6 +233,11 @@ fn echo(port: u16, data: &[u8], until: Instant) -> Result<Duration> {
         ensure!(got == data, "the echo came back different ({} of {} bytes)", got.len(), data.len());
         return Ok(started.elapsed());
     }
+}
+
+/// What the client sends: `ECHO_BYTES` of a pattern that shows reordering.
+fn echo_data() -> Vec<u8> {
+    (0..ECHO_BYTES).map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3]).collect()
 }
 
 fn free_port() -> Result<u16> {

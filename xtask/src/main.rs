@@ -162,8 +162,9 @@ struct RunArgs {
     #[arg(long, value_name = "MS")]
     deadline_ms: Option<u64>,
     /// Send .wasm capsules as they are, for the image to compile (Cranelift in the
-    /// guest: seconds under TCG), instead of precompiling them here (the default: with
-    /// the image's wasmtime and Config, cached, sealed with the artifact key).
+    /// guest: seconds under TCG; boots astrid-jit.img, the image with the compiler),
+    /// instead of precompiling them here (the default: with the image's wasmtime and
+    /// Config, cached, sealed with the artifact key; boots astrid.img).
     #[arg(long)]
     jit: bool,
     /// The default, kept for scripts that pass it: precompile on the host.
@@ -337,9 +338,11 @@ fn dispatch(cmd: Cmd) -> Result<u8> {
         }
         Cmd::Bench { runs, only } => {
             let art = artifacts::ensure(&paths)?;
+            let mut goals = Vec::new();
             if only.as_deref().is_none_or(|o| o == "boot") {
                 let figures = bench::boot(&art, runs.max(10))?;
                 bench::print_boot(&figures);
+                goals.push(bench::boot_goal(&figures));
             }
             let engine_group = only.as_deref().is_none_or(|o| o == "engine");
             let net_group = only.as_deref().is_none_or(|o| o == "net");
@@ -387,14 +390,16 @@ fn dispatch(cmd: Cmd) -> Result<u8> {
                     scratch: paths.out.join("bench-scratch"),
                     runs: runs.clamp(1, 5),
                 };
-                let rows = net.run_all()?;
+                let (rows, net_goals) = net.run_all()?;
                 println!("capsule-world benchmarks (medians; image = astrid.img under QEMU TCG, one CPU)");
                 println!("| figure | hosted (Linux process) | astrid.img (QEMU TCG) |");
                 println!("|---|---|---|");
                 for r in &rows {
                     println!("| {} | {} | {} |", r.what, r.hosted, r.image);
                 }
+                goals.extend(net_goals);
             }
+            bench::print_goals(&goals);
             Ok(0)
         }
     }
@@ -619,7 +624,7 @@ fn capsule_files(paths: &Paths, args: &RunArgs, under: Under, key: &settings::Ar
     let check_only = under == Under::Uhyve && uhyve::detect_kvm() == Kvm::PvmEmulator;
     let target = if under == Under::Hosted { CodeTarget::Native } else { CodeTarget::HermitImage };
     // `--precompile` (the default) and `--jit` conflict: clap refuses both at once.
-    let jit = args.jit && !args.precompile;
+    let jit = args.jit_image();
     let mode = if jit || check_only { Mode::Jit } else { Mode::Precompiled { target, key } };
     args.capsules
         .iter()
@@ -631,6 +636,21 @@ fn capsule_files(paths: &Paths, args: &RunArgs, under: Under, key: &settings::Ar
             },
         })
         .collect()
+}
+
+impl RunArgs {
+    /// Whether the capsules go to the image as `.wasm` for it to compile (`--jit`):
+    /// then only the image with Cranelift can run them.
+    fn jit_image(&self) -> bool {
+        self.jit && !self.precompile
+    }
+}
+
+/// astrid-jit.img, built if stale, with a line that says why it, not astrid.img, boots.
+fn jit_image(paths: &Paths) -> Result<PathBuf> {
+    let img = artifacts::ensure_jit(paths)?;
+    xtask::step("--jit: booting astrid-jit.img, the image with Cranelift (astrid.img runs only precompiled capsules)");
+    Ok(img)
 }
 
 /// QEMU (TCG): the loader, the image and each capsule as multiboot modules.
@@ -649,7 +669,11 @@ fn run_qemu(paths: &Paths, args: &RunArgs, capsules: Vec<PathBuf>, mut guest: Se
         ));
     }
     let art = artifacts::ensure(paths)?;
-    let image = if args.testing { artifacts::ensure_testing(paths)? } else { art.astrid_img };
+    let image = match (args.testing, args.jit_image()) {
+        (true, _) => artifacts::ensure_testing(paths)?,
+        (false, true) => jit_image(paths)?,
+        (false, false) => art.astrid_img,
+    };
     let mut boot = Boot::new(art.loader, image);
     if let (Some(a), Some(k)) = (&args.audit_dir, &args.kv_dir) {
         ensure!(a == k, "--audit-dir and --kv-dir share one directory as /root under QEMU: give both the same DIR");
@@ -676,7 +700,7 @@ fn run_qemu(paths: &Paths, args: &RunArgs, capsules: Vec<PathBuf>, mut guest: Se
         FirmwareArg::Qboot => Firmware::Qboot,
         FirmwareArg::Seabios => Firmware::SeaBios,
     };
-    xtask::step("booting astrid.img under QEMU (TCG)");
+    xtask::step(format!("booting {} under QEMU (TCG)", boot.app.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
     let out = qemu::run(&boot)?;
     // The console was echoed live; the QEMU diagnostics only are left to show.
     if let Some(i) = out.console.find("\n[qemu stderr]") {
@@ -706,6 +730,8 @@ fn run_uhyve(paths: &Paths, args: &RunArgs, capsules: Vec<PathBuf>, mut guest: S
         xtask::step("this /dev/kvm is the PVM emulator: using the soft-float image in check-only mode (JIT code needs SSE, which the emulator lacks)");
         guest.check_only = Flag(true);
         artifacts::ensure_softfloat(paths)?
+    } else if args.jit_image() {
+        jit_image(paths)?
     } else {
         artifacts::ensure(paths)?.astrid_img
     };
@@ -884,6 +910,14 @@ mod tests {
         let paths = Paths::discover();
         let early = capsule::build(&paths, &paths.root.join("capsules/hello")).unwrap_err();
         assert!(early.to_string().contains("toolchain::ensure_all"), "{early}");
+        // Whatever the step: every cargo command goes through `process`, which refuses
+        // to start one before the ensure step.
+        for toolchain in [toolchain::APP, toolchain::KERNEL, toolchain::STABLE] {
+            let early = process::run(process::cargo(toolchain).arg("build")).unwrap_err();
+            assert!(early.to_string().contains("toolchain::ensure_all"), "{early}");
+            let early = process::output(process::cargo(toolchain).arg("metadata")).unwrap_err();
+            assert!(early.to_string().contains("toolchain::ensure_all"), "{early}");
+        }
     }
 
     /// The status and message of a run refused before anything boots.

@@ -160,6 +160,8 @@ fn pack_steps(paths: &Paths, args: &PackArgs) -> Result<()> {
     let image = match (args.softfloat, args.testing) {
         (true, _) => artifacts::ensure_softfloat(paths)?,
         (false, true) => artifacts::ensure_testing(paths)?,
+        // `--jit`: the capsules go as .wasm, which only the image with Cranelift runs.
+        (false, false) if run.jit_image() => artifacts::ensure_jit(paths)?,
         (false, false) => art.astrid_img.clone(),
     };
     if args.softfloat {

@@ -24,6 +24,10 @@ impl Paths {
     pub fn astrid_img(&self) -> PathBuf {
         self.out.join("astrid.img")
     }
+    /// The production image with Cranelift: for `--jit` and plain `.wasm` boots.
+    pub fn astrid_jit_img(&self) -> PathBuf {
+        self.out.join("astrid-jit.img")
+    }
     pub fn astrid_testing_img(&self) -> PathBuf {
         self.out.join("astrid-testing.img")
     }

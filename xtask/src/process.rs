@@ -33,8 +33,19 @@ pub fn cargo(toolchain: &str) -> Command {
     cmd
 }
 
+/// Every build is a cargo run, and none may start before the pinned toolchains, their
+/// components and targets are ensured (`toolchain::ensure_all`): a cargo command that
+/// would is refused here, naming itself, whichever step forgot to ensure them first.
+fn refuse_cargo_before_ensure(cmd: &Command) -> Result<()> {
+    if cmd.get_program() == "cargo" {
+        crate::toolchain::require_ensured(&show(cmd))?;
+    }
+    Ok(())
+}
+
 /// Runs `cmd` to completion, failing with the command line if it fails.
 pub fn run(cmd: &mut Command) -> Result<()> {
+    refuse_cargo_before_ensure(cmd)?;
     let status = cmd.status().with_context(|| format!("cannot start {}", show(cmd)))?;
     if !status.success() {
         bail!("{} failed ({status})", show(cmd));
@@ -44,6 +55,7 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 
 /// Runs `cmd` and returns its stdout, failing with its stderr if it fails.
 pub fn output(cmd: &mut Command) -> Result<String> {
+    refuse_cargo_before_ensure(cmd)?;
     let out = cmd.output().with_context(|| format!("cannot start {}", show(cmd)))?;
     if !out.status.success() {
         bail!(

@@ -83,6 +83,9 @@ pub struct Outcome {
     pub timed_out: bool,
     pub console: String,
     pub elapsed: Duration,
+    /// When each console line arrived (complete, newline stripped), from QEMU's start as
+    /// the host saw it: the boot benchmark's breakdown.
+    pub lines: Vec<(Duration, String)>,
 }
 
 impl Outcome {
@@ -218,10 +221,22 @@ pub fn run(boot: &Boot) -> Result<Outcome> {
     let mut stdout = child.stdout.take().unwrap();
     let reader = std::thread::spawn(move || {
         let mut all = Vec::new();
+        let mut lines = Vec::new();
+        let mut pending = Vec::new();
         let mut buf = [0u8; 4096];
         while let Ok(n) = stdout.read(&mut buf) {
             if n == 0 {
                 break;
+            }
+            let at = started.elapsed();
+            for &byte in &buf[..n] {
+                if byte == b'\n' {
+                    let line = String::from_utf8_lossy(&pending);
+                    lines.push((at, line.trim_end().to_string()));
+                    pending.clear();
+                } else {
+                    pending.push(byte);
+                }
             }
             if echo {
                 let mut out = std::io::stdout().lock();
@@ -230,7 +245,7 @@ pub fn run(boot: &Boot) -> Result<Outcome> {
             }
             all.extend_from_slice(&buf[..n]);
         }
-        all
+        (all, lines)
     });
     let mut stderr = child.stderr.take().unwrap();
     let err_reader = std::thread::spawn(move || {
@@ -240,7 +255,8 @@ pub fn run(boot: &Boot) -> Result<Outcome> {
     });
     let (status, timed_out) = crate::process::wait_or_kill(&mut child, boot.timeout)?;
     let elapsed = started.elapsed();
-    let mut console = String::from_utf8_lossy(&reader.join().unwrap_or_default()).into_owned();
+    let (all, lines) = reader.join().unwrap_or_default();
+    let mut console = String::from_utf8_lossy(&all).into_owned();
     let qemu_err = err_reader.join().unwrap_or_default();
     if !qemu_err.trim().is_empty() {
         console.push_str("\n[qemu stderr] ");
@@ -251,7 +267,7 @@ pub fn run(boot: &Boot) -> Result<Outcome> {
         bail!("QEMU was killed by a signal; console so far:\n{console}");
     }
     let exit = decode_qemu_status(status.unwrap_or(0));
-    Ok(Outcome { exit, qemu_status: status, timed_out, console, elapsed })
+    Ok(Outcome { exit, qemu_status: status, timed_out, console, elapsed, lines })
 }
 
 /// A running virtiofsd, stopped when dropped (it also exits when QEMU disconnects).

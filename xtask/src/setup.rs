@@ -76,6 +76,8 @@ pub fn ensure_uhyve(paths: &Paths) -> Result<PathBuf> {
     if bin.is_file() {
         return Ok(bin);
     }
+    // A test may ask for it first thing: the stable toolchain its cargo runs on, first.
+    toolchain::ensure_all()?;
     crate::step(format!("installing uhyve {UHYVE_VERSION} with cargo (takes ~6 minutes once)"));
     process::run(
         process::cargo(toolchain::STABLE)
@@ -105,6 +107,7 @@ pub fn ensure_virtiofsd(paths: &Paths) -> Result<PathBuf> {
                 .args(["install", "-y", "-qq", "--no-install-recommends", "libseccomp-dev", "libcap-ng-dev", "pkg-config"]),
         )?;
     }
+    toolchain::ensure_all()?;
     crate::step(format!("installing virtiofsd {VIRTIOFSD_VERSION} with cargo (about 2 minutes once)"));
     process::run(
         process::cargo(toolchain::STABLE)

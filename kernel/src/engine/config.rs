@@ -13,8 +13,11 @@ use crate::wasm::artifact::Fingerprint;
 pub const MEMORY_RESERVATION: u64 = 64 << 20;
 /// Wasm stack per capsule call; below the runner thread's stack (`RUNNER_STACK`).
 pub const MAX_WASM_STACK: usize = 1 << 20;
-/// The stack of the thread a capsule runs on (Hermit's main thread has only 1 MiB).
-pub const RUNNER_STACK: usize = 8 << 20;
+/// The stack of the thread a capsule runs on (Hermit's main thread has only 1 MiB): the
+/// wasm stack and as much again for the host calls below it. No more: under TCG a
+/// thread's creation costs in proportion to its stack (the kernel maps and clears it
+/// page by page; 8 MiB cost ~10 ms more at boot).
+pub const RUNNER_STACK: usize = 2 << 20;
 /// The wasmtime this crate is built with (Cargo.toml pins it with `=`; a test checks
 /// Cargo.lock agrees). Part of the artifact fingerprint.
 pub const WASMTIME_VERSION: &str = "50.0.1";

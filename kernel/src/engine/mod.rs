@@ -21,6 +21,8 @@ use crate::wasm::artifact::{self, Fingerprint, KEY_BYTES};
 /// How often the epoch advances: the latency with which a capsule in pure compute
 /// notices its cancellation.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// The epoch ticker's stack.
+const TICKER_STACK: usize = 64 << 10;
 /// How long a cancelled capsule may keep running to shut down gracefully (its waits
 /// already return `cancelled` at once) before it is stopped with a trap.
 pub const CANCEL_GRACE: Duration = Duration::from_millis(250);
@@ -44,7 +46,6 @@ pub struct CapsuleEngine {
     /// Held for its drop, which stops the ticker thread (first: fields drop in order).
     _ticker: EpochTicker,
     engine: wasmtime::Engine,
-    linker: Linker<CapsuleState>,
     module_linker: wasmtime::Linker<CapsuleState>,
     /// What the capsules of this image share: the message bus and the network.
     shared: Shared,
@@ -186,18 +187,15 @@ pub fn limits_above_image(options: &RunOptions, m: &crate::manifest::Manifest) -
 }
 
 impl CapsuleEngine {
-    /// The engine for code running here, with astrid:io (and, in test images, the
-    /// testing sources) in its linker.
+    /// The engine for code running here. Each component gets a linker of the host
+    /// interfaces it imports when it runs (`linker_for`).
     pub fn new() -> wasmtime::Result<Self> {
         let engine = wasmtime::Engine::new(&engine_config(CodeTarget::Native)?)?;
-        let mut linker = Linker::new(&engine);
-        crate::host::add_to_linker(&mut linker)?;
         let module_linker = wasmtime::Linker::new(&engine);
         let ticker = EpochTicker::start(engine.weak())?;
         Ok(CapsuleEngine {
             _ticker: ticker,
             engine,
-            linker,
             module_linker,
             shared: Shared::default(),
             artifact_key: None,
@@ -277,8 +275,9 @@ impl CapsuleEngine {
     #[cfg(not(feature = "jit"))]
     fn compile(&self, _: &[u8]) -> wasmtime::Result<(Loaded, &'static str)> {
         wasmtime::bail!(
-            "a .wasm, and this image has no compiler (built without the `jit` feature): it runs only artifacts \
-             precompiled and sealed on the host — run it with `scripts/run` without --jit"
+            "a .wasm, and astrid.img has no compiler (built without the `jit` feature): it runs only artifacts \
+             precompiled and sealed on the host — run it with `scripts/run` (which precompiles it), or with \
+             `scripts/run --jit` (which boots astrid-jit.img, the image with Cranelift)"
         )
     }
 
@@ -331,6 +330,17 @@ impl CapsuleEngine {
         outcome
     }
 
+    /// A linker with the host interfaces `component` imports, and no others: building
+    /// the linker is a boot cost under TCG (every interface: ~30 ms), so a capsule pays
+    /// only for what it uses. An import the image does not serve stays missing, and
+    /// instantiation names it.
+    fn linker_for(&self, component: &Component) -> wasmtime::Result<Linker<CapsuleState>> {
+        let imports: Vec<String> = component.component_type().imports(&self.engine).map(|(name, _)| name.to_string()).collect();
+        let mut linker = Linker::new(&self.engine);
+        crate::host::add_to_linker_for(&mut linker, |name| imports.iter().any(|i| i == name))?;
+        Ok(linker)
+    }
+
     /// Runs the capsule in a store of its own. `deadline` is when its deadline watchdog
     /// cancels it; the epoch callback checks it too, on the capsule's own thread, so a
     /// capsule in pure compute is cancelled on time even if the watchdog thread is slow
@@ -353,7 +363,7 @@ impl CapsuleEngine {
         });
         let result = match loaded {
             Loaded::Component(component) => {
-                let instance = match self.linker.instantiate(&mut store, component) {
+                let instance = match self.linker_for(component).and_then(|linker| linker.instantiate(&mut store, component)) {
                     Ok(i) => i,
                     Err(e) => return instantiate_failure(e, &cancel),
                 };
@@ -411,7 +421,9 @@ impl EpochTicker {
         use std::sync::atomic::Ordering;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
         let word = stop.clone();
-        std::thread::Builder::new().name("astrid-epoch".into()).spawn(move || {
+        // A few atomics and a futex wait: a small stack (thread creation under TCG costs
+        // in proportion to it).
+        std::thread::Builder::new().name("astrid-epoch".into()).stack_size(TICKER_STACK).spawn(move || {
             crate::platform::run_as_watchdog();
             loop {
                 let next = Instant::now() + EPOCH_TICK;
@@ -534,6 +546,35 @@ fn lifecycle_record(id: &Identity, outcome: &RunOutcome) -> Option<IoEvent> {
 mod tests {
     use super::*;
     use crate::manifest::Manifest;
+
+    /// A capsule's linker holds what it imports, found by interface name: every name
+    /// the image's worlds import is one `add_to_linker_for` asks about (a misspelt
+    /// one would leave its interface out of every capsule's linker), and it asks
+    /// about no other.
+    #[test]
+    fn the_linker_is_built_from_exactly_the_worlds_import_names() {
+        let world = include_str!("../../../wit/world.wit");
+        let mut imports: Vec<String> = world
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("import ")?.strip_suffix(';').map(str::to_string))
+            .collect();
+        imports.sort();
+        imports.dedup();
+        assert!(imports.len() > 10, "{imports:?}");
+        let asked = std::cell::RefCell::new(Vec::new());
+        let engine = wasmtime::Engine::new(&engine_config(CodeTarget::Native).unwrap()).unwrap();
+        let mut linker = Linker::new(&engine);
+        crate::host::add_to_linker_for(&mut linker, |name| {
+            asked.borrow_mut().push(name.to_string());
+            false
+        })
+        .unwrap();
+        let mut asked = asked.into_inner();
+        asked.sort();
+        assert_eq!(asked, imports);
+        // And all of them: the linker every capsule could need builds.
+        crate::host::add_to_linker(&mut Linker::new(&engine)).unwrap();
+    }
 
     #[test]
     fn a_manifest_only_lowers_the_images_limits() {

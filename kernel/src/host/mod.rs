@@ -76,28 +76,66 @@ impl WitError for astrid::io::streams::StreamError {
 
 /// Links every package the image serves into a capsule's linker.
 pub fn add_to_linker(linker: &mut Linker<CapsuleState>) -> wasmtime::Result<()> {
+    add_to_linker_for(linker, |_| true)
+}
+
+/// Adds the host interfaces whose names (`astrid:io/poll@1.0.0`) `wanted` accepts: a
+/// component needs only those it imports, and under TCG each interface added costs
+/// milliseconds at boot (all of them: ~30 ms).
+pub fn add_to_linker_for(linker: &mut Linker<CapsuleState>, wanted: impl Fn(&str) -> bool) -> wasmtime::Result<()> {
     fn io(s: &mut CapsuleState) -> View<'_, context::NoContext> {
         View { core: &mut s.core, pkg: &mut s.io }
     }
     type Io = Package<context::NoContext>;
-    astrid::io::error::add_to_linker::<_, Io>(linker, io)?;
-    astrid::io::poll::add_to_linker::<_, Io>(linker, io)?;
-    astrid::io::streams::add_to_linker::<_, Io>(linker, io)?;
-    astrid::sys::host::add_to_linker::<_, Package<context::SysCtx>>(linker, |s| View { core: &mut s.core, pkg: &mut s.sys })?;
-    astrid::kv::host::add_to_linker::<_, Package<crate::kv::Kv>>(linker, |s| View { core: &mut s.core, pkg: &mut s.kv })?;
-    astrid::ipc::host::add_to_linker::<_, Package<context::IpcCtx>>(linker, |s| View { core: &mut s.core, pkg: &mut s.ipc })?;
-    net::add_to_linker(linker)?;
-    astrid::uplink::host::add_to_linker::<_, Io>(linker, io)?;
-    astrid::identity::host::add_to_linker::<_, Io>(linker, io)?;
-    astrid::approval::host::add_to_linker::<_, Io>(linker, io)?;
-    astrid::elicit::host::add_to_linker::<_, Io>(linker, io)?;
-    astrid::fs::host::add_to_linker::<_, Io>(linker, io)?;
-    astrid::http1_1_0::host::add_to_linker::<_, Io>(linker, io)?;
-    astrid::process1_1_0::host::add_to_linker::<_, Io>(linker, io)?;
+    if wanted("astrid:io/error@1.0.0") {
+        astrid::io::error::add_to_linker::<_, Io>(linker, io)?;
+    }
+    if wanted("astrid:io/poll@1.0.0") {
+        astrid::io::poll::add_to_linker::<_, Io>(linker, io)?;
+    }
+    if wanted("astrid:io/streams@1.0.0") {
+        astrid::io::streams::add_to_linker::<_, Io>(linker, io)?;
+    }
+    if wanted("astrid:sys/host@1.0.0") {
+        astrid::sys::host::add_to_linker::<_, Package<context::SysCtx>>(linker, |s| View { core: &mut s.core, pkg: &mut s.sys })?;
+    }
+    if wanted("astrid:kv/host@1.0.0") {
+        astrid::kv::host::add_to_linker::<_, Package<crate::kv::Kv>>(linker, |s| View { core: &mut s.core, pkg: &mut s.kv })?;
+    }
+    if wanted("astrid:ipc/host@1.0.0") {
+        astrid::ipc::host::add_to_linker::<_, Package<context::IpcCtx>>(linker, |s| View { core: &mut s.core, pkg: &mut s.ipc })?;
+    }
+    // Net and request-context share their state: added together.
+    if wanted("astrid:net/host@1.0.0") || wanted("astrid:request-context/host@1.0.0") {
+        net::add_to_linker(linker)?;
+    }
+    if wanted("astrid:uplink/host@1.0.0") {
+        astrid::uplink::host::add_to_linker::<_, Io>(linker, io)?;
+    }
+    if wanted("astrid:identity/host@1.0.0") {
+        astrid::identity::host::add_to_linker::<_, Io>(linker, io)?;
+    }
+    if wanted("astrid:approval/host@1.0.0") {
+        astrid::approval::host::add_to_linker::<_, Io>(linker, io)?;
+    }
+    if wanted("astrid:elicit/host@1.0.0") {
+        astrid::elicit::host::add_to_linker::<_, Io>(linker, io)?;
+    }
+    if wanted("astrid:fs/host@1.0.0") {
+        astrid::fs::host::add_to_linker::<_, Io>(linker, io)?;
+    }
+    if wanted("astrid:http/host@1.1.0") {
+        astrid::http1_1_0::host::add_to_linker::<_, Io>(linker, io)?;
+    }
+    if wanted("astrid:process/host@1.1.0") {
+        astrid::process1_1_0::host::add_to_linker::<_, Io>(linker, io)?;
+    }
     #[cfg(any(test, feature = "testing"))]
-    bindings::astrid_unikernel::testing::sources::add_to_linker::<_, Package<context::TestingCtx>>(linker, |s| View {
-        core: &mut s.core,
-        pkg: &mut s.testing,
-    })?;
+    if wanted("astrid-unikernel:testing/sources@0.1.0") {
+        bindings::astrid_unikernel::testing::sources::add_to_linker::<_, Package<context::TestingCtx>>(linker, |s| View {
+            core: &mut s.core,
+            pkg: &mut s.testing,
+        })?;
+    }
     Ok(())
 }
