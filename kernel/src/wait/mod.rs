@@ -12,7 +12,7 @@ use std::time::Instant;
 
 pub use cancel::{CancelToken, cancel_after};
 pub use event::{EventWord, Notifier, Registration, WaitResult};
-pub use pipe::{Closed, PipeError, PipeReader, PipeWriter, byte_pipe};
+pub use pipe::{Closed, PipeError, PipeReader, PipeWriter, TransferClosed, byte_pipe};
 pub use timer::Timer;
 
 /// Something a capsule can wait for: a stream that may have bytes, a timer, a

@@ -81,6 +81,7 @@ impl Guest for Probe {
             "random" => random(),
             "cancel-sleep" => cancel_sleep(),
             "bench-pingpong" => bench_pingpong(),
+            "bench-calls" => bench_calls(),
             "bench-read-4k" => bench_read_4k(),
             "bench-splice" => bench_splice(),
             "hostile-ipc" => hostile_ipc(),
@@ -295,14 +296,24 @@ fn quota() {
 
 // ---- benchmark scenarios (timed by the image; counts shared with xtask/src/bench_engine.rs) ----
 
-/// 500 one-byte round trips through a host echo thread: write, then block on the reply.
+/// 500 one-byte round trips through a host echo thread: one blocking write (which
+/// wakes the echo thread), then one blocking read (which sleeps until the reply wakes
+/// it): two host calls a round, as a futex ping-pong has one wake and one wait a side.
 fn bench_pingpong() {
     let (o, i) = host::echo_by_host(64);
     for _ in 0..500 {
-        o.check_write().unwrap();
-        o.write(&[1]).unwrap();
+        o.blocking_write_and_flush(&[1]).unwrap_or_else(|e| fail("bench-pingpong", &format!("{e:?}")));
         let b = i.blocking_read(1).unwrap_or_else(|e| fail("bench-pingpong", &format!("{e:?}")));
         check!("bench-pingpong", b.len() == 1, "echo returned {} bytes", b.len());
+    }
+}
+
+/// 1000 host calls that do next to nothing (`ready` on a timer far away): what the
+/// component glue and the envelope cost per call, for the round trip's breakdown.
+fn bench_calls() {
+    let far = host::timer(3_600_000 * MS);
+    for _ in 0..1000 {
+        check!("bench-calls", !far.ready(), "a timer an hour away is ready");
     }
 }
 
