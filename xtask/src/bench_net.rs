@@ -126,13 +126,19 @@ impl NetBench<'_> {
         })
     }
 
-    pub fn run_all(&self) -> Result<Vec<Row>> {
+    /// Runs both groups on both sides; returns the rows, and the figures with a goal.
+    pub fn run_all(&self) -> Result<(Vec<Row>, Vec<crate::bench::Goal>)> {
+        let mut goals = Vec::new();
         let mut ipc_cells = Vec::new();
         let mut tcp_cells = Vec::new();
         for (at, name) in [(Where::Hosted, "hosted"), (Where::Image, "image")] {
             eprintln!("  capsule-world benchmarks: {name} …");
             let (ipc, futex) = self.ipc(at)?;
             ipc_cells.push(format!("{ipc:.1} µs vs {futex:.1} µs = {:.1}", ipc / futex));
+            if at == Where::Hosted {
+                let what = "ipc round trip between two capsules vs raw futex ping-pong";
+                goals.push(crate::bench::Goal::new(what, name, ipc / futex, "×", crate::bench::Bound::AtMost(3.0)));
+            }
             let mut splice = Vec::new();
             let mut rw = Vec::new();
             // Alternate which mode goes first, so neither pays for the first connection.
@@ -144,14 +150,15 @@ impl NetBench<'_> {
             let (s, r) = (median(splice.len(), || Ok(splice.remove(0)))?, median(rw.len(), || Ok(rw.remove(0)))?);
             tcp_cells.push(format!("{s:.1} MB/s vs {r:.1} MB/s = {:.2}", s / r));
         }
-        Ok(vec![
+        let rows = vec![
             Row { what: "ipc round trip between two capsules (audit off) vs raw futex ping-pong".into(), hosted: ipc_cells[0].clone(), image: ipc_cells[1].clone() },
             Row {
                 what: format!("TCP echo of {} MiB from a host client: splice vs read-bytes/write-bytes (audit off)", ECHO_BYTES >> 20),
                 hosted: tcp_cells[0].clone(),
                 image: tcp_cells[1].clone(),
             },
-        ])
+        ];
+        Ok((rows, goals))
     }
 }
 

@@ -337,6 +337,7 @@ fn dispatch(cmd: Cmd) -> Result<u8> {
         }
         Cmd::Bench { runs, only } => {
             let art = artifacts::ensure(&paths)?;
+            let mut goals = Vec::new();
             if only.as_deref().is_none_or(|o| o == "boot") {
                 let figures = bench::boot(&art, runs.max(10))?;
                 bench::print_boot(&figures);
@@ -362,8 +363,9 @@ fn dispatch(cmd: Cmd) -> Result<u8> {
                     scratch: paths.out.join("bench-scratch"),
                     runs: runs.clamp(1, 5),
                 };
-                let rows = engine.run()?;
+                let (rows, engine_goals) = engine.run()?;
                 xtask::bench_engine::print(&rows);
+                goals.extend(engine_goals);
             }
             if net_group {
                 let (_, probe_native, probe_hermit) = probe.expect("built above");
@@ -379,7 +381,8 @@ fn dispatch(cmd: Cmd) -> Result<u8> {
                     scratch: paths.out.join("bench-scratch"),
                     runs: runs.clamp(1, 5),
                 };
-                let rows = net.run_all()?;
+                let (rows, net_goals) = net.run_all()?;
+                goals.extend(net_goals);
                 println!("capsule-world benchmarks (medians; image = astrid.img under QEMU TCG, one CPU)");
                 println!("| figure | hosted (Linux process) | astrid.img (QEMU TCG) |");
                 println!("|---|---|---|");
@@ -387,6 +390,7 @@ fn dispatch(cmd: Cmd) -> Result<u8> {
                     println!("| {} | {} | {} |", r.what, r.hosted, r.image);
                 }
             }
+            bench::print_goals(&goals);
             Ok(0)
         }
     }
