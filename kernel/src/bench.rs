@@ -97,6 +97,7 @@ fn quota_cost(batches: usize) -> String {
     let (charge, trip) = (median(charges), median(trips));
     let ratio = trip / (trip - charge).max(f64::MIN_POSITIVE);
     format!("bench quota: charge_ns={charge:.1} trip_ns={trip:.1} ratio={ratio:.3} left={}", account.used())
+}
 
 /// Where `tcp-echo` listens without a published port.
 const TCP_ECHO_PORT: u16 = 7700;

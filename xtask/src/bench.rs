@@ -51,41 +51,6 @@ fn milestones(lines: &[(Duration, String)]) -> Vec<Option<Duration>> {
 /// The boot goal: astrid.img to the example's exit within this factor of bare Hermit.
 pub const BOOT_GOAL: f64 = 1.10;
 
-/// A figure an issue set a goal for, as this run measured it.
-#[derive(Clone, Debug)]
-pub struct Goal {
-    pub figure: String,
-    /// `hosted` or `image`.
-    pub side: &'static str,
-    pub value: f64,
-    /// `≤ 1.10×` or `≥ 0.8×`.
-    pub goal: String,
-    pub met: bool,
-}
-
-impl Goal {
-    pub fn at_most(figure: &str, side: &'static str, value: f64, limit: f64) -> Goal {
-        Goal { figure: figure.into(), side, value, goal: format!("≤ {limit:.2}×"), met: value <= limit }
-    }
-    pub fn at_least(figure: &str, side: &'static str, value: f64, floor: f64) -> Goal {
-        Goal { figure: figure.into(), side, value, goal: format!("≥ {floor:.2}×"), met: value >= floor }
-    }
-}
-
-/// The goals table that ends a benchmark run.
-pub fn print_goals(goals: &[Goal]) {
-    if goals.is_empty() {
-        return;
-    }
-    println!("goals");
-    println!("| figure | side | this run | goal | met |");
-    println!("|---|---|---|---|---|");
-    for g in goals {
-        println!("| {} | {} | {:.2}× | {} | {} |", g.figure, g.side, g.value, g.goal, if g.met { "yes" } else { "no" });
-    }
-    println!("{} of {} goals met", goals.iter().filter(|g| g.met).count(), goals.len());
-}
-
 /// The boot figures' goal.
 pub fn boot_goal(f: &BootFigures) -> Goal {
     let ratio = median(&f.astrid).as_secs_f64() / median(&f.hello).as_secs_f64();
@@ -196,9 +161,100 @@ fn print_breakdown(f: &BootFigures) {
     println!("| (b) QEMU exits | {:.0} ms | {:.0} ms |", ms(exit), ms(exit.saturating_sub(before)));
 }
 
+/// Which way a goal points.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Bound {
+    /// The figure must not exceed this (a cost ratio).
+    AtMost(f64),
+    /// The figure must reach this (a throughput ratio).
+    AtLeast(f64),
+}
+
+/// A figure an issue set a goal for, as this run measured it on one side.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Goal {
+    pub what: String,
+    /// `hosted` or `image`.
+    pub side: &'static str,
+    pub value: f64,
+    /// How `value` is written (`×` for ratios).
+    pub unit: &'static str,
+    pub bound: Bound,
+}
+
+impl Goal {
+    pub fn new(what: impl Into<String>, side: &'static str, value: f64, unit: &'static str, bound: Bound) -> Goal {
+        Goal { what: what.into(), side, value, unit, bound }
+    }
+
+    /// A cost ratio that must not exceed `limit`.
+    pub fn at_most(what: &str, side: &'static str, ratio: f64, limit: f64) -> Goal {
+        Goal::new(what, side, ratio, "×", Bound::AtMost(limit))
+    }
+
+    /// A throughput ratio that must reach `floor`.
+    pub fn at_least(what: &str, side: &'static str, ratio: f64, floor: f64) -> Goal {
+        Goal::new(what, side, ratio, "×", Bound::AtLeast(floor))
+    }
+
+    /// Whether this run met the goal (a figure that is not a number never does).
+    pub fn met(&self) -> bool {
+        match self.bound {
+            Bound::AtMost(b) => self.value <= b,
+            Bound::AtLeast(b) => self.value >= b,
+        }
+    }
+
+    fn bound_text(&self) -> String {
+        match self.bound {
+            Bound::AtMost(b) => format!("≤ {b}{}", self.unit),
+            Bound::AtLeast(b) => format!("≥ {b}{}", self.unit),
+        }
+    }
+}
+
+/// The goals table: every figure with its goal and whether this run met it, then
+/// `N of M goals met`.
+pub fn goals_table(goals: &[Goal]) -> String {
+    let mut out = String::from("goals (this run)\n| figure | side | measured | goal | met |\n|---|---|---|---|---|\n");
+    for g in goals {
+        out.push_str(&format!(
+            "| {} | {} | {:.2}{} | {} | {} |\n",
+            g.what,
+            g.side,
+            g.value,
+            g.unit,
+            g.bound_text(),
+            if g.met() { "met" } else { "NOT met" }
+        ));
+    }
+    let met = goals.iter().filter(|g| g.met()).count();
+    out.push_str(&format!("{met} of {} goals met\n", goals.len()));
+    out
+}
+
+pub fn print_goals(goals: &[Goal]) {
+    print!("{}", goals_table(goals));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn goals_say_whether_they_were_met() {
+        let goals = [
+            Goal::new("block→wake vs futex", "hosted", 1.85, "×", Bound::AtMost(2.0)),
+            Goal::new("block→wake vs futex", "image", 20.0, "×", Bound::AtMost(3.0)),
+            Goal::new("splice vs memcpy", "hosted", 0.5, "×", Bound::AtLeast(0.5)),
+            Goal::new("splice vs memcpy", "image", f64::NAN, "×", Bound::AtLeast(0.5)),
+        ];
+        assert_eq!(goals.iter().map(Goal::met).collect::<Vec<_>>(), [true, false, true, false]);
+        let table = goals_table(&goals);
+        assert!(table.contains("| block→wake vs futex | hosted | 1.85× | ≤ 2× | met |"), "{table}");
+        assert!(table.contains("| splice vs memcpy | image | NaN× | ≥ 0.5× | NOT met |"), "{table}");
+        assert!(table.ends_with("2 of 4 goals met\n"), "{table}");
+    }
 
     #[test]
     fn median_of_odd_and_even_sample_counts() {

@@ -373,8 +373,9 @@ fn dispatch(cmd: Cmd) -> Result<u8> {
                     scratch: paths.out.join("bench-scratch"),
                     runs: runs.clamp(1, 5),
                 };
-                let rows = engine.run()?;
+                let (rows, engine_goals) = engine.run()?;
                 xtask::bench_engine::print(&rows);
+                goals.extend(engine_goals);
             }
             if net_group {
                 let (_, probe_native, probe_hermit) = probe.expect("built above");

@@ -7,6 +7,8 @@ mod hermit;
 pub use hermit::*;
 #[cfg(all(target_os = "hermit", feature = "engine"))]
 pub mod wasmtime_glue;
+#[cfg(target_os = "hermit")]
+mod heap;
 
 #[cfg(not(target_os = "hermit"))]
 mod hosted;

@@ -13,7 +13,7 @@ pub use null::{NullSink, ZeroSource};
 pub use pipe::{PipeSink, PipeSource, pipe};
 pub use stream::{Ended, InputStream, IoError, OutputStream, READ_CEILING};
 
-use crate::wait::Readiness;
+use crate::wait::{PipeReader, PipeWriter, Readiness};
 
 /// Why a stream operation did not move bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,6 +28,21 @@ pub enum StreamFailure {
 pub trait ByteSource: Readiness + Send + Sync {
     /// Up to `max` bytes available now. Empty means "nothing yet", never end of file.
     fn read(&self, max: usize) -> Result<Vec<u8>, StreamFailure>;
+
+    /// Up to `buf.len()` bytes available now, into `buf` (what `splice` moves through,
+    /// with a buffer it reuses); how many. 0 means "nothing yet", as `read`'s empty
+    /// answer does. Sources that hold their bytes override it to skip `read`'s vector.
+    fn read_into(&self, buf: &mut [u8]) -> Result<usize, StreamFailure> {
+        let bytes = self.read(buf.len())?;
+        buf[..bytes.len()].copy_from_slice(&bytes);
+        Ok(bytes.len())
+    }
+
+    /// The in-memory pipe behind this source, if it is one: a splice from it into a
+    /// pipe sink moves bytes pipe to pipe without a buffer in between.
+    fn as_pipe(&self) -> Option<&PipeReader> {
+        None
+    }
 }
 
 /// The write end of a byte stream.
@@ -38,4 +53,9 @@ pub trait ByteSink: Readiness + Send + Sync {
     fn write(&self, bytes: &[u8]) -> Result<(), StreamFailure>;
     /// Pushes buffered bytes on; our sinks complete a flush before returning.
     fn flush(&self) -> Result<(), StreamFailure>;
+
+    /// The in-memory pipe behind this sink, if it is one (see `ByteSource::as_pipe`).
+    fn as_pipe(&self) -> Option<&PipeWriter> {
+        None
+    }
 }

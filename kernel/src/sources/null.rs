@@ -72,4 +72,15 @@ impl ByteSource for ZeroSource {
         self.remaining.fetch_sub(n, Ordering::Relaxed);
         Ok(vec![0; n as usize])
     }
+    fn read_into(&self, buf: &mut [u8]) -> Result<usize, StreamFailure> {
+        let left = self.remaining.load(Ordering::Relaxed);
+        if left == 0 {
+            return Err(StreamFailure::Closed);
+        }
+        let n = (buf.len() as u64).min(left) as usize;
+        self.remaining.fetch_sub(n as u64, Ordering::Relaxed);
+        // The bytes are written, as a source holding real data would copy them.
+        buf[..n].fill(0);
+        Ok(n)
+    }
 }

@@ -49,6 +49,12 @@ impl ByteSource for PipeSource {
     fn read(&self, max: usize) -> Result<Vec<u8>, StreamFailure> {
         self.0.read(max).map_err(|_| StreamFailure::Closed)
     }
+    fn read_into(&self, buf: &mut [u8]) -> Result<usize, StreamFailure> {
+        self.0.read_into(buf).map_err(|_| StreamFailure::Closed)
+    }
+    fn as_pipe(&self) -> Option<&PipeReader> {
+        Some(&self.0)
+    }
 }
 
 impl ByteSink for PipeSink {
@@ -66,5 +72,8 @@ impl ByteSink for PipeSink {
     }
     fn flush(&self) -> Result<(), StreamFailure> {
         self.0.writable().map(|_| ()).map_err(|_| StreamFailure::Closed)
+    }
+    fn as_pipe(&self) -> Option<&PipeWriter> {
+        Some(&self.0)
     }
 }

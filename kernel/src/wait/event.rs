@@ -17,10 +17,20 @@ use crate::platform::{self, futex_wait};
 /// `wait_until_changed`; a source changes its state *before* it calls `wake_all`. A
 /// change that lands between the check and the sleep has then already moved the
 /// generation, so the sleep returns at once.
+///
+/// The word's lowest bit says "someone may be asleep on it": a waiter sets it (in the
+/// same compare-and-swap that proves the generation has not moved) before it sleeps,
+/// and `wake_all` clears it while moving the generation on, and makes the wake system
+/// call only when it was set. A wake that finds nobody asleep (the common case when the
+/// waiter is still checking, or has already returned) is then one atomic operation.
 #[derive(Debug, Default)]
 pub struct EventWord {
-    generation: AtomicU32,
+    word: AtomicU32,
 }
+
+/// The "someone may be asleep" bit; the generation moves in steps of `GENERATION`.
+const SLEEPING: u32 = 1;
+const GENERATION: u32 = 2;
 
 /// Why `wait_until_changed` returned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,26 +43,40 @@ pub enum WaitResult {
 
 impl EventWord {
     pub const fn new() -> Self {
-        EventWord { generation: AtomicU32::new(0) }
+        EventWord { word: AtomicU32::new(0) }
     }
 
     /// The generation now. SeqCst so it is ordered before the caller's readiness check.
     pub fn current(&self) -> u32 {
-        self.generation.load(Ordering::SeqCst)
+        self.word.load(Ordering::SeqCst) & !SLEEPING
     }
 
     /// Moves the generation on and wakes every thread sleeping on this word.
     pub fn wake_all(&self) {
-        self.generation.fetch_add(1, Ordering::SeqCst);
-        platform::futex_wake(&self.generation, u32::MAX);
+        if self.bump() {
+            platform::futex_wake(&self.word, u32::MAX);
+        }
+    }
+
+    /// Moves the generation on and clears the sleeping bit; says whether it was set (a
+    /// thread may be asleep and needs `futex_wake`). Clearing it is safe because the
+    /// wake that follows wakes *every* sleeper, and each one sets it again before it
+    /// sleeps again.
+    fn bump(&self) -> bool {
+        let old = self
+            .word
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| Some(v.wrapping_add(GENERATION) & !SLEEPING))
+            .unwrap_or_else(|v| v);
+        old & SLEEPING != 0
     }
 
     /// Sleeps until the generation differs from `seen` or `deadline` passes. Spurious
-    /// futex returns are absorbed here; a wrap of the counter all the way round (2^32
+    /// futex returns are absorbed here; a wrap of the counter all the way round (2^31
     /// bumps between the read and the sleep) is the only way to miss a change.
     pub fn wait_until_changed(&self, seen: u32, deadline: Option<Instant>) -> WaitResult {
         loop {
-            if self.current() != seen {
+            let v = self.word.load(Ordering::SeqCst);
+            if v & !SLEEPING != seen {
                 return WaitResult::Changed;
             }
             let timeout = match deadline {
@@ -65,18 +89,39 @@ impl EventWord {
                     Some(deadline - now)
                 }
             };
+            // Announce the sleep; a bump in between fails the swap and the loop sees it.
+            if v & SLEEPING == 0
+                && self.word.compare_exchange(v, v | SLEEPING, Ordering::SeqCst, Ordering::SeqCst).is_err()
+            {
+                continue;
+            }
             // Whatever the futex says, the loop re-reads the word and the clock.
-            let _ = futex_wait(&self.generation, seen, timeout);
+            let _ = futex_wait(&self.word, v | SLEEPING, timeout);
         }
     }
+}
+
+thread_local! {
+    /// The word each thread's waits sleep on, made once per thread: a wait allocates
+    /// nothing for it, and a late bump from a wait that already ended is one more
+    /// spurious wake-up, which every wait re-checks anyway.
+    static THREAD_WORD: Arc<EventWord> = Arc::new(EventWord::new());
+}
+
+/// This thread's event word (see `THREAD_WORD`).
+pub fn thread_word() -> Arc<EventWord> {
+    THREAD_WORD.with(Arc::clone)
 }
 
 /// The list of event words a readiness source bumps when it may have become ready.
 ///
 /// Waiters register their word for the length of one wait. The list is guarded by a
-/// spin lock held only to push, remove or walk it: the wake path runs inside sources'
-/// own operations and must never sleep on a futex itself. Contended, it yields the CPU
-/// instead of spinning, so a preempted holder on the same core gets to finish.
+/// spin lock held only to push, remove or walk it (moving each word's generation on, an
+/// atomic operation): the wake system calls happen after it is released, so a woken
+/// waiter taking its registration out never finds the lock held by its own waker. The
+/// lock must never sleep on a futex itself (it runs inside sources' own operations);
+/// contended, it yields the CPU instead of spinning, so a preempted holder on the same
+/// core gets to finish.
 #[derive(Default)]
 pub struct Notifier {
     waiters: SpinMutex<Vec<Arc<EventWord>>, Yield>,
@@ -88,6 +133,9 @@ impl std::fmt::Debug for Notifier {
     }
 }
 
+/// Words woken after the lock is released without allocating; more spill to a `Vec`.
+const INLINE_WAKES: usize = 4;
+
 impl Notifier {
     pub const fn new() -> Self {
         Notifier { waiters: SpinMutex::new(Vec::new()) }
@@ -98,13 +146,29 @@ impl Notifier {
     /// registration removes one entry.
     pub fn register(&self, word: &Arc<EventWord>) -> Registration<'_> {
         self.waiters.lock().push(Arc::clone(word));
-        Registration { notifier: self, word: Arc::clone(word) }
+        Registration { notifier: self, word: Arc::as_ptr(word) }
     }
 
     /// Wakes every registered waiter. Call it after the state change it announces.
     pub fn notify(&self) {
-        for word in self.waiters.lock().iter() {
-            word.wake_all();
+        let mut inline: [Option<Arc<EventWord>>; INLINE_WAKES] = Default::default();
+        let mut spilled = Vec::new();
+        {
+            let waiters = self.waiters.lock();
+            let mut n = 0;
+            for word in waiters.iter() {
+                if word.bump() {
+                    if n < INLINE_WAKES {
+                        inline[n] = Some(Arc::clone(word));
+                        n += 1;
+                    } else {
+                        spilled.push(Arc::clone(word));
+                    }
+                }
+            }
+        }
+        for word in inline.iter().flatten().chain(&spilled) {
+            platform::futex_wake(&word.word, u32::MAX);
         }
     }
 
@@ -117,13 +181,14 @@ impl Notifier {
 /// One word's place in a notifier's list; dropping it takes the word out again.
 pub struct Registration<'a> {
     notifier: &'a Notifier,
-    word: Arc<EventWord>,
+    /// Only compared, never dereferenced: the list's own `Arc` keeps the word alive.
+    word: *const EventWord,
 }
 
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
         let mut waiters = self.notifier.waiters.lock();
-        if let Some(i) = waiters.iter().position(|w| Arc::ptr_eq(w, &self.word)) {
+        if let Some(i) = waiters.iter().position(|w| std::ptr::eq(Arc::as_ptr(w), self.word)) {
             waiters.swap_remove(i);
         }
     }
@@ -173,6 +238,30 @@ mod tests {
         let took = start.elapsed();
         assert!(took >= Duration::from_millis(40), "woke early: {took:?}");
         assert!(took < Duration::from_secs(2), "woke late: {took:?}");
+    }
+
+    /// A wake with nobody asleep moves the generation and leaves no sleeping mark (it
+    /// made no system call); a sleeper marks the word, and the wake clears the mark.
+    #[test]
+    fn the_sleeping_mark_is_set_by_a_sleeper_and_cleared_by_its_wake() {
+        let word = Arc::new(EventWord::new());
+        let seen = word.current();
+        assert!(!word.bump(), "nobody asleep: no wake call needed");
+        assert_ne!(word.current(), seen);
+        let seen = word.current();
+        let sleeper = {
+            let word = Arc::clone(&word);
+            thread::spawn(move || word.wait_until_changed(seen, Some(Instant::now() + Duration::from_secs(10))))
+        };
+        let start = Instant::now();
+        while word.word.load(Ordering::SeqCst) & SLEEPING == 0 {
+            assert!(start.elapsed() < Duration::from_secs(10), "the sleeper never marked the word");
+            thread::yield_now();
+        }
+        word.wake_all();
+        assert_eq!(sleeper.join().unwrap(), WaitResult::Changed);
+        assert_eq!(word.word.load(Ordering::SeqCst) & SLEEPING, 0, "the wake left the mark set");
+        assert!(!word.bump());
     }
 
     #[test]

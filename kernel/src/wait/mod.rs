@@ -12,7 +12,7 @@ use std::time::Instant;
 
 pub use cancel::{CancelToken, cancel_after};
 pub use event::{EventWord, Notifier, Registration, WaitResult};
-pub use pipe::{Closed, PipeError, PipeReader, PipeWriter, byte_pipe};
+pub use pipe::{Closed, PipeError, PipeReader, PipeWriter, TransferClosed, byte_pipe};
 pub use timer::Timer;
 
 /// Something a capsule can wait for: a stream that may have bytes, a timer, a
@@ -79,16 +79,28 @@ pub fn wait_any(
     wait_any_with(sources, cancel, deadline, &mut || {})
 }
 
-/// Waits until `source` is ready (the shape of `block`).
+/// Waits until `source` is ready (the shape of `block`, and of every blocking stream
+/// call). Allocates nothing: the thread's own event word, at most two registrations.
 pub fn wait_one(
     source: &dyn Readiness,
     cancel: &CancelToken,
     deadline: Option<Instant>,
 ) -> Result<(), WaitError> {
-    wait_any(&[source], cancel, deadline).map(|_| ())
+    if cancel.is_cancelled() {
+        return Err(WaitError::Cancelled);
+    }
+    if source.is_ready() {
+        return Ok(());
+    }
+    let word = event::thread_word();
+    let _source = source.notifier().map(|n| n.register(&word));
+    let _cancel = cancel.notifier().map(|n| n.register(&word));
+    let wake_at = source.ready_at().into_iter().chain(deadline).min();
+    sleep_until(&word, cancel, deadline, wake_at, &mut || source.is_ready().then_some(()), &mut || {})
 }
 
 fn ready_indices(sources: &[&dyn Readiness]) -> Vec<usize> {
+    // Collecting from a filter allocates only once something is ready.
     sources.iter().enumerate().filter(|(_, s)| s.is_ready()).map(|(i, _)| i).collect()
 }
 
@@ -111,7 +123,7 @@ fn wait_any_with(
 
     // Register before the first `current()` read, so any change from here on either
     // shows in the readiness check or moves the word.
-    let word = Arc::new(EventWord::new());
+    let word = event::thread_word();
     let _registrations: Vec<Registration<'_>> = sources
         .iter()
         .filter_map(|s| s.notifier())
@@ -120,14 +132,30 @@ fn wait_any_with(
         .collect();
     // Sources that turn ready on their own clock bound the sleep.
     let wake_at = sources.iter().filter_map(|s| s.ready_at()).chain(deadline).min();
+    let mut check = || {
+        let ready = ready_indices(sources);
+        (!ready.is_empty()).then_some(ready)
+    };
+    sleep_until(&word, cancel, deadline, wake_at, &mut check, before_sleep)
+}
 
+/// The loop every wait ends in, once its word is registered with every notifier: read
+/// the generation, check cancellation and then readiness (`check`), sleep until the
+/// word moves or `wake_at`, and again. Cancellation wins over readiness.
+fn sleep_until<T>(
+    word: &EventWord,
+    cancel: &CancelToken,
+    deadline: Option<Instant>,
+    wake_at: Option<Instant>,
+    check: &mut dyn FnMut() -> Option<T>,
+    before_sleep: &mut dyn FnMut(),
+) -> Result<T, WaitError> {
     loop {
         let seen = word.current();
         if cancel.is_cancelled() {
             return Err(WaitError::Cancelled);
         }
-        let ready = ready_indices(sources);
-        if !ready.is_empty() {
+        if let Some(ready) = check() {
             return Ok(ready);
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {

@@ -99,12 +99,74 @@ impl PipeReader {
                 return if state.writer_open { Ok(Vec::new()) } else { Err(Closed) };
             }
             let n = max.min(state.buf.len());
-            state.buf.drain(..n).collect::<Vec<u8>>()
+            let mut out = Vec::with_capacity(n);
+            take_front(&mut state.buf, n, |part| out.extend_from_slice(part));
+            out
         };
         if !bytes.is_empty() {
             self.shared.writable.notify();
         }
         Ok(bytes)
+    }
+
+    /// Takes up to `buf.len()` buffered bytes into `buf` without waiting and says how
+    /// many; like `read` otherwise (0: nothing yet, `Err(Closed)`: end of file).
+    pub fn read_into(&self, buf: &mut [u8]) -> Result<usize, Closed> {
+        let n = {
+            let mut state = self.shared.lock();
+            if state.buf.is_empty() {
+                return if state.writer_open { Ok(0) } else { Err(Closed) };
+            }
+            let n = buf.len().min(state.buf.len());
+            let mut at = 0;
+            take_front(&mut state.buf, n, |part| {
+                buf[at..at + part.len()].copy_from_slice(part);
+                at += part.len();
+            });
+            n
+        };
+        if n > 0 {
+            self.shared.writable.notify();
+        }
+        Ok(n)
+    }
+
+    /// Moves up to `max` buffered bytes straight into `dst`'s buffer (one copy, no
+    /// buffer in between), as many as `dst` has room for, without waiting. `Ok(0)`:
+    /// nothing buffered yet or no room. Both pipes are locked together, in address
+    /// order, so two splices in opposite directions cannot deadlock. Not for a pipe
+    /// into itself (`same_pipe`).
+    pub fn transfer_to(&self, dst: &PipeWriter, max: usize) -> Result<usize, TransferClosed> {
+        debug_assert!(!self.same_pipe(dst), "a pipe spliced into itself takes the buffered path");
+        let n = {
+            let src_first = Arc::as_ptr(&self.shared) < Arc::as_ptr(&dst.shared);
+            let (mut src, mut out) = if src_first {
+                let src = self.shared.lock();
+                (src, dst.shared.lock())
+            } else {
+                let out = dst.shared.lock();
+                (self.shared.lock(), out)
+            };
+            if !out.reader_open {
+                return Err(TransferClosed::Sink);
+            }
+            if src.buf.is_empty() {
+                return if src.writer_open { Ok(0) } else { Err(TransferClosed::Source) };
+            }
+            let n = max.min(src.buf.len()).min(out.capacity - out.buf.len());
+            take_front(&mut src.buf, n, |part| out.buf.extend(part));
+            n
+        };
+        if n > 0 {
+            self.shared.writable.notify();
+            dst.shared.readable.notify();
+        }
+        Ok(n)
+    }
+
+    /// Whether `writer` writes into this very pipe.
+    pub fn same_pipe(&self, writer: &PipeWriter) -> bool {
+        Arc::ptr_eq(&self.shared, &writer.shared)
     }
 
     /// Waits until at least one byte (up to `max`) or end of file is there.
@@ -212,6 +274,26 @@ impl PipeWriter {
         }
         Ok(())
     }
+}
+
+/// Which end of a `transfer_to` is closed: the source reached end of file, or the
+/// sink's reader is gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransferClosed {
+    Source,
+    Sink,
+}
+
+/// Removes the first `n` bytes of `buf`, handing them to `put` as at most two slices
+/// (a ring buffer's two halves): whole-slice copies rather than a byte at a time.
+fn take_front(buf: &mut VecDeque<u8>, n: usize, mut put: impl FnMut(&[u8])) {
+    let (a, b) = buf.as_slices();
+    let from_a = n.min(a.len());
+    put(&a[..from_a]);
+    if n > from_a {
+        put(&b[..n - from_a]);
+    }
+    buf.drain(..n);
 }
 
 impl Readiness for PipeReader {
@@ -342,6 +424,60 @@ mod tests {
         assert_eq!(r.read_blocking(8, &cancel, soon(30)), Err(PipeError::Cancelled));
         assert!(start.elapsed() < Duration::from_secs(2));
         t.join().unwrap();
+    }
+
+    /// Bytes move pipe to pipe in order, across the ring buffer's wrap, limited by the
+    /// request, by what is buffered and by the destination's room; each closed side is
+    /// told apart.
+    #[test]
+    fn transfer_moves_bytes_in_order_and_names_the_closed_side() {
+        let (w1, r1) = byte_pipe(8);
+        let (w2, r2) = byte_pipe(5);
+        // Wrap the source's ring: write 6, read 4, write 6 more (8 buffered, split).
+        w1.write(b"abcdef").unwrap();
+        assert_eq!(r1.read(4), Ok(b"abcd".to_vec()));
+        assert_eq!(w1.write(b"ghijkl"), Ok(6));
+        assert_eq!(r1.transfer_to(&w2, 3), Ok(3), "limited by the request");
+        assert_eq!(r1.transfer_to(&w2, 100), Ok(2), "limited by the destination's room");
+        assert_eq!(r1.transfer_to(&w2, 100), Ok(0), "destination full");
+        assert_eq!(r2.read(100), Ok(b"efghi".to_vec()));
+        assert_eq!(r1.transfer_to(&w2, 100), Ok(3), "limited by what is buffered");
+        assert_eq!(r2.read(100), Ok(b"jkl".to_vec()));
+        assert_eq!(r1.transfer_to(&w2, 100), Ok(0), "nothing buffered yet");
+        let mut buf = [0u8; 4];
+        w1.write(b"xyz").unwrap();
+        assert_eq!(r1.read_into(&mut buf), Ok(3));
+        assert_eq!(&buf[..3], b"xyz");
+        drop(w1);
+        assert_eq!(r1.transfer_to(&w2, 100), Err(TransferClosed::Source));
+        assert_eq!(r1.read_into(&mut buf), Err(Closed));
+        let (w3, r3) = byte_pipe(4);
+        w3.write(b"q").unwrap();
+        drop(r2);
+        assert_eq!(r3.transfer_to(&w2, 100), Err(TransferClosed::Sink));
+        assert!(!r3.same_pipe(&w2) && r3.same_pipe(&w3));
+    }
+
+    /// Two threads splice in opposite directions between the same two pipes, each
+    /// locking both: no deadlock, and every byte arrives.
+    #[test]
+    fn opposite_transfers_do_not_deadlock() {
+        let (wa, ra) = byte_pipe(64);
+        let (wb, rb) = byte_pipe(64);
+        let (wa, ra, wb, rb) = (Arc::new(wa), Arc::new(ra), Arc::new(wb), Arc::new(rb));
+        wa.write(&[1; 64]).unwrap();
+        let spinner = |from: Arc<PipeReader>, to: Arc<PipeWriter>| {
+            thread::spawn(move || {
+                for _ in 0..20_000 {
+                    let _ = from.transfer_to(&to, 7);
+                }
+            })
+        };
+        let t1 = spinner(Arc::clone(&ra), Arc::clone(&wb));
+        let t2 = spinner(Arc::clone(&rb), Arc::clone(&wa));
+        t1.join().unwrap();
+        t2.join().unwrap();
+        assert_eq!(ra.buffered() + rb.buffered(), 64, "bytes were lost or made up");
     }
 
     /// A fast writer against a slow reader through a 16-byte pipe: the writer is held
