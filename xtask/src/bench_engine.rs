@@ -142,7 +142,7 @@ impl EngineBench<'_> {
         let mut rows = Vec::new();
         let sides = [self.hosted(), self.image()];
         let runs = self.runs;
-        let mut cells: Vec<Vec<String>> = vec![Vec::new(); 6];
+        let mut cells: Vec<Vec<String>> = vec![Vec::new(); 3];
         for side in &sides {
             eprintln!("  engine benchmarks: {} …", side.name);
             // 1. block→wake latency through a capsule vs a raw futex ping-pong.
@@ -155,37 +155,6 @@ impl EngineBench<'_> {
                 figure(&c, "rtt_ns=").map(|ns| ns / 1000.0)
             })?;
             cells[0].push(format!("{pingpong:.1} µs vs {futex:.1} µs = {}", fmt_ratio(pingpong, futex)));
-            // 2. audited vs audit-off 4 KiB read.
-            let on = measure(side, Some(probe), &env(&[(TEST_ARG, "bench-read-4k")]), "completed in ", runs)?;
-            let off = measure(side, Some(probe), &env(&[(TEST_ARG, "bench-read-4k"), (AUDIT, "off")]), "completed in ", runs)?;
-            let dir = self.scratch.join(format!("share-{}", side.name));
-            let file_side = Side { share: Some((dir.clone(), self.virtiofsd.clone())), ..*side };
-            let on_file = measure(
-                &file_side,
-                Some(probe),
-                &env(&[(TEST_ARG, "bench-read-4k"), (AUDIT_SERIAL, "off"), (AUDIT_FILE, "/root/audit.log")]),
-                "completed in ",
-                runs,
-            )?;
-            let per_on = on / READ_ROUNDS as f64;
-            let per_file = on_file / READ_ROUNDS as f64;
-            let per_off = off / READ_ROUNDS as f64;
-            cells[1].push(format!(
-                "serial sink {per_on:.1} µs, file sink {per_file:.1} µs, audit off {per_off:.1} µs (ratios {} and {})",
-                fmt_ratio(per_on, per_off),
-                fmt_ratio(per_file, per_off)
-            ));
-            // 3. sink throughput, serial and file (virtio-fs in the image).
-            let serial = median_of(runs.min(3), || {
-                let c = run_once(side, None, &env(&[(BENCH, "sink-serial")]))?;
-                figure(&c, "records_per_s=")
-            })?;
-            let file = median_of(runs.min(3), || {
-                let c = run_once(&file_side, None, &env(&[(BENCH, "sink-file"), (AUDIT_FILE, "/root/audit.log")]))?;
-                figure(&c, "records_per_s=")
-            })?;
-            cells[2].push(format!("{serial:.0}/s"));
-            cells[3].push(format!("{file:.0}/s = {} × serial", fmt_ratio(file, serial)));
             // 4. splice throughput vs memcpy.
             let splice_us = measure(side, Some(probe), &env(&[(TEST_ARG, "bench-splice")]), "completed in ", runs)?;
             let splice = SPLICE_BYTES as f64 / splice_us; // bytes per µs = MB/s
@@ -193,17 +162,14 @@ impl EngineBench<'_> {
                 let c = run_once(side, None, &env(&[(BENCH, "memcpy")]))?;
                 figure(&c, "mb_per_s=")
             })?;
-            cells[4].push(format!("{splice:.0} MB/s vs {memcpy:.0} MB/s = {}", fmt_ratio(splice, memcpy)));
+            cells[1].push(format!("{splice:.0} MB/s vs {memcpy:.0} MB/s = {}", fmt_ratio(splice, memcpy)));
             // 5. precompiled instantiate vs JIT compile + instantiate.
             let jit = measure(side, Some(&self.probe_wasm), &env(&[(TEST_ARG, "block-timer")]), "compiled component in ", runs)?;
             let pre = measure(side, Some(probe), &env(&[(TEST_ARG, "block-timer")]), "precompiled component in ", runs)?;
-            cells[5].push(format!("{:.1} ms vs {:.1} ms = {}", jit / 1000.0, pre / 1000.0, fmt_ratio(jit, pre)));
+            cells[2].push(format!("{:.1} ms vs {:.1} ms = {}", jit / 1000.0, pre / 1000.0, fmt_ratio(jit, pre)));
         }
         let names = [
             "block→wake round trip through a capsule (audit off) vs raw futex ping-pong",
-            "4 KiB pipe write+read per round: audited to serial, audited to file, audit off",
-            "audit sink throughput: serial console",
-            "audit sink throughput: file (virtio-fs in the image)",
             "splice throughput vs memcpy",
             "load io-probe: JIT compile vs precompiled (deserialize)",
         ];
@@ -212,6 +178,156 @@ impl EngineBench<'_> {
         }
         Ok(rows)
     }
+}
+
+/// A figure an issue set a goal for, on one side, as the goals table prints it.
+pub struct Goal {
+    pub what: &'static str,
+    pub side: &'static str,
+    pub value: String,
+    pub goal: String,
+    pub met: bool,
+}
+
+impl Goal {
+    /// `value` (printed with `shown`) is at most `limit`.
+    fn at_most(what: &'static str, side: &'static str, value: f64, shown: String, limit: f64, unit: &str) -> Goal {
+        Goal { what, side, value: shown, goal: format!("≤ {limit}{unit}"), met: value <= limit }
+    }
+
+    /// `value` (printed with `shown`) is at least `floor`.
+    fn at_least(what: &'static str, side: &'static str, value: f64, shown: String, floor: &str, floor_value: f64) -> Goal {
+        Goal { what, side, value: shown, goal: format!("≥ {floor}"), met: value >= floor_value }
+    }
+}
+
+/// The goals table: every goal with this run's figure and whether it was met.
+pub fn print_goals(goals: &[Goal]) {
+    println!("goals (this run)");
+    println!("| figure | side | this run | goal | met |");
+    println!("|---|---|---|---|---|");
+    for g in goals {
+        println!("| {} | {} | {} | {} | {} |", g.what, g.side, g.value, g.goal, if g.met { "met" } else { "NOT met" });
+    }
+    println!("{} of {} goals met", goals.iter().filter(|g| g.met).count(), goals.len());
+}
+
+/// Checks that a console capture holds one whole, intact audit log with `io` io records
+/// (the serial sink's benchmark: nothing lost or reordered at that rate).
+fn check_console_log(console: &str, io: u64) -> Result<()> {
+    let lines = astrid_kernel::audit::extract(console);
+    let summary = astrid_kernel::audit::verify(lines.iter().copied()).map_err(|b| anyhow::anyhow!("the serial benchmark's log does not verify: {b}"))?;
+    anyhow::ensure!(summary.io_records == io, "the serial benchmark's log holds {} io records, not {io}", summary.io_records);
+    Ok(())
+}
+
+/// Records the image's `sink-serial` benchmark writes (kernel/src/bench.rs).
+const SERIAL_RECORDS: u64 = 5000;
+
+impl EngineBench<'_> {
+    /// The audit figures, both sides: a 4 KiB op audited to each sink vs audit off
+    /// (interleaved), the serial sink's bytes vs the raw serial ceiling (interleaved),
+    /// and sealing into the file sink with the log read back and verified. Returns the
+    /// rows and the goals.
+    pub fn audit(&self) -> Result<(Vec<Row>, Vec<Goal>)> {
+        let sides = [self.hosted(), self.image()];
+        let runs = self.runs;
+        let mut cells: Vec<Vec<String>> = vec![Vec::new(); 4];
+        let mut goals = Vec::new();
+        for side in &sides {
+            eprintln!("  audit benchmarks: {} …", side.name);
+            let probe = self.probe(side);
+            let dir = self.scratch.join(format!("share-{}", side.name));
+            let file_side = Side { share: Some((dir.clone(), self.virtiofsd.clone())), ..*side };
+            // 1. a 4 KiB pipe write + read per round: audit off, to serial, to the file;
+            // interleaved so that drift on a shared machine hits all three alike.
+            let (mut off, mut on, mut on_file) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..runs {
+                let per_round = |c: String| figure(&c, "completed in ").map(|us| us / READ_ROUNDS as f64);
+                off.push(per_round(run_once(side, Some(probe), &env(&[(TEST_ARG, "bench-read-4k"), (AUDIT, "off")]))?)?);
+                on.push(per_round(run_once(side, Some(probe), &env(&[(TEST_ARG, "bench-read-4k")]))?)?);
+                on_file.push(per_round(run_once(
+                    &file_side,
+                    Some(probe),
+                    &env(&[(TEST_ARG, "bench-read-4k"), (AUDIT_SERIAL, "off"), (AUDIT_FILE, "/root/audit.log")]),
+                )?)?);
+            }
+            let (off, on, on_file) = (median_f(off), median_f(on), median_f(on_file));
+            cells[0].push(format!(
+                "serial sink {on:.1} µs, file sink {on_file:.1} µs, audit off {off:.1} µs (ratios {} and {})",
+                fmt_ratio(on, off),
+                fmt_ratio(on_file, off)
+            ));
+            goals.push(Goal::at_most(
+                "a 4 KiB op audited to the file sink vs audit off",
+                side.name,
+                on_file / off,
+                format!("{:.2}×", on_file / off),
+                1.2,
+                "×",
+            ));
+            // 2. the serial sink's bytes against the raw serial ceiling, interleaved; the
+            // sink's console log is checked whole.
+            let (mut rec, mut bytes, mut raw) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..runs.min(3) {
+                let c = run_once(side, None, &env(&[(BENCH, "sink-serial")]))?;
+                check_console_log(&c, SERIAL_RECORDS)?;
+                rec.push(figure(&c, "records_per_s=")?);
+                bytes.push(figure(&c, "bytes_per_s=")?);
+                let c = run_once(side, None, &env(&[(BENCH, "serial-raw")]))?;
+                raw.push(figure(&c, "bytes_per_s=")?);
+            }
+            let (rec, bytes, raw) = (median_f(rec), median_f(bytes), median_f(raw));
+            cells[1].push(format!("{rec:.0} records/s, {:.0} kB/s vs raw {:.0} kB/s = {}", bytes / 1e3, raw / 1e3, fmt_ratio(bytes, raw)));
+            if side.image.is_some() {
+                goals.push(Goal::at_least(
+                    "the serial sink's bytes vs the raw serial ceiling (serial-raw, same run)",
+                    side.name,
+                    bytes / raw,
+                    format!("{:.2}×", bytes / raw),
+                    "0.8×",
+                    0.8,
+                ));
+            }
+            // 3. sealing into the file sink (virtio-fs in the image); the benchmark reads
+            // the log back and verifies it (`verified=yes`, else it fails).
+            let mut file = Vec::new();
+            for _ in 0..runs.min(3) {
+                let c = run_once(&file_side, None, &env(&[(BENCH, "sink-file"), (AUDIT_FILE, "/root/audit.log")]))?;
+                anyhow::ensure!(c.contains("verified=yes"), "the file sink's benchmark did not verify its log:\n{c}");
+                file.push(figure(&c, "records_per_s=")?);
+            }
+            let file = median_f(file);
+            cells[2].push(format!("{file:.0} records/s, verified"));
+            cells[3].push(format!("{} × serial", fmt_ratio(file, rec)));
+            let (floor, floor_value) = if side.image.is_some() { ("34,500 records/s", 34_500.0) } else { ("1,000,000 records/s", 1e6) };
+            goals.push(Goal::at_least(
+                "audit sealing into the file sink, the log read back and verified",
+                side.name,
+                file,
+                format!("{file:.0} records/s"),
+                floor,
+                floor_value,
+            ));
+        }
+        let names = [
+            "4 KiB pipe write+read per round: audited to serial, audited to file, audit off",
+            "audit sink, serial console: records/s, bytes/s vs the raw serial ceiling (serial-raw)",
+            "audit sink, file (virtio-fs in the image): sealing, log verified",
+            "file sink vs serial sink, records/s",
+        ];
+        let rows = names.iter().zip(cells).map(|(what, c)| Row { what: what.to_string(), hosted: c[0].clone(), image: c[1].clone() }).collect();
+        Ok((rows, goals))
+    }
+}
+
+fn median_f(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
 }
 
 /// The median of `runs` calls of `f`.

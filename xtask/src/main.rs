@@ -84,7 +84,7 @@ enum Cmd {
         /// Runs per figure (the boot benchmark uses at least 10).
         #[arg(long, default_value_t = 10)]
         runs: usize,
-        /// Only this group: `boot`, `engine` or `net`.
+        /// Only this group: `boot`, `engine` (audit included), `audit` or `net`.
         #[arg(long)]
         only: Option<String>,
     },
@@ -342,14 +342,16 @@ fn dispatch(cmd: Cmd) -> Result<u8> {
                 bench::print_boot(&figures);
             }
             let engine_group = only.as_deref().is_none_or(|o| o == "engine");
+            let audit_group = only.as_deref().is_none_or(|o| o == "engine" || o == "audit");
             let net_group = only.as_deref().is_none_or(|o| o == "net");
             // What both groups use, built and precompiled once.
-            let (probe, hosted_bin, testing_img) = if engine_group || net_group {
+            let (probe, hosted_bin, testing_img) = if engine_group || audit_group || net_group {
                 (Some(precompiled(&paths, "io-probe")?), artifacts::ensure_hosted(&paths, true)?, artifacts::ensure_testing(&paths)?)
             } else {
                 (None, Default::default(), Default::default())
             };
-            if engine_group {
+            let mut goals = Vec::new();
+            if engine_group || audit_group {
                 let (probe_wasm, probe_native, probe_hermit) = probe.clone().expect("built above");
                 let engine = xtask::bench_engine::EngineBench {
                     art: &art,
@@ -362,7 +364,10 @@ fn dispatch(cmd: Cmd) -> Result<u8> {
                     scratch: paths.out.join("bench-scratch"),
                     runs: runs.clamp(1, 5),
                 };
-                let rows = engine.run()?;
+                let mut rows = if engine_group { engine.run()? } else { Vec::new() };
+                let (audit_rows, audit_goals) = engine.audit()?;
+                rows.extend(audit_rows);
+                goals.extend(audit_goals);
                 xtask::bench_engine::print(&rows);
             }
             if net_group {
@@ -386,6 +391,9 @@ fn dispatch(cmd: Cmd) -> Result<u8> {
                 for r in &rows {
                     println!("| {} | {} | {} |", r.what, r.hosted, r.image);
                 }
+            }
+            if !goals.is_empty() {
+                xtask::bench_engine::print_goals(&goals);
             }
             Ok(0)
         }

@@ -13,7 +13,7 @@
 //! signing key the chain also writes signed checkpoints: every [`CHECKPOINT_EVERY`]
 //! records, after each capsule's end record, and in the close record itself.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -83,7 +83,7 @@ pub(super) struct Ledger {
     last_t_ns: u64,
     clock: Box<dyn FnMut() -> u64 + Send>,
     /// Io records per capsule since that capsule's last end record.
-    per_capsule: HashMap<Arc<str>, u64>,
+    per_capsule: FxHashMap<Arc<str>, u64>,
     closed: bool,
     signed: bool,
     /// Records since the last checkpoint (genesis included).
@@ -190,6 +190,8 @@ impl Ledger {
 #[derive(Clone)]
 pub(super) struct Sealer {
     prev: blake3::Hash,
+    /// `prev` in hex, as the next line carries it (the tail of the last line).
+    prev_hex: String,
     binding: RunBinding,
     nonce_hex: String,
     key: Option<SigningKey>,
@@ -200,6 +202,7 @@ impl Sealer {
     fn new(binding: RunBinding, key: Option<SigningKey>) -> Self {
         Sealer {
             prev: blake3::Hash::from_bytes([0; 32]),
+            prev_hex: super::record::GENESIS.to_owned(),
             nonce_hex: hex(&binding.nonce),
             key_hex: key.as_ref().map(|k| hex(k.verifying_key().as_bytes())),
             binding,
@@ -209,8 +212,7 @@ impl Sealer {
 
     /// Appends the line of `entry` to `line` and makes it the chain's head.
     pub fn seal(&mut self, entry: &Stamped, line: &mut String) {
-        let prev = self.prev.to_hex();
-        let mut f = Fields { seq: entry.seq, t_ns: entry.t_ns, prev: prev.as_str(), ..Fields::blank("") };
+        let mut f = Fields { seq: entry.seq, t_ns: entry.t_ns, prev: self.prev_hex.as_str(), ..Fields::blank("") };
         let (content, manifest, sig);
         match &entry.body {
             Body::Io(e) => {
@@ -258,6 +260,11 @@ impl Sealer {
             }
         }
         self.prev = seal_into(&f, line);
+        // The line ends in `"hash":"<64 hex digits>"}`: the next line's `prev`.
+        let tail = &line[line.len() - 66..line.len() - 2];
+        debug_assert_eq!(tail, self.prev.to_hex().as_str());
+        self.prev_hex.clear();
+        self.prev_hex.push_str(tail);
     }
 
     /// The signature of a checkpoint at `seq`, after the current head.
@@ -297,7 +304,7 @@ impl Chain {
                 next_seq: 0,
                 last_t_ns: 0,
                 clock,
-                per_capsule: HashMap::new(),
+                per_capsule: FxHashMap::default(),
                 closed: false,
                 signed: false,
                 since_checkpoint: 0,

@@ -360,6 +360,14 @@ fn push_u64(out: &mut String, mut n: u64) {
 /// the C0 controls as serde_json writes them (`\n`, `\t`, … or `\u00XX`), and every
 /// other character outside printable ASCII as `\uXXXX` (UTF-16 units, lowercase hex).
 fn push_str(out: &mut String, s: &str) {
+    // Names and functions are printable ASCII without quotes or backslashes nearly
+    // always: one pass over the bytes, one copy.
+    if s.bytes().all(|b| matches!(b, b' '..=b'~') && b != b'"' && b != b'\\') {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     fn unit(out: &mut String, u: u16) {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         out.push_str("\\u");
