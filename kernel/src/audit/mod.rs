@@ -11,7 +11,7 @@ mod record;
 mod sink;
 mod verify;
 
-pub use chain::{CHECKPOINT_EVERY, Chain, ChainClosed, RunBinding};
+pub use chain::{CHECKPOINT_EVERY, Chain, ChainClosed, RunBinding, seal_and_hash_only};
 pub use ed25519_dalek::{SigningKey, VerifyingKey};
 pub use console::{ConsoleSink, FRAME_PREFIX, Untrusted, console_line, escape, extract, frame, needs_escape, panic_line, say_line};
 pub use queue::{AuditError, AuditHandle, AuditLog, QueueStats};
