@@ -341,19 +341,9 @@ fn push_key(out: &mut String, name: &str) {
     out.push_str("\":");
 }
 
-fn push_u64(out: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    // Only ASCII digits were written.
-    out.push_str(std::str::from_utf8(&digits[i..]).expect("ASCII digits"));
+fn push_u64(out: &mut String, n: u64) {
+    // Two digits at a time, as serde_json writes integers (the same crate).
+    out.push_str(itoa::Buffer::new().format(n));
 }
 
 /// A JSON string in the canonical form (`canonical_json`): `"` and backslash escaped,
