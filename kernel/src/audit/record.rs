@@ -270,6 +270,25 @@ pub fn seal(record: &AuditRecord) -> (String, String) {
 pub(super) fn seal_into(record: &Fields<'_>, line: &mut String) -> blake3::Hash {
     let start = line.len();
     write_canonical(record, line);
+    finish_line(line, start)
+}
+
+/// As `seal_into`, for a record whose middle (`write_middle` of its capsule, principal,
+/// function and outcome) is already written in `middle`: the drainer keeps it per
+/// capsule and function instead of encoding the same names for every record. The same
+/// bytes as `seal_into` by construction: both write through `write_middle` and
+/// `write_rest`.
+pub(super) fn seal_with_middle(record: &Fields<'_>, middle: &str, line: &mut String) -> blake3::Hash {
+    let start = line.len();
+    write_head(record, line);
+    line.push_str(middle);
+    push_u64(line, record.elapsed_ns);
+    write_rest(record, line);
+    finish_line(line, start)
+}
+
+/// Hashes the body written from `start` and appends the hash field.
+fn finish_line(line: &mut String, start: usize) -> blake3::Hash {
     let hash = blake3::hash(&line.as_bytes()[start..]);
     // The body ends with '}': reopen it for the hash field.
     line.pop();
@@ -281,18 +300,30 @@ pub(super) fn seal_into(record: &Fields<'_>, line: &mut String) -> blake3::Hash 
 
 /// `AuditRecord`'s canonical JSON (field order as declared, absent options left out).
 fn write_canonical(r: &Fields<'_>, out: &mut String) {
+    write_head(r, out);
+    write_middle(r.capsule, r.principal, r.function, r.outcome, out);
+    push_u64(out, r.elapsed_ns);
+    write_rest(r, out);
+}
+
+/// `{"seq":N,"t_ns":N`
+fn write_head(r: &Fields<'_>, out: &mut String) {
     out.push_str("{\"seq\":");
     push_u64(out, r.seq);
     out.push_str(",\"t_ns\":");
     push_u64(out, r.t_ns);
+}
+
+/// `,"capsule":…,"principal":…,"fn":…,"outcome":"…","elapsed_ns":` (the value follows).
+pub(super) fn write_middle(capsule: &str, principal: &str, function: &str, outcome: Outcome, out: &mut String) {
     out.push_str(",\"capsule\":");
-    push_str(out, r.capsule);
+    push_str(out, capsule);
     out.push_str(",\"principal\":");
-    push_str(out, r.principal);
+    push_str(out, principal);
     out.push_str(",\"fn\":");
-    push_str(out, r.function);
+    push_str(out, function);
     out.push_str(",\"outcome\":\"");
-    out.push_str(match r.outcome {
+    out.push_str(match outcome {
         Outcome::Ok => "ok",
         Outcome::Error => "error",
         Outcome::Cancelled => "cancelled",
@@ -300,7 +331,10 @@ fn write_canonical(r: &Fields<'_>, out: &mut String) {
         Outcome::Trap => "trap",
     });
     out.push_str("\",\"elapsed_ns\":");
-    push_u64(out, r.elapsed_ns);
+}
+
+/// Everything after `elapsed_ns`'s value, the closing brace included.
+fn write_rest(r: &Fields<'_>, out: &mut String) {
     let numbers = [("bytes", r.bytes), ("pollable_count", r.pollable_count.map(u64::from)), ("ready_count", r.ready_count.map(u64::from))];
     for (name, value) in numbers {
         if let Some(v) = value {
