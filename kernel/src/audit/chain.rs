@@ -277,13 +277,14 @@ impl Sealer {
                 ready_count: e.ready_count,
                 error: e.error.as_deref(),
                 prev: self.prev_hex.as_str(),
+                prev_is_hex: true,
                 ..Fields::blank("")
             };
             let hash = seal_with_middle(&f, &self.middles[i].text, line);
             self.set_head(hash, line);
             return;
         }
-        let mut f = Fields { seq: entry.seq, t_ns: entry.t_ns, prev: self.prev_hex.as_str(), ..Fields::blank("") };
+        let mut f = Fields { seq: entry.seq, t_ns: entry.t_ns, prev: self.prev_hex.as_str(), prev_is_hex: true, ..Fields::blank("") };
         let (content, manifest, sig);
         match &entry.body {
             Body::Io(e) => {

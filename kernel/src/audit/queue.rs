@@ -443,15 +443,31 @@ fn drain_loop(shared: &Shared, sink: &mut dyn Sink) {
             }
             let n = st.queue.len().min(MAX_BATCH);
             batch.extend(st.queue.drain(..n));
-            for entry in &batch {
-                if let super::chain::Body::Io(e) = &entry.body
-                    && let Some(own) = st.queued_by.get_mut(&e.capsule)
-                {
-                    *own -= 1;
+            // Each capsule's share is given back once per run of its records (a batch is
+            // mostly one capsule's): one map look-up per run, not per record.
+            let mut give_back = |capsule: &Arc<str>, n: usize| {
+                if let Some(own) = st.queued_by.get_mut(capsule) {
+                    *own -= n.min(*own);
                     if *own == 0 {
-                        st.queued_by.remove(&e.capsule);
+                        st.queued_by.remove(capsule);
                     }
                 }
+            };
+            let mut run: Option<(&Arc<str>, usize)> = None;
+            for entry in &batch {
+                if let super::chain::Body::Io(e) = &entry.body {
+                    match &mut run {
+                        Some((c, n)) if Arc::ptr_eq(c, &e.capsule) => *n += 1,
+                        _ => {
+                            if let Some((c, n)) = run.replace((&e.capsule, 1)) {
+                                give_back(c, n);
+                            }
+                        }
+                    }
+                }
+            }
+            if let Some((c, n)) = run {
+                give_back(c, n);
             }
             shared.not_full.notify_all();
         }

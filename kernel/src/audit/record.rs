@@ -158,6 +158,9 @@ pub(super) struct Fields<'a> {
     pub manifest: Option<&'a str>,
     pub sig: Option<&'a str>,
     pub prev: &'a str,
+    /// `prev` is known to be 64 hex digits (the sealer's own head): written without the
+    /// escaping scan, the same bytes.
+    pub prev_is_hex: bool,
 }
 
 impl<'a> Fields<'a> {
@@ -183,6 +186,7 @@ impl<'a> Fields<'a> {
             manifest: None,
             sig: None,
             prev: "",
+            prev_is_hex: false,
         }
     }
 }
@@ -209,6 +213,7 @@ impl AuditRecord {
             manifest: self.manifest.as_deref(),
             sig: self.sig.as_deref(),
             prev: &self.prev,
+            prev_is_hex: false,
         }
     }
 }
@@ -365,7 +370,14 @@ fn write_rest(r: &Fields<'_>, out: &mut String) {
         }
     }
     out.push_str(",\"prev\":");
-    push_str(out, r.prev);
+    if r.prev_is_hex {
+        debug_assert!(r.prev.len() == 64 && r.prev.bytes().all(|b| b.is_ascii_hexdigit()));
+        out.push('"');
+        out.push_str(r.prev);
+        out.push('"');
+    } else {
+        push_str(out, r.prev);
+    }
     out.push('}');
 }
 
