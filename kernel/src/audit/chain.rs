@@ -13,7 +13,6 @@
 //! signing key the chain also writes signed checkpoints: every [`CHECKPOINT_EVERY`]
 //! records, after each capsule's end record, and in the close record itself.
 
-use rustc_hash::FxHashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -84,7 +83,7 @@ pub(super) struct Ledger {
     last_t_ns: u64,
     clock: Box<dyn FnMut() -> u64 + Send>,
     /// Io records per capsule since that capsule's last end record.
-    per_capsule: FxHashMap<Arc<str>, u64>,
+    per_capsule: super::FxMap<Arc<str>, u64>,
     closed: bool,
     signed: bool,
     /// Records since the last checkpoint (genesis included).
@@ -382,7 +381,7 @@ impl Chain {
                 next_seq: 0,
                 last_t_ns: 0,
                 clock,
-                per_capsule: FxHashMap::default(),
+                per_capsule: super::FxMap::default(),
                 closed: false,
                 signed: false,
                 since_checkpoint: 0,

@@ -107,7 +107,7 @@ struct State {
     queue: VecDeque<Stamped>,
     capacity: usize,
     /// Io records each capsule has in the queue: none may hold more than its share.
-    queued_by: rustc_hash::FxHashMap<Arc<str>, usize>,
+    queued_by: super::FxMap<Arc<str>, usize>,
     written: u64,
     high_water: usize,
     refused: u64,
@@ -236,7 +236,7 @@ impl AuditLog {
                 ledger,
                 queue: VecDeque::with_capacity(capacity),
                 capacity,
-                queued_by: rustc_hash::FxHashMap::default(),
+                queued_by: super::FxMap::default(),
                 written: 0,
                 high_water: 0,
                 refused: 0,
