@@ -219,10 +219,11 @@ pub fn goals_table(goals: &[Goal]) -> String {
     let mut out = String::from("goals (this run)\n| figure | side | measured | goal | met |\n|---|---|---|---|---|\n");
     for g in goals {
         out.push_str(&format!(
-            "| {} | {} | {:.2}{} | {} | {} |\n",
+            "| {} | {} | {}{} | {} | {} |\n",
             g.what,
             g.side,
-            g.value,
+            // Throughputs whole, ratios to two places.
+            if g.value.abs() >= 100.0 { format!("{:.0}", g.value) } else { format!("{:.2}", g.value) },
             g.unit,
             g.bound_text(),
             if g.met() { "met" } else { "NOT met" }

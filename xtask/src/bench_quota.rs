@@ -105,6 +105,18 @@ pub fn print(hosted: &QuotaFigures, image: &QuotaFigures, rtt_ns: f64, runs: usi
     println!("| that round trip with its two charges / without | {capsule:.4}× | — | ≤ {GOAL_RATIO:.2}× | {} |", met(capsule));
 }
 
+/// The goals table's rows: what the charges add to a capsule-to-capsule ipc round trip
+/// (the figure `scripts/bench` prints for ipc), and to the image's bus round trip. The
+/// hosted bus figure (two atomic updates against a few hundred ns that swing with the
+/// host's load) stays in the quota table only.
+pub fn goals(image: &QuotaFigures, rtt_ns: f64, hosted: &QuotaFigures) -> Vec<crate::bench::Goal> {
+    use crate::bench::Goal;
+    vec![
+        Goal::at_most("an ipc round trip between two capsules with its quota charges vs without", "hosted", capsule_ratio(rtt_ns, hosted.charge_ns), GOAL_RATIO),
+        Goal::at_most("an ipc publish + take with its quota charge vs without", "image", image.ratio, GOAL_RATIO),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -84,7 +84,7 @@ enum Cmd {
         /// Runs per figure (the boot benchmark uses at least 10).
         #[arg(long, default_value_t = 10)]
         runs: usize,
-        /// Only this group: `boot`, `engine`, `net` or `quota`.
+        /// Only this group: `boot`, `engine` (audit included), `audit`, `net` or `quota`.
         #[arg(long)]
         only: Option<String>,
     },
@@ -345,6 +345,7 @@ fn dispatch(cmd: Cmd) -> Result<u8> {
                 goals.push(bench::boot_goal(&figures));
             }
             let engine_group = only.as_deref().is_none_or(|o| o == "engine");
+            let audit_group = only.as_deref().is_none_or(|o| o == "engine" || o == "audit");
             let net_group = only.as_deref().is_none_or(|o| o == "net");
             if only.as_deref().is_none_or(|o| o == "quota") {
                 let runs = runs.clamp(1, 5);
@@ -353,14 +354,16 @@ fn dispatch(cmd: Cmd) -> Result<u8> {
                 let scratch = paths.out.join("bench-scratch/quota");
                 let (hosted, image, rtt) = xtask::bench_quota::run(&art, &hosted_bin, &art.astrid_img, &probe_native, &scratch, runs)?;
                 xtask::bench_quota::print(&hosted, &image, rtt, runs);
+                goals.extend(xtask::bench_quota::goals(&image, rtt, &hosted));
             }
             // What both groups use, built and precompiled once.
-            let (probe, hosted_bin, testing_img) = if engine_group || net_group {
+            let (probe, hosted_bin, testing_img) = if engine_group || audit_group || net_group {
                 (Some(precompiled(&paths, "io-probe")?), artifacts::ensure_hosted(&paths, true)?, artifacts::ensure_testing(&paths)?)
             } else {
                 (None, Default::default(), Default::default())
             };
-            if engine_group {
+            let mut goals = Vec::new();
+            if engine_group || audit_group {
                 let (probe_wasm, probe_native, probe_hermit) = probe.clone().expect("built above");
                 let engine = xtask::bench_engine::EngineBench {
                     art: &art,
@@ -373,9 +376,12 @@ fn dispatch(cmd: Cmd) -> Result<u8> {
                     scratch: paths.out.join("bench-scratch"),
                     runs: runs.clamp(1, 5),
                 };
-                let (rows, engine_goals) = engine.run()?;
-                xtask::bench_engine::print(&rows);
+                let (mut rows, engine_goals) = if engine_group { engine.run()? } else { (Vec::new(), Vec::new()) };
                 goals.extend(engine_goals);
+                let (audit_rows, audit_goals) = engine.audit()?;
+                rows.extend(audit_rows);
+                goals.extend(audit_goals);
+                xtask::bench_engine::print(&rows);
             }
             if net_group {
                 let (_, probe_native, probe_hermit) = probe.expect("built above");

@@ -13,14 +13,14 @@
 //! signing key the chain also writes signed checkpoints: every [`CHECKPOINT_EVERY`]
 //! records, after each capsule's end record, and in the close record itself.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use ed25519_dalek::{Signer, SigningKey};
 
 use super::record::{
-    FN_CAPSULE_END, FN_CAPSULE_LOAD, FN_CHECKPOINT, FN_CLOSE, FN_GENESIS, Fields, IoEvent, checkpoint_message, hex, seal_into,
+    FN_CAPSULE_END, FN_CAPSULE_LOAD, FN_CHECKPOINT, FN_CLOSE, FN_GENESIS, Fields, IoEvent, Outcome, checkpoint_message, hex, seal_into,
+    seal_with_middle, write_middle,
 };
 
 /// Records (of any kind but checkpoints) after which a signed chain writes a checkpoint.
@@ -83,7 +83,7 @@ pub(super) struct Ledger {
     last_t_ns: u64,
     clock: Box<dyn FnMut() -> u64 + Send>,
     /// Io records per capsule since that capsule's last end record.
-    per_capsule: HashMap<Arc<str>, u64>,
+    per_capsule: super::FxMap<Arc<str>, u64>,
     closed: bool,
     signed: bool,
     /// Records since the last checkpoint (genesis included).
@@ -190,27 +190,100 @@ impl Ledger {
 #[derive(Clone)]
 pub(super) struct Sealer {
     prev: blake3::Hash,
+    /// `prev` in hex, as the next line carries it (the tail of the last line).
+    prev_hex: String,
     binding: RunBinding,
     nonce_hex: String,
     key: Option<SigningKey>,
     key_hex: Option<String>,
+    /// The encoded middles of recent io records (`write_middle`), by capsule, principal,
+    /// function and outcome: a capsule's records repeat them, and encoding them again for
+    /// every record is most of the encoder's work (under QEMU TCG above all).
+    middles: Vec<Middle>,
+    /// The slot the next new middle replaces once `middles` is full.
+    next_slot: usize,
+}
+
+/// How many encoded middles the sealer keeps.
+const MIDDLES: usize = 32;
+
+/// One encoded middle and what it encodes. The names are the event's own (shared), so
+/// the comparison is a pointer check in the usual case; equal text matches too.
+#[derive(Clone)]
+struct Middle {
+    capsule: Arc<str>,
+    principal: Arc<str>,
+    function: std::borrow::Cow<'static, str>,
+    outcome: Outcome,
+    text: String,
+}
+
+impl Middle {
+    fn of(e: &IoEvent) -> Middle {
+        let mut text = String::with_capacity(128);
+        write_middle(&e.capsule, &e.principal, &e.function, e.outcome, &mut text);
+        Middle { capsule: e.capsule.clone(), principal: e.principal.clone(), function: e.function.clone(), outcome: e.outcome, text }
+    }
+
+    fn encodes(&self, e: &IoEvent) -> bool {
+        let same = |a: &Arc<str>, b: &Arc<str>| Arc::ptr_eq(a, b) || **a == **b;
+        self.outcome == e.outcome && same(&self.capsule, &e.capsule) && same(&self.principal, &e.principal) && self.function == e.function
+    }
 }
 
 impl Sealer {
     fn new(binding: RunBinding, key: Option<SigningKey>) -> Self {
         Sealer {
             prev: blake3::Hash::from_bytes([0; 32]),
+            prev_hex: super::record::GENESIS.to_owned(),
             nonce_hex: hex(&binding.nonce),
             key_hex: key.as_ref().map(|k| hex(k.verifying_key().as_bytes())),
             binding,
             key,
+            middles: Vec::with_capacity(MIDDLES),
+            next_slot: 0,
+        }
+    }
+
+    /// The encoded middle of `e`, made and kept when it is new.
+    fn middle(&mut self, e: &IoEvent) -> usize {
+        if let Some(i) = self.middles.iter().position(|m| m.encodes(e)) {
+            return i;
+        }
+        let m = Middle::of(e);
+        if self.middles.len() < MIDDLES {
+            self.middles.push(m);
+            self.middles.len() - 1
+        } else {
+            let i = self.next_slot;
+            self.middles[i] = m;
+            self.next_slot = (i + 1) % MIDDLES;
+            i
         }
     }
 
     /// Appends the line of `entry` to `line` and makes it the chain's head.
     pub fn seal(&mut self, entry: &Stamped, line: &mut String) {
-        let prev = self.prev.to_hex();
-        let mut f = Fields { seq: entry.seq, t_ns: entry.t_ns, prev: prev.as_str(), ..Fields::blank("") };
+        if let Body::Io(e) = &entry.body {
+            // The usual record: its names and outcome from the kept middle.
+            let i = self.middle(e);
+            let f = Fields {
+                seq: entry.seq,
+                t_ns: entry.t_ns,
+                elapsed_ns: e.elapsed_ns,
+                bytes: e.bytes,
+                pollable_count: e.pollable_count,
+                ready_count: e.ready_count,
+                error: e.error.as_deref(),
+                prev: self.prev_hex.as_str(),
+                prev_is_hex: true,
+                ..Fields::blank("")
+            };
+            let hash = seal_with_middle(&f, &self.middles[i].text, line);
+            self.set_head(hash, line);
+            return;
+        }
+        let mut f = Fields { seq: entry.seq, t_ns: entry.t_ns, prev: self.prev_hex.as_str(), prev_is_hex: true, ..Fields::blank("") };
         let (content, manifest, sig);
         match &entry.body {
             Body::Io(e) => {
@@ -257,7 +330,18 @@ impl Sealer {
                 f.sig = sig.as_deref();
             }
         }
-        self.prev = seal_into(&f, line);
+        let hash = seal_into(&f, line);
+        self.set_head(hash, line);
+    }
+
+    /// Makes the line just sealed (hash `hash`) the chain's head.
+    fn set_head(&mut self, hash: blake3::Hash, line: &str) {
+        self.prev = hash;
+        // The line ends in `"hash":"<64 hex digits>"}`: the next line's `prev`.
+        let tail = &line[line.len() - 66..line.len() - 2];
+        debug_assert_eq!(tail, hash.to_hex().as_str());
+        self.prev_hex.clear();
+        self.prev_hex.push_str(tail);
     }
 
     /// The signature of a checkpoint at `seq`, after the current head.
@@ -297,7 +381,7 @@ impl Chain {
                 next_seq: 0,
                 last_t_ns: 0,
                 clock,
-                per_capsule: HashMap::new(),
+                per_capsule: super::FxMap::default(),
                 closed: false,
                 signed: false,
                 since_checkpoint: 0,
@@ -391,5 +475,72 @@ impl Chain {
         let mut out = Vec::new();
         self.ledger.close(&mut out)?;
         Ok(self.lines(out))
+    }
+}
+
+/// For the benchmarks: the sealer alone (encoding, hashing, linking) over `n` io records
+/// shaped like `event`, into one reused line, with no queue and no sink; then BLAKE3
+/// alone over the last line `n` times. Returns (sealing, hashing) time.
+pub fn seal_and_hash_only(event: &IoEvent, n: u64) -> (std::time::Duration, std::time::Duration) {
+    let mut sealer = Sealer::new(RunBinding::local("bench"), None);
+    let mut line = String::with_capacity(320);
+    let started = Instant::now();
+    for seq in 0..n {
+        line.clear();
+        sealer.seal(&Stamped { seq, t_ns: seq * 1000, body: Body::Io(event.clone()) }, &mut line);
+        std::hint::black_box(&line);
+    }
+    let sealing = started.elapsed();
+    let started = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(blake3::hash(std::hint::black_box(line.as_bytes())));
+    }
+    (sealing, started.elapsed())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::record::{AuditRecord, seal, unseal};
+    use super::*;
+
+    /// The drainer's kept middles write exactly what the plain encoder writes: io records
+    /// of many capsules, principals and functions (more than it keeps, so middles are
+    /// replaced), with odd characters, shared and fresh names, every outcome and optional
+    /// field, each line equal to `seal` of the record it parses to.
+    #[test]
+    fn kept_middles_write_the_canonical_line() {
+        let mut sealer = Sealer::new(RunBinding::local("test"), None);
+        let names = ["a.wasm", "b", "quote\"d", "back\\slash", "é漢\u{2028}", "tab\there", ""];
+        let shared: Vec<Arc<str>> = names.iter().map(|n| Arc::from(*n)).collect();
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut pick = move |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state as usize) % n
+        };
+        let mut prev = super::super::record::GENESIS.to_string();
+        for seq in 0..3000u64 {
+            // Shared names (pointer hits), fresh copies of the same text, and many
+            // distinct functions (more than MIDDLES) so that kept middles are replaced.
+            let capsule = if pick(2) == 0 { shared[pick(names.len())].clone() } else { Arc::from(names[pick(names.len())]) };
+            let principal = shared[pick(names.len())].clone();
+            let function: std::borrow::Cow<'static, str> =
+                if pick(3) == 0 { format!("astrid:io/f{}", pick(2 * MIDDLES)).into() } else { ["astrid:io/poll.poll", "weird\"fn\u{7f}"][pick(2)].into() };
+            let mut e = IoEvent::ok(capsule, principal, function, pick(1 << 20) as u64);
+            e.outcome = [Outcome::Ok, Outcome::Error, Outcome::Cancelled, Outcome::Refused, Outcome::Trap][pick(5)];
+            e.bytes = (pick(2) == 0).then(|| pick(1 << 16) as u64);
+            e.pollable_count = (pick(2) == 0).then(|| pick(9) as u32);
+            e.ready_count = (pick(2) == 0).then(|| pick(9) as u32);
+            e.error = (pick(3) == 0).then(|| names[pick(names.len())].to_string());
+            let mut line = String::new();
+            sealer.seal(&Stamped { seq, t_ns: seq * 7, body: Body::Io(e) }, &mut line);
+            let (body, _) = unseal(&line).expect("a sealed line");
+            let record: AuditRecord = serde_json::from_str(&body).expect("JSON");
+            assert_eq!(record.prev, prev, "linked to the line before");
+            assert_eq!(seal(&record).0, line, "seq {seq}: the kept middle wrote another line than the encoder");
+            prev = seal(&record).1;
+        }
+        assert_eq!(sealer.middles.len(), MIDDLES, "the kept middles filled and were replaced");
     }
 }

@@ -35,6 +35,15 @@ const UNWRITTEN_PATIENCE: Duration = Duration::from_millis(500);
 /// Most lines handed to the sink in one call; bounds the drainer's own copy.
 const MAX_BATCH: usize = 256;
 
+/// Records in the queue at which a writer wakes a lingering drainer: below it the drainer
+/// waits up to `LINGER` for more, so that it seals and writes batches, not single records
+/// (each wake is a futex call, each batch a sink write: a FUSE round trip in the image).
+const WAKE_BATCH: usize = MAX_BATCH / 4;
+
+/// Longest a record waits in the queue for others to join its batch, when nobody waits
+/// for it to be written (`drain`, a capsule's end and the close do not wait).
+const LINGER: Duration = Duration::from_millis(2);
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AuditError {
     /// The log was closed; nothing more can be recorded.
@@ -98,11 +107,16 @@ struct State {
     queue: VecDeque<Stamped>,
     capacity: usize,
     /// Io records each capsule has in the queue: none may hold more than its share.
-    queued_by: std::collections::HashMap<Arc<str>, usize>,
+    queued_by: super::FxMap<Arc<str>, usize>,
     written: u64,
     high_water: usize,
     refused: u64,
     failed: Option<String>,
+    /// The drainer waits on `not_empty` (for a first record, or lingering for a batch):
+    /// only then does a writer signal it.
+    drainer_waiting: bool,
+    /// Threads waiting in `wait_written`: the drainer does not linger for them.
+    flushers: usize,
 }
 
 impl Shared {
@@ -147,12 +161,17 @@ impl Shared {
             };
         }
         let State { ledger, queue, .. } = &mut *st;
+        let was_empty = queue.is_empty();
         let out = make(ledger, queue);
         if let Some(c) = capsule {
             *st.queued_by.entry(c.clone()).or_default() += 1;
         }
         st.high_water = st.high_water.max(st.queue.len());
-        self.not_empty.notify_one();
+        // Wake the drainer for the first record after a pause and for a full batch; in
+        // between it is awake, or lingering on purpose.
+        if st.drainer_waiting && (was_empty || st.queue.len() >= WAKE_BATCH) {
+            self.not_empty.notify_one();
+        }
         Ok((st, out))
     }
 
@@ -162,18 +181,25 @@ impl Shared {
         mut st: MutexGuard<'a, State>,
         target: u64,
     ) -> Result<(), AuditError> {
-        loop {
+        // Someone waits for these records: the drainer must not linger over them.
+        st.flushers += 1;
+        if st.drainer_waiting {
+            self.not_empty.notify_one();
+        }
+        let result = loop {
             if st.written >= target {
-                return Ok(());
+                break Ok(());
             }
             if let Some(e) = &st.failed {
-                return Err(AuditError::SinkFailed(e.clone()));
+                break Err(AuditError::SinkFailed(e.clone()));
             }
             if self.stop_for_dump.load(std::sync::atomic::Ordering::SeqCst) {
-                return Err(AuditError::SinkFailed("the log was stopped to put its records on the console".into()));
+                break Err(AuditError::SinkFailed("the log was stopped to put its records on the console".into()));
             }
             st = self.progress.wait_timeout(st, ROOM_CHECK).unwrap_or_else(|p| p.into_inner()).0;
-        }
+        };
+        st.flushers -= 1;
+        result
     }
 }
 
@@ -210,11 +236,13 @@ impl AuditLog {
                 ledger,
                 queue: VecDeque::with_capacity(capacity),
                 capacity,
-                queued_by: std::collections::HashMap::new(),
+                queued_by: super::FxMap::default(),
                 written: 0,
                 high_water: 0,
                 refused: 0,
                 failed: None,
+                drainer_waiting: false,
+                flushers: 0,
             }),
             not_full: Condvar::new(),
             not_empty: Condvar::new(),
@@ -393,34 +421,66 @@ fn drain_loop(shared: &Shared, sink: &mut dyn Sink) {
                 drop(st);
                 drop(sealing);
                 st = shared.lock();
+                st.drainer_waiting = true;
                 while st.queue.is_empty() && !st.ledger.is_closed() && st.failed.is_none() && !dumping() {
                     st = shared.not_empty.wait(st).unwrap_or_else(|p| p.into_inner());
                 }
+                st.drainer_waiting = false;
                 drop(st);
                 sealing = shared.seal.lock().unwrap_or_else(|p| p.into_inner());
                 st = shared.lock();
             }
+            // A few records and nobody waiting for them: linger once for a batch. (Records
+            // of operations keep coming while a capsule runs; the linger is bounded, and a
+            // waiter, the close or a full batch ends it at once.)
+            if st.queue.len() < WAKE_BATCH && st.flushers == 0 && !st.ledger.is_closed() && !dumping() {
+                st.drainer_waiting = true;
+                st = shared.not_empty.wait_timeout(st, LINGER).unwrap_or_else(|p| p.into_inner()).0;
+                st.drainer_waiting = false;
+                if dumping() {
+                    continue;
+                }
+            }
             let n = st.queue.len().min(MAX_BATCH);
             batch.extend(st.queue.drain(..n));
-            for entry in &batch {
-                if let super::chain::Body::Io(e) = &entry.body
-                    && let Some(own) = st.queued_by.get_mut(&e.capsule)
-                {
-                    *own -= 1;
+            // Each capsule's share is given back once per run of its records (a batch is
+            // mostly one capsule's): one map look-up per run, not per record.
+            let mut give_back = |capsule: &Arc<str>, n: usize| {
+                if let Some(own) = st.queued_by.get_mut(capsule) {
+                    *own -= n.min(*own);
                     if *own == 0 {
-                        st.queued_by.remove(&e.capsule);
+                        st.queued_by.remove(capsule);
                     }
                 }
+            };
+            let mut run: Option<(&Arc<str>, usize)> = None;
+            for entry in &batch {
+                if let super::chain::Body::Io(e) = &entry.body {
+                    match &mut run {
+                        Some((c, n)) if Arc::ptr_eq(c, &e.capsule) => *n += 1,
+                        _ => {
+                            if let Some((c, n)) = run.replace((&e.capsule, 1)) {
+                                give_back(c, n);
+                            }
+                        }
+                    }
+                }
+            }
+            if let Some((c, n)) = run {
+                give_back(c, n);
             }
             shared.not_full.notify_all();
         }
         let Sealing { sealer, lines } = &mut *sealing;
-        lines.clear();
-        for entry in &batch {
-            let mut line = String::with_capacity(320);
-            sealer.seal(entry, &mut line);
-            lines.push(line);
+        // The line buffers are kept from batch to batch: no allocation per record.
+        if lines.len() < batch.len() {
+            lines.resize_with(batch.len(), || String::with_capacity(320));
         }
+        for (entry, line) in batch.iter().zip(lines.iter_mut()) {
+            line.clear();
+            sealer.seal(entry, line);
+        }
+        let lines = &lines[..batch.len()];
         batch.clear();
         let result = sink.write_batch(lines).and_then(|()| sink.flush());
         let written = lines.len() as u64;
@@ -456,7 +516,6 @@ fn drain_loop(shared: &Shared, sink: &mut dyn Sink) {
             }
         }
         drop(st);
-        lines.clear();
         drop(sealing);
         shared.progress.notify_all();
     }

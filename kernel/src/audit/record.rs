@@ -158,6 +158,9 @@ pub(super) struct Fields<'a> {
     pub manifest: Option<&'a str>,
     pub sig: Option<&'a str>,
     pub prev: &'a str,
+    /// `prev` is known to be 64 hex digits (the sealer's own head): written without the
+    /// escaping scan, the same bytes.
+    pub prev_is_hex: bool,
 }
 
 impl<'a> Fields<'a> {
@@ -183,6 +186,7 @@ impl<'a> Fields<'a> {
             manifest: None,
             sig: None,
             prev: "",
+            prev_is_hex: false,
         }
     }
 }
@@ -209,6 +213,7 @@ impl AuditRecord {
             manifest: self.manifest.as_deref(),
             sig: self.sig.as_deref(),
             prev: &self.prev,
+            prev_is_hex: false,
         }
     }
 }
@@ -270,6 +275,25 @@ pub fn seal(record: &AuditRecord) -> (String, String) {
 pub(super) fn seal_into(record: &Fields<'_>, line: &mut String) -> blake3::Hash {
     let start = line.len();
     write_canonical(record, line);
+    finish_line(line, start)
+}
+
+/// As `seal_into`, for a record whose middle (`write_middle` of its capsule, principal,
+/// function and outcome) is already written in `middle`: the drainer keeps it per
+/// capsule and function instead of encoding the same names for every record. The same
+/// bytes as `seal_into` by construction: both write through `write_middle` and
+/// `write_rest`.
+pub(super) fn seal_with_middle(record: &Fields<'_>, middle: &str, line: &mut String) -> blake3::Hash {
+    let start = line.len();
+    write_head(record, line);
+    line.push_str(middle);
+    push_u64(line, record.elapsed_ns);
+    write_rest(record, line);
+    finish_line(line, start)
+}
+
+/// Hashes the body written from `start` and appends the hash field.
+fn finish_line(line: &mut String, start: usize) -> blake3::Hash {
     let hash = blake3::hash(&line.as_bytes()[start..]);
     // The body ends with '}': reopen it for the hash field.
     line.pop();
@@ -281,18 +305,30 @@ pub(super) fn seal_into(record: &Fields<'_>, line: &mut String) -> blake3::Hash 
 
 /// `AuditRecord`'s canonical JSON (field order as declared, absent options left out).
 fn write_canonical(r: &Fields<'_>, out: &mut String) {
+    write_head(r, out);
+    write_middle(r.capsule, r.principal, r.function, r.outcome, out);
+    push_u64(out, r.elapsed_ns);
+    write_rest(r, out);
+}
+
+/// `{"seq":N,"t_ns":N`
+fn write_head(r: &Fields<'_>, out: &mut String) {
     out.push_str("{\"seq\":");
     push_u64(out, r.seq);
     out.push_str(",\"t_ns\":");
     push_u64(out, r.t_ns);
+}
+
+/// `,"capsule":…,"principal":…,"fn":…,"outcome":"…","elapsed_ns":` (the value follows).
+pub(super) fn write_middle(capsule: &str, principal: &str, function: &str, outcome: Outcome, out: &mut String) {
     out.push_str(",\"capsule\":");
-    push_str(out, r.capsule);
+    push_str(out, capsule);
     out.push_str(",\"principal\":");
-    push_str(out, r.principal);
+    push_str(out, principal);
     out.push_str(",\"fn\":");
-    push_str(out, r.function);
+    push_str(out, function);
     out.push_str(",\"outcome\":\"");
-    out.push_str(match r.outcome {
+    out.push_str(match outcome {
         Outcome::Ok => "ok",
         Outcome::Error => "error",
         Outcome::Cancelled => "cancelled",
@@ -300,7 +336,10 @@ fn write_canonical(r: &Fields<'_>, out: &mut String) {
         Outcome::Trap => "trap",
     });
     out.push_str("\",\"elapsed_ns\":");
-    push_u64(out, r.elapsed_ns);
+}
+
+/// Everything after `elapsed_ns`'s value, the closing brace included.
+fn write_rest(r: &Fields<'_>, out: &mut String) {
     let numbers = [("bytes", r.bytes), ("pollable_count", r.pollable_count.map(u64::from)), ("ready_count", r.ready_count.map(u64::from))];
     for (name, value) in numbers {
         if let Some(v) = value {
@@ -331,7 +370,14 @@ fn write_canonical(r: &Fields<'_>, out: &mut String) {
         }
     }
     out.push_str(",\"prev\":");
-    push_str(out, r.prev);
+    if r.prev_is_hex {
+        debug_assert!(r.prev.len() == 64 && r.prev.bytes().all(|b| b.is_ascii_hexdigit()));
+        out.push('"');
+        out.push_str(r.prev);
+        out.push('"');
+    } else {
+        push_str(out, r.prev);
+    }
     out.push('}');
 }
 
@@ -341,25 +387,23 @@ fn push_key(out: &mut String, name: &str) {
     out.push_str("\":");
 }
 
-fn push_u64(out: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    // Only ASCII digits were written.
-    out.push_str(std::str::from_utf8(&digits[i..]).expect("ASCII digits"));
+fn push_u64(out: &mut String, n: u64) {
+    // Two digits at a time, as serde_json writes integers (the same crate).
+    out.push_str(itoa::Buffer::new().format(n));
 }
 
 /// A JSON string in the canonical form (`canonical_json`): `"` and backslash escaped,
 /// the C0 controls as serde_json writes them (`\n`, `\t`, … or `\u00XX`), and every
 /// other character outside printable ASCII as `\uXXXX` (UTF-16 units, lowercase hex).
 fn push_str(out: &mut String, s: &str) {
+    // Names and functions are printable ASCII without quotes or backslashes nearly
+    // always: one pass over the bytes, one copy.
+    if s.bytes().all(|b| matches!(b, b' '..=b'~') && b != b'"' && b != b'\\') {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     fn unit(out: &mut String, u: u16) {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         out.push_str("\\u");

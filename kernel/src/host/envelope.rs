@@ -21,20 +21,21 @@ use crate::audit::{IoEvent, MAX_FIELD_BYTES, Outcome};
 pub struct Func {
     pub iface: &'static str,
     pub name: &'static str,
+    /// `iface.name`, made at compile time (`host_fns!`): every audit record carries it,
+    /// and the capsule's thread should not build it for every call.
+    full: &'static str,
 }
 
 impl Func {
-    pub const fn new(iface: &'static str, name: &'static str) -> Func {
-        Func { iface, name }
+    /// `full` must be `iface` + `.` + `name` (`host_fns!` writes it with `kebab!`).
+    pub const fn new(iface: &'static str, name: &'static str, full: &'static str) -> Func {
+        assert!(full.len() == iface.len() + 1 + name.len(), "a function's full name is its interface, a dot and its name");
+        Func { iface, name, full }
     }
 
     /// The name audit records carry: `astrid:kv/host.kv-get`.
-    pub fn full_name(&self) -> String {
-        let mut s = String::with_capacity(self.iface.len() + 1 + self.name.len());
-        s.push_str(self.iface);
-        s.push('.');
-        s.push_str(self.name);
-        s
+    pub fn full_name(&self) -> &'static str {
+        self.full
     }
 }
 
@@ -94,7 +95,12 @@ macro_rules! host_fns {
     ) => {
         fn $name(&mut self $(, $arg: $ty)*) -> ::wasmtime::Result<Result<$ok, $err>> {
             const F: $crate::host::envelope::Func =
-                $crate::host::envelope::Func::new($iface, $crate::host::envelope::kebab!(stringify!($name)));
+                $crate::host::envelope::Func::new(
+                    $iface,
+                    $crate::host::envelope::kebab!(stringify!($name)),
+                    // WIT names have no `_`: only the Rust name's change to kebab-case.
+                    $crate::host::envelope::kebab!(concat!($iface, ".", stringify!($name))),
+                );
             self.call(&F, move |$cx: &mut Self| -> ::wasmtime::Result<Result<$ok, $err>> { $body })
         }
         $crate::host::envelope::host_fns!(@fns $iface; $($rest)*);
@@ -105,7 +111,12 @@ macro_rules! host_fns {
     ) => {
         fn $name(&mut self $(, $arg: $ty)*) -> ::wasmtime::Result<$ret> {
             const F: $crate::host::envelope::Func =
-                $crate::host::envelope::Func::new($iface, $crate::host::envelope::kebab!(stringify!($name)));
+                $crate::host::envelope::Func::new(
+                    $iface,
+                    $crate::host::envelope::kebab!(stringify!($name)),
+                    // WIT names have no `_`: only the Rust name's change to kebab-case.
+                    $crate::host::envelope::kebab!(concat!($iface, ".", stringify!($name))),
+                );
             self.call_infallible(&F, move |$cx: &mut Self| -> ::wasmtime::Result<$ret> { $body })
         }
         $crate::host::envelope::host_fns!(@fns $iface; $($rest)*);
@@ -217,7 +228,7 @@ impl super::context::Core {
         let event = IoEvent {
             capsule: self.identity.capsule.clone(),
             principal: self.identity.principal.clone(),
-            function: func.full_name().into(),
+            function: std::borrow::Cow::Borrowed(func.full_name()),
             outcome,
             elapsed_ns: u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
             bytes: note.bytes,
@@ -253,7 +264,7 @@ mod tests {
         const N: &str = kebab!("blocking_write_zeroes_and_flush");
         assert_eq!(N, "blocking-write-zeroes-and-flush");
         assert_eq!(kebab!("drop"), "drop");
-        assert_eq!(Func::new("astrid:kv/host", kebab!("kv_get")).full_name(), "astrid:kv/host.kv-get");
+        assert_eq!(Func::new("astrid:kv/host", kebab!("kv_get"), kebab!(concat!("astrid:kv/host", ".", "kv_get"))).full_name(), "astrid:kv/host.kv-get");
     }
 
     #[test]
