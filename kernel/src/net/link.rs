@@ -240,12 +240,19 @@ fn writer_pump(link: &Link, from_capsule: &PipeSource) {
     let pipe = from_capsule.reader();
     let never = CancelToken::new();
     let mut gone_since: Option<Instant> = None;
+    // One buffer for the connection's life, as the reader pump has: no allocation per chunk.
+    let mut buf = vec![0u8; CHUNK];
     loop {
-        let bytes = match pipe.read_blocking(CHUNK, &never, None) {
-            Ok(b) => b,
+        let n = match pipe.read_into(&mut buf) {
+            Ok(0) => {
+                // Nothing written yet: wait for the capsule (or for it to close).
+                let _ = wait::wait_one(pipe, &never, None);
+                continue;
+            }
+            Ok(n) => n,
             Err(_) => return,
         };
-        let mut rest = &bytes[..];
+        let mut rest = &buf[..n];
         while !rest.is_empty() {
             match (&*link.stream).write(rest) {
                 Ok(0) => {
