@@ -17,10 +17,14 @@ use super::{
     parse_config, parse_env, read_manifests, refuse,
 };
 
-/// uhyve's own defaults, which a `.hermit` file asks for unless told otherwise, so that
-/// `uhyve FILE` needs no flag.
+/// uhyve's own defaults: with them `uhyve FILE` needs no flag.
 const UHYVE_DEFAULT_MEMORY_MIB: u32 = 64;
 const UHYVE_DEFAULT_CPUS: u32 = 1;
+/// What a `.hermit` file asks for unless told otherwise. Not uhyve's 64 MiB: the image
+/// fits every capsule's host-side budgets into its heap before it runs one, and 64 MiB
+/// holds not even one capsule at its floors (refused with 64); 256 MiB holds four at
+/// the default limits.
+const HERMIT_DEFAULT_MEMORY_MIB: u32 = 256;
 
 #[derive(clap::Args)]
 pub struct PackArgs {
@@ -31,9 +35,9 @@ pub struct PackArgs {
     /// and UEFI), OUT.img (the same, a raw disk image to write to a USB stick).
     #[arg(short, long, value_name = "OUT")]
     pub output: PathBuf,
-    /// .hermit: the guest memory uhyve must give, in MiB (default 64, uhyve's own, so
-    /// `uhyve OUT.hermit` needs no flag; with more, run `uhyve -m <MIB>MiB OUT.hermit`). A
-    /// bare-metal image uses the machine's RAM.
+    /// .hermit: the guest memory uhyve must give, in MiB (default 256: run `uhyve -m
+    /// <MIB>MiB OUT.hermit`, as pack prints; 64, uhyve's own default, is too small for
+    /// the image to fit one capsule's budgets). A bare-metal image uses the machine's RAM.
     #[arg(long, value_name = "MIB")]
     pub memory: Option<u32>,
     /// .hermit: the CPUs uhyve must give (default 1, uhyve's own; with more, run
@@ -167,7 +171,7 @@ fn pack_steps(paths: &Paths, args: &PackArgs) -> Result<()> {
     if args.softfloat {
         guest.check_only = Flag(true);
     }
-    let (memory_mib, cpus) = (args.memory.unwrap_or(UHYVE_DEFAULT_MEMORY_MIB), args.cpus.unwrap_or(UHYVE_DEFAULT_CPUS));
+    let (memory_mib, cpus) = (args.memory.unwrap_or(HERMIT_DEFAULT_MEMORY_MIB), args.cpus.unwrap_or(UHYVE_DEFAULT_CPUS));
     match format {
         Format::Hermit => {
             guest.ram_mib = Number(u64::from(memory_mib));
