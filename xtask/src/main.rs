@@ -362,7 +362,6 @@ fn dispatch(cmd: Cmd) -> Result<u8> {
             } else {
                 (None, Default::default(), Default::default())
             };
-            let mut goals = Vec::new();
             if engine_group || audit_group {
                 let (probe_wasm, probe_native, probe_hermit) = probe.clone().expect("built above");
                 let engine = xtask::bench_engine::EngineBench {

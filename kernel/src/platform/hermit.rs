@@ -144,6 +144,12 @@ pub fn run_as_watchdog() {
 }
 
 /// Wakes up to `count` sleepers on `word` (`u32::MAX`: all); returns how many woke.
+/// A waiter sleeps at once in the image: on one vCPU (the default) nothing else runs
+/// while it spins, and under TCG every spin iteration is emulated.
+pub fn spin_before_sleep() -> Duration {
+    Duration::ZERO
+}
+
 pub fn futex_wake(word: &AtomicU32, count: u32) -> u32 {
     // i32::MAX is the kernel's "wake everyone".
     let count = count.min(i32::MAX as u32) as i32;

@@ -74,6 +74,9 @@ impl EventWord {
     /// futex returns are absorbed here; a wrap of the counter all the way round (2^31
     /// bumps between the read and the sleep) is the only way to miss a change.
     pub fn wait_until_changed(&self, seen: u32, deadline: Option<Instant>) -> WaitResult {
+        if self.spin_until_changed(seen, deadline) {
+            return WaitResult::Changed;
+        }
         loop {
             let v = self.word.load(Ordering::SeqCst);
             if v & !SLEEPING != seen {
@@ -97,6 +100,31 @@ impl EventWord {
             }
             // Whatever the futex says, the loop re-reads the word and the clock.
             let _ = futex_wait(&self.word, v | SLEEPING, timeout);
+        }
+    }
+}
+
+impl EventWord {
+    /// Spins (yielding) for `platform::spin_before_sleep()` (none in the image), or
+    /// until `deadline` if that comes first; true when the generation moved meanwhile.
+    /// The sleeping bit stays clear while spinning, so the waker makes no system call.
+    fn spin_until_changed(&self, seen: u32, deadline: Option<Instant>) -> bool {
+        let spin = platform::spin_before_sleep();
+        if spin.is_zero() {
+            return false;
+        }
+        let started = Instant::now();
+        let until = deadline.map_or(started + spin, |d| d.min(started + spin));
+        loop {
+            if self.word.load(Ordering::SeqCst) & !SLEEPING != seen {
+                return true;
+            }
+            if Instant::now() >= until {
+                return false;
+            }
+            // Yield rather than only spin: when the partner is runnable on this same CPU
+            // (its wake landed here), it gets the CPU at once instead of after the spin.
+            std::thread::yield_now();
         }
     }
 }
