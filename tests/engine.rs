@@ -672,12 +672,7 @@ fn a_full_file_system_under_the_virtio_audit_sink_fails_closed_in_the_image() {
     std::fs::create_dir_all(&dir).unwrap();
     let (wrapper, _) = virtiofsd_wrapped(&dir, "ulimit -f 64\ntrap '' XFSZ");
     let share = dir.join("share");
-    let art = common::artifacts();
-    let mut boot = Boot::new(art.loader.clone(), fixtures().image.clone());
-    boot.capsules = vec![fixtures().probe_cwasm.clone()];
-    boot.kernel_args = vec!["env=ASTRID_TEST_ARG=bench-read-4k".into(), "env=ASTRID_AUDIT_FILE=/root/audit.log".into(), common::artifact_key_arg()];
-    boot.shared_dir = Some((share.clone(), wrapper));
-    boot.timeout = Duration::from_secs(120);
+    let boot = probe_auditing_to_a_share("bench-read-4k", &share, wrapper, Duration::from_secs(120));
     let out = qemu::run(&boot).expect("starting QEMU");
     assert!(!out.timed_out, "guest hung; console:\n{}", out.console);
     let GuestExit::App(status) = out.exit else { panic!("no application status ({:?}); console:\n{}", out.exit, out.console) };
@@ -686,6 +681,24 @@ fn a_full_file_system_under_the_virtio_audit_sink_fails_closed_in_the_image() {
     assert!(!run.console.contains("] ok bench-read-4k"), "the capsule went on unrecorded:\n{}", run.console);
     let written = std::fs::metadata(share.join("audit.log")).expect("no audit.log in the share").len();
     assert!(written > 0 && written <= 64 << 10, "the file holds {written} bytes");
+    assert_ended_by_the_file_sink_failing(&run);
+}
+
+/// io-probe running `scenario` in the testing image, auditing to `/root/audit.log` on a
+/// virtio-fs share of `share` served through `wrapper` (a virtiofsd under test control).
+fn probe_auditing_to_a_share(scenario: &str, share: &Path, wrapper: PathBuf, timeout: Duration) -> Boot {
+    let art = common::artifacts();
+    let mut boot = Boot::new(art.loader.clone(), fixtures().image.clone());
+    boot.capsules = vec![fixtures().probe_cwasm.clone()];
+    boot.kernel_args = vec![format!("env=ASTRID_TEST_ARG={scenario}"), "env=ASTRID_AUDIT_FILE=/root/audit.log".into(), common::artifact_key_arg()];
+    boot.shared_dir = Some((share.to_path_buf(), wrapper));
+    boot.timeout = timeout;
+    boot
+}
+
+/// The serial log of a run whose file sink failed: it ends with the `sink-failed` record
+/// naming `/root/audit.log`, and the verifier says the log ended there.
+fn assert_ended_by_the_file_sink_failing(run: &Run) {
     let lines = audit::extract(&run.console);
     let last = lines.last().expect("no audit line on the console");
     assert!(last.contains("\"fn\":\"astrid:audit/sink-failed\"") && last.contains("/root/audit.log"), "last record: {last}");
@@ -708,12 +721,7 @@ fn a_stalled_virtio_audit_sink_ends_the_run_fail_closed_in_the_image() {
     std::fs::create_dir_all(&dir).unwrap();
     let (wrapper, pid_file) = virtiofsd_wrapped(&dir, "");
     let share = dir.join("share");
-    let art = common::artifacts();
-    let mut boot = Boot::new(art.loader.clone(), fixtures().image.clone());
-    boot.capsules = vec![fixtures().probe_cwasm.clone()];
-    boot.kernel_args = vec!["env=ASTRID_TEST_ARG=tick".into(), "env=ASTRID_AUDIT_FILE=/root/audit.log".into(), common::artifact_key_arg()];
-    boot.shared_dir = Some((share.clone(), wrapper));
-    boot.timeout = Duration::from_secs(150);
+    let boot = probe_auditing_to_a_share("tick", &share, wrapper, Duration::from_secs(150));
     let log = share.join("audit.log");
     let (out, stopped) = std::thread::scope(|s| {
         let stopper = s.spawn(|| {
@@ -739,13 +747,7 @@ fn a_stalled_virtio_audit_sink_ends_the_run_fail_closed_in_the_image() {
     // The reply timeout (5 s), the capsule's cancellation and the close, under TCG on a
     // loaded machine.
     assert!(ended_after < Duration::from_secs(40), "the image ended {ended_after:?} after the sink stalled");
-    let lines = audit::extract(&run.console);
-    let last = lines.last().expect("no audit line on the console");
-    assert!(last.contains("\"fn\":\"astrid:audit/sink-failed\"") && last.contains("/root/audit.log"), "last record: {last}");
-    match audit::verify(lines.iter().copied()) {
-        Err(audit::Break { kind: audit::BreakKind::EndedBySinkFailure(why), .. }) => assert!(why.contains("/root/audit.log"), "{why}"),
-        other => panic!("expected a log ended by the sink's failure, got {other:?}\n{}", run.console),
-    }
+    assert_ended_by_the_file_sink_failing(&run);
 }
 
 /// Capsules whose host-side budgets do not fit the guest's heap even at their floors
