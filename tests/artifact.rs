@@ -11,12 +11,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use astrid_kernel::engine::CodeTarget;
-use astrid_kernel::exit::GuestExit;
 use astrid_kernel::settings::ArtifactKey;
 use astrid_kernel::wasm::artifact::{self, Fingerprint, TRAILER_BYTES};
 use common::Run;
@@ -71,13 +69,7 @@ fn boot(capsules: &[(&str, Vec<u8>)], key: Option<&ArtifactKey>) -> Run {
         boot.kernel_args.push(qemu::env_arg(astrid_kernel::settings::ARTIFACT_KEY, key));
     }
     boot.timeout = Duration::from_secs(120);
-    let out = qemu::run(&boot).expect("starting QEMU");
-    assert!(!out.timed_out, "guest hung; console:\n{}", out.console);
-    let status = match out.exit {
-        GuestExit::App(s) => i32::from(s),
-        other => panic!("no application status ({other:?}); console:\n{}", out.console),
-    };
-    Run { status, console: out.console }
+    Run::boot(&boot)
 }
 
 /// Every capsule of `names` refused with 65 for `why`, each with its audit record and
@@ -180,14 +172,7 @@ fn an_unsealed_artifact_and_an_image_without_a_key_are_refused() {
 
 /// The run command with `state` as its state directory.
 fn run_command(state: &Path, args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .env(astrid_kernel::settings::STATE_DIR, state)
-        .args(["run", "--timeout", "180"])
-        .args(args)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.code().unwrap_or(-1), text)
+    common::run_command(180, &[(astrid_kernel::settings::STATE_DIR, state)], args)
 }
 
 #[test]

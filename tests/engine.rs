@@ -77,13 +77,7 @@ fn in_image_many(image: &Path, capsules: &[&Path], env: &[(&str, &str)]) -> Run 
     boot.kernel_args = env.iter().map(|(k, v)| format!("env={k}={v}")).collect();
     boot.kernel_args.push(common::artifact_key_arg());
     boot.timeout = Duration::from_secs(120);
-    let out = qemu::run(&boot).expect("starting QEMU");
-    assert!(!out.timed_out, "guest hung; console:\n{}", out.console);
-    let status = match out.exit {
-        GuestExit::App(s) => i32::from(s),
-        other => panic!("no application status ({other:?}); console:\n{}", out.console),
-    };
-    Run { status, console: out.console }
+    Run::boot(&boot)
 }
 
 /// Fail-closed: the file sink breaking mid-run (hosted: `/dev/full`, every write fails
@@ -444,8 +438,7 @@ fn an_infinite_loop_is_stopped_by_its_deadline_on_one_cpu() {
         boot.timeout = Duration::from_secs(90);
         let out = qemu::run(&boot).expect("starting QEMU");
         assert!(!out.timed_out, "guest hung (the spinning capsule outlived its deadline); console:\n{}", out.console);
-        let GuestExit::App(status) = out.exit else { panic!("no application status ({:?}); console:\n{}", out.exit, out.console) };
-        Run { status: i32::from(status), console: out.console }
+        Run::of_guest(out)
     };
     let mut runs = vec![hosted(&module, &[("ASTRID_DEADLINE_MS", &deadline_ms)])];
     runs.extend(std::thread::scope(|s| {
@@ -630,13 +623,7 @@ fn hostile_capsules_together_cannot_run_the_image_out_of_heap() {
     boot.kernel_args.push(common::artifact_key_arg());
     boot.memory_mib = 256;
     boot.timeout = Duration::from_secs(180);
-    let out = qemu::run(&boot).expect("starting QEMU");
-    assert!(!out.timed_out, "guest hung; console:\n{}", out.console);
-    let status = match out.exit {
-        GuestExit::App(s) => i32::from(s),
-        other => panic!("no application status ({other:?}); console:\n{}", out.console),
-    };
-    let image = Run { status, console: out.console };
+    let image = Run::boot(&boot);
     image.assert_status(0).assert_says("host-side budgets scaled to fit the image's heap");
     for run in [&hosted, &image] {
         run.assert_says("ok victim");
@@ -673,10 +660,7 @@ fn a_full_file_system_under_the_virtio_audit_sink_fails_closed_in_the_image() {
     let (wrapper, _) = virtiofsd_wrapped(&dir, "ulimit -f 64\ntrap '' XFSZ");
     let share = dir.join("share");
     let boot = probe_auditing_to_a_share("bench-read-4k", &share, wrapper, Duration::from_secs(120));
-    let out = qemu::run(&boot).expect("starting QEMU");
-    assert!(!out.timed_out, "guest hung; console:\n{}", out.console);
-    let GuestExit::App(status) = out.exit else { panic!("no application status ({:?}); console:\n{}", out.exit, out.console) };
-    let run = Run { status: i32::from(status), console: out.console };
+    let run = Run::boot(&boot);
     run.assert_status(74).assert_says("audit log failed");
     assert!(!run.console.contains("] ok bench-read-4k"), "the capsule went on unrecorded:\n{}", run.console);
     let written = std::fs::metadata(share.join("audit.log")).expect("no audit.log in the share").len();
@@ -740,8 +724,7 @@ fn a_stalled_virtio_audit_sink_ends_the_run_fail_closed_in_the_image() {
     });
     let ended_after = stopped.elapsed();
     assert!(!out.timed_out, "guest hung behind the stalled sink; console:\n{}", out.console);
-    let GuestExit::App(status) = out.exit else { panic!("no application status ({:?}); console:\n{}", out.exit, out.console) };
-    let run = Run { status: i32::from(status), console: out.console };
+    let run = Run::of_guest(out);
     run.assert_status(74).assert_says("audit log failed");
     assert!(!run.console.contains("] ok tick"), "the capsule went on unrecorded:\n{}", run.console);
     // The reply timeout (5 s), the capsule's cancellation and the close, under TCG on a

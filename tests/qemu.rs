@@ -230,14 +230,7 @@ fn hermit_note_version_offset(elf: &[u8]) -> Option<usize> {
 // ---- the run command (first README command) ----
 
 fn run_command(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .arg("run")
-        .args(["--timeout", "120"])
-        .args(args)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.code().unwrap_or(-1), text)
+    common::run_command(120, &[], args)
 }
 
 #[test]

@@ -16,10 +16,9 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use astrid_kernel::engine::CodeTarget;
-use astrid_kernel::exit::GuestExit;
 use astrid_kernel::manifest::Manifest;
 use xtask::paths::Paths;
-use xtask::qemu::{self, Boot, NetMode};
+use xtask::qemu::{Boot, NetMode};
 use xtask::{artifacts, capsule, compile};
 
 struct Fixtures {
@@ -127,13 +126,7 @@ fn in_image(setup: &Setup<'_>) -> Run {
     }
     boot.publish = setup.publish.clone();
     boot.timeout = Duration::from_secs(150);
-    let out = qemu::run(&boot).expect("starting QEMU");
-    assert!(!out.timed_out, "guest hung; console:\n{}", out.console);
-    let status = match out.exit {
-        GuestExit::App(s) => i32::from(s),
-        other => panic!("no application status ({other:?}); console:\n{}", out.console),
-    };
-    Run { status, console: out.console }
+    Run::boot(&boot)
 }
 
 fn config(scenario: &str, extra: &str) -> Option<String> {

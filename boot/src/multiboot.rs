@@ -305,31 +305,43 @@ fn parse_memory_map(
     Ok(entries)
 }
 
+/// A sparse fake of physical memory made of byte blocks at fixed addresses, everything
+/// else unreadable: what the unit tests and the fuzz targets (feature `fake-mem`) give
+/// the parsers to read through.
+#[cfg(any(test, feature = "fake-mem"))]
+#[derive(Default)]
+pub struct FakeMem {
+    blocks: Vec<(u64, Vec<u8>)>,
+}
+
+#[cfg(any(test, feature = "fake-mem"))]
+impl FakeMem {
+    pub fn put(&mut self, addr: u64, bytes: &[u8]) {
+        self.blocks.push((addr, bytes.to_vec()));
+    }
+
+    /// The ranges the blocks cover.
+    pub fn ranges(&self) -> impl Iterator<Item = core::ops::Range<u64>> + '_ {
+        self.blocks.iter().map(|(a, b)| *a..a + b.len() as u64)
+    }
+}
+
+#[cfg(any(test, feature = "fake-mem"))]
+impl PhysMem for FakeMem {
+    fn bytes(&self, addr: u64, len: u64) -> Option<&[u8]> {
+        self.blocks.iter().find_map(|(base, data)| {
+            let off = addr.checked_sub(*base)?;
+            let end = off.checked_add(len)?;
+            (end <= data.len() as u64).then(|| &data[off as usize..end as usize])
+        })
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
 
-    /// A sparse fake of physical memory made of byte blocks at fixed addresses.
-    #[derive(Default)]
-    pub struct FakeMem {
-        blocks: Vec<(u64, Vec<u8>)>,
-    }
-
-    impl FakeMem {
-        pub fn put(&mut self, addr: u64, bytes: &[u8]) {
-            self.blocks.push((addr, bytes.to_vec()));
-        }
-    }
-
-    impl PhysMem for FakeMem {
-        fn bytes(&self, addr: u64, len: u64) -> Option<&[u8]> {
-            self.blocks.iter().find_map(|(base, data)| {
-                let off = addr.checked_sub(*base)?;
-                let end = off.checked_add(len)?;
-                (end <= data.len() as u64).then(|| &data[off as usize..end as usize])
-            })
-        }
-    }
+    pub use super::FakeMem;
 
     /// Builds multiboot information the way QEMU 7.2 lays it out: info and memory map in low
     /// memory, module list and strings after the kernel image, modules after that.

@@ -17,7 +17,7 @@ use astrid_boot::fdt::{self, FdtParams};
 use astrid_boot::memory::{self, LOAD_LIMIT, MAX_MEMORY_NODES, MIN_KERNEL_HEAP};
 use astrid_boot::multiboot::{self, BOOTLOADER_MAGIC, MEMORY_AVAILABLE};
 use astrid_boot::{BASE_PAGE, LARGE_PAGE, cmdline, paging};
-use astrid_fuzz::{FakeMem, Reader};
+use astrid_fuzz::{Reader, fake_mem_from_blocks};
 use libfuzzer_sys::fuzz_target;
 
 /// The loader's own image (what `loader_image()` returns on the machine).
@@ -29,7 +29,7 @@ fuzz_target!(|data: &[u8]| {
     let flags = input.u8();
     let fixed = u64::from(input.u32() & 0x7ff) * LARGE_PAGE;
     let fixed = (flags & 1 != 0).then_some(fixed);
-    let mem = FakeMem::from_blocks(&mut input);
+    let mem = fake_mem_from_blocks(&mut input);
     let Some(info_addr) = mem.ranges().next().map(|r| r.start) else { return };
 
     let alone = multiboot::command_line(BOOTLOADER_MAGIC, info_addr, &mem);

@@ -9,9 +9,8 @@
 //! down.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::ops::Range;
 
-use astrid_boot::multiboot::PhysMem;
+pub use astrid_boot::multiboot::FakeMem;
 
 /// The largest single allocation a target may make. The parsers bound what they read
 /// (a kv record is at most 2 MiB, a multiboot string 64 KiB, an input a few KiB); the ELF
@@ -125,41 +124,14 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Physical memory made of byte blocks at fixed addresses (what the multiboot parser
-/// reads through); everything else is unreadable.
-#[derive(Default)]
-pub struct FakeMem {
-    blocks: Vec<(u64, Vec<u8>)>,
-}
-
-impl FakeMem {
-    pub fn put(&mut self, addr: u64, bytes: &[u8]) {
-        self.blocks.push((addr, bytes.to_vec()));
+/// Physical memory for the multiboot parser from a fuzz input: blocks of `[u32
+/// address][u32 length][bytes]`, to the input's end (the loader's own test fake).
+pub fn fake_mem_from_blocks(input: &mut Reader<'_>) -> FakeMem {
+    let mut mem = FakeMem::default();
+    while !input.is_empty() {
+        let addr = u64::from(input.u32());
+        let len = input.u32() as usize;
+        mem.put(addr, input.bytes(len));
     }
-
-    /// Blocks read from a fuzz input: `[u32 address][u32 length][bytes]`, to its end.
-    pub fn from_blocks(input: &mut Reader<'_>) -> Self {
-        let mut mem = FakeMem::default();
-        while !input.is_empty() {
-            let addr = u64::from(input.u32());
-            let len = input.u32() as usize;
-            mem.put(addr, input.bytes(len));
-        }
-        mem
-    }
-
-    /// The ranges the blocks cover.
-    pub fn ranges(&self) -> impl Iterator<Item = Range<u64>> + '_ {
-        self.blocks.iter().map(|(a, b)| *a..a + b.len() as u64)
-    }
-}
-
-impl PhysMem for FakeMem {
-    fn bytes(&self, addr: u64, len: u64) -> Option<&[u8]> {
-        self.blocks.iter().find_map(|(base, data)| {
-            let off = addr.checked_sub(*base)?;
-            let end = off.checked_add(len)?;
-            (end <= data.len() as u64).then(|| &data[off as usize..end as usize])
-        })
-    }
+    mem
 }

@@ -46,6 +46,21 @@ pub struct Run {
 }
 
 impl Run {
+    /// Boots `boot` under QEMU: the guest must end by itself (not at the timeout) with an
+    /// application status.
+    pub fn boot(boot: &xtask::qemu::Boot) -> Run {
+        Run::of_guest(xtask::qemu::run(boot).expect("starting QEMU"))
+    }
+
+    /// The run a finished guest was: it ended by itself with an application status.
+    pub fn of_guest(out: xtask::qemu::Outcome) -> Run {
+        assert!(!out.timed_out, "guest hung; console:\n{}", out.console);
+        match out.exit {
+            astrid_kernel::exit::GuestExit::App(status) => Run { status: i32::from(status), console: out.console },
+            other => panic!("no application status ({other:?}); console:\n{}", out.console),
+        }
+    }
+
     pub fn assert_status(&self, status: i32) -> &Self {
         assert_eq!(self.status, status, "console:\n{}", self.console);
         self
@@ -64,4 +79,17 @@ impl Run {
             Err(b) => panic!("audit log broken: {b}\nconsole:\n{}", self.console),
         }
     }
+}
+
+/// `scripts/run` as a user types it (`xtask run --timeout SECS ARGS…`, with `env` set):
+/// its exit status and everything it printed.
+pub fn run_command(timeout_secs: u32, env: &[(&str, &std::path::Path)], args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .envs(env.iter().map(|(k, v)| (*k, *v)))
+        .args(["run", "--timeout", &timeout_secs.to_string()])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
 }
