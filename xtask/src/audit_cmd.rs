@@ -96,7 +96,12 @@ pub fn deployment_key(explicit: Option<&Path>) -> Result<SigningKey> {
         .context("reading /dev/urandom for the audit key")?;
     ensure!(bytes != [0; 32], "/dev/urandom gave all zeros for the audit key");
     let key = SigningKey::from_bytes(&bytes);
-    write_private(&secret, &format!("{}\n", audit::hex(&bytes)))?;
+    match write_new_private(&secret, &format!("{}\n", audit::hex(&bytes))) {
+        Ok(()) => {}
+        // Another run made it first: use theirs.
+        Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::AlreadyExists) => return read_secret(&secret),
+        Err(e) => return Err(e),
+    }
     let public = dir.join("audit.pub");
     std::fs::write(&public, format!("{}\n", audit::hex(key.verifying_key().as_bytes())))
         .with_context(|| format!("writing {}", public.display()))?;
@@ -112,17 +117,24 @@ fn read_secret(file: &Path) -> Result<SigningKey> {
     }
 }
 
-/// Creates `file` readable by its owner only, then writes `text`.
-fn write_private(file: &Path, text: &str) -> Result<()> {
+/// Creates `file` readable by its owner only, holding `text`, complete before it
+/// appears under its name; fails (AlreadyExists) when it exists.
+pub(crate) fn write_new_private(file: &Path, text: &str) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    let tmp = file.with_extension(format!("tmp-{}", std::process::id()));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(file)
-        .with_context(|| format!("creating {}", file.display()))?;
-    f.write_all(text.as_bytes()).with_context(|| format!("writing {}", file.display()))
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(text.as_bytes()).with_context(|| format!("writing {}", tmp.display()))?;
+    drop(f);
+    // A hard link appears atomically and never replaces an existing file.
+    let linked = std::fs::hard_link(&tmp, file);
+    let _ = std::fs::remove_file(&tmp);
+    linked.map_err(anyhow::Error::from)
 }
 
 #[cfg(test)]
@@ -137,10 +149,10 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let secret = dir.join("audit.key");
         let key = SigningKey::from_bytes(&[5; 32]);
-        write_private(&secret, &audit::hex(&[5; 32])).unwrap();
+        write_new_private(&secret, &audit::hex(&[5; 32])).unwrap();
         assert_eq!(std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(read_secret(&secret).unwrap().to_bytes(), key.to_bytes());
-        assert!(write_private(&secret, "x").is_err(), "never overwrites a key");
+        assert!(write_new_private(&secret, "x").is_err(), "never overwrites a key");
         let public = audit::hex(key.verifying_key().as_bytes());
         assert_eq!(public_key(&public).unwrap(), key.verifying_key());
         let pub_file = dir.join("audit.pub");

@@ -145,7 +145,7 @@ pub fn deployment_key(explicit: Option<&Path>) -> Result<ArtifactKey> {
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let key = fresh_key()?;
-    match write_new_private(&file, &format!("{key}\n")) {
+    match crate::audit_cmd::write_new_private(&file, &format!("{key}\n")) {
         Ok(()) => {
             eprintln!("==> made the artifact key {} (it seals the capsules this machine precompiles)", file.display());
             Ok(key)
@@ -180,26 +180,6 @@ fn read_key(file: &Path) -> Result<ArtifactKey> {
     }
 }
 
-/// Creates `file` readable by its owner only, holding `text`, complete before it
-/// appears under its name; fails (AlreadyExists) when it exists.
-fn write_new_private(file: &Path, text: &str) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = file.with_extension(format!("tmp-{}", std::process::id()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(text.as_bytes()).with_context(|| format!("writing {}", tmp.display()))?;
-    drop(f);
-    // A hard link appears atomically and never replaces an existing file.
-    let linked = std::fs::hard_link(&tmp, file);
-    let _ = std::fs::remove_file(&tmp);
-    linked.map_err(anyhow::Error::from)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,10 +192,10 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("artifact.key");
         let key = ArtifactKey([9; 32]);
-        write_new_private(&file, &format!("{key}\n")).unwrap();
+        crate::audit_cmd::write_new_private(&file, &format!("{key}\n")).unwrap();
         assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(read_key(&file).unwrap(), key);
-        let again = write_new_private(&file, "x").unwrap_err();
+        let again = crate::audit_cmd::write_new_private(&file, "x").unwrap_err();
         assert!(again.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::AlreadyExists), "{again}");
         assert_eq!(read_key(&file).unwrap(), key, "never overwritten");
         std::fs::write(&file, "ab".repeat(31) + "zz").unwrap();
