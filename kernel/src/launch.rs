@@ -59,7 +59,9 @@ fn run(args: &[String], settings: &Settings) -> Result<Status, Status> {
         SourceError::NoCapsule => fail(Status::Usage, &e),
         _ => fail(Status::Software, &e),
     })?;
+    crate::platform::phases::mark("discovered");
     let capsules = sources.iter().map(|s| check(s, settings)).collect::<Result<Vec<_>, _>>()?;
+    crate::platform::phases::mark("checked");
     let manifests = sources
         .iter()
         .enumerate()
@@ -72,6 +74,7 @@ fn run(args: &[String], settings: &Settings) -> Result<Status, Status> {
         .collect::<Result<Vec<_>, _>>()?;
     let foreign_ports = check_identities(&sources, &manifests, settings)?;
     say!("astrid: {} capsule(s) ready", capsules.len());
+    crate::platform::phases::mark("ready");
     if settings.check_only.0 {
         say!("astrid: check only ({}=1): capsules checked, not run", settings::CHECK_ONLY);
         return Ok(Status::Ok);
@@ -170,14 +173,27 @@ fn run_capsules(capsules: &[CapsuleBytes], manifests: &[Option<Manifest>], forei
     if mapping_budget != usize::MAX {
         fit_heap(&mut each, capsules, settings)?;
     }
+    crate::platform::phases::mark("fitted");
     let engine = start_engine(settings)?;
+    crate::platform::phases::mark("network");
     let log = start_audit(settings)?;
+    crate::platform::phases::mark("audit-started");
     let audit = log.as_ref().map(crate::audit::AuditLog::handle);
     report_panics(audit.clone());
     let (ready, loading) = load_all(&engine, capsules, manifests, each, &options, audit.as_ref());
+    crate::platform::phases::mark("loaded-all");
     let running = run_all(&engine, &ready, audit.as_ref());
+    crate::platform::phases::mark("ran-all");
     drain_network();
     let closing = close_audit(log);
+    crate::platform::phases::mark("audit-closed");
+    if cfg!(target_os = "hermit") {
+        // The image exits next: unmapping the capsules' code and the engine would be
+        // work the exit throws away (~4 ms under TCG). Hosted mode, where tests boot
+        // many times in one process, drops them.
+        std::mem::forget(ready);
+        std::mem::forget(engine);
+    }
     // A failed audit sink is the run's verdict: the capsules' own statuses (cancelled,
     // trapped on a refused record) follow from it.
     if closing == Status::AuditFailed {
@@ -357,6 +373,7 @@ fn fit_heap(each: &mut [crate::engine::RunOptions], capsules: &[CapsuleBytes], s
 fn start_engine(settings: &Settings) -> Result<crate::engine::CapsuleEngine, Status> {
     let mut engine =
         crate::engine::CapsuleEngine::new().map_err(|e| fail(Status::Software, &format!("cannot start the engine: {e:#}")))?;
+    crate::platform::phases::mark("engine-struct");
     // Precompiled artifacts run only when sealed with the deployment's key.
     engine.set_artifact_key(settings.artifact_key.as_ref().map(|k| k.0));
     let publish = &settings.publish.0;
@@ -439,6 +456,7 @@ fn load_all<'a>(
             Ok(report) => {
                 let seal = report.verified_in.map(|t| format!(" (seal verified in {} us)", t.as_micros())).unwrap_or_default();
                 say!("astrid: capsule {}: {} in {} us{seal}", capsule.name, report.how, report.elapsed.as_micros());
+                crate::platform::phases::mark("load-said");
                 let options = options_here;
                 let id = match manifest {
                     Some(m) => {
@@ -453,7 +471,9 @@ fn load_all<'a>(
                 if let Some(audit) = audit {
                     let text = manifest.as_ref().map(|m| m.text.as_str());
                     let principal = options.principal.as_deref().unwrap_or(&id);
-                    if let Err(e) = audit.capsule_load(&id, principal, &capsule.bytes, text) {
+                    let recorded = audit.capsule_load(&id, principal, &report.content, text);
+                    crate::platform::phases::mark("load-audited");
+                    if let Err(e) = recorded {
                         // Not run unaudited: the log's close reports the failure.
                         status = worst(status, fail(Status::Software, &format!("capsule {}: its load is not in the audit log: {e}", capsule.name)));
                         continue;
@@ -494,6 +514,7 @@ fn run_all(engine: &crate::engine::CapsuleEngine, ready: &[Ready], audit: Option
                     cancels.iter().for_each(CancelToken::cancel);
                 }
             });
+            crate::platform::phases::mark("watcher-thread");
             if let Err(e) = watcher {
                 // Not run without the watch that stops capsules when the log fails.
                 say!("astrid: cannot watch the audit log's sink ({e}): no capsule runs");
@@ -504,10 +525,9 @@ fn run_all(engine: &crate::engine::CapsuleEngine, ready: &[Ready], audit: Option
             .iter()
             .zip(&cancels)
             .map(|(r, cancel)| {
-                std::thread::Builder::new().stack_size(WAITER_STACK).spawn_scoped(scope, move || {
-                    let started = std::time::Instant::now();
-                    let outcome = engine.run(&r.id, &r.report.loaded, &r.options, cancel, audit);
-                    report_outcome(&r.capsule.name, &outcome, started.elapsed(), cancel.is_cancelled())
+                // The capsule's runner thread says how it ended as soon as it has.
+                engine.spawn_run(scope, &r.id, &r.report.loaded, &r.options, cancel, audit, move |outcome, ran| {
+                    report_outcome(&r.capsule.name, &outcome, ran, cancel.is_cancelled())
                 })
             })
             .collect();
@@ -722,6 +742,7 @@ fn precompiled_kind(bytes: &[u8]) -> Option<&'static str> {
     match wasm::artifact::form(bytes) {
         wasm::artifact::Form::Sealed(_) => Some("sealed precompiled artifact"),
         wasm::artifact::Form::Unsealed => Some("precompiled artifact without a seal"),
+        wasm::artifact::Form::OlderSeal => Some("precompiled artifact sealed in an older format"),
         wasm::artifact::Form::NotAnArtifact => None,
     }
 }

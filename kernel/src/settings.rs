@@ -763,6 +763,9 @@ settings! {
         /// `1`: check the capsules, do not run them (the run command sets it for the soft-float image).
         Image CHECK_ONLY = "ASTRID_CHECK_ONLY", check_only: Flag = Flag(false),
             default "0", accepts "0, 1";
+        /// `1`: when the run ends, print one line with when each start-up phase ended on the guest's clock (`scripts/bench --only boot` sets it).
+        Image BOOT_PHASES = "ASTRID_BOOT_PHASES", boot_phases: Flag = Flag(false),
+            default "0", accepts "0, 1";
         /// The randomness seed (the run command passes one from the host's entropy; without it the image refuses randomness).
         Image SEED = "ASTRID_SEED", seed: Option<HostSeed> = None,
             default "unset", accepts "64 hex digits, not all zero";
@@ -1004,6 +1007,7 @@ mod tests {
         (HOOK_PAYLOAD, &["", "68690a"], &["zz", "abc", "+a"]),
         (MAX_CAPSULE_BYTES, &["4"], &["lots"]),
         (CHECK_ONLY, &["0", "1"], &["yes", "2"]),
+        (BOOT_PHASES, &["0", "1"], &["on", "2"]),
         (SEED, &["0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"], &["", "00", ZERO_SEED, "zz23456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"]),
         (RAM_MIB, &["512"], &["512M"]),
         (RUN_NONCE, &["0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"], &["", ZERO_SEED, "01", "+123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"]),

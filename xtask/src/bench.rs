@@ -17,6 +17,9 @@ pub struct BootFigures {
     pub milestones: Vec<Vec<Option<Duration>>>,
     /// Per hello run: when the loader's line and the application's line arrived.
     pub hello_lines: Vec<[Option<Duration>; 2]>,
+    /// Per astrid run: the image's own start-up phases (`ASTRID_BOOT_PHASES`), each as
+    /// its label and when it ended, ms on the guest's clock from `main`.
+    pub phases: Vec<Vec<(String, f64)>>,
     /// With `ASTRID_BENCH_BOOT_AB`: that image and its runs (same example, interleaved).
     pub other: Option<(std::path::PathBuf, Vec<Duration>)>,
 }
@@ -30,7 +33,7 @@ pub const MILESTONES: &[(&str, &str)] = &[
     ("capsule loaded (engine created, deserialize + seal check)", "precompiled component in"),
     ("capsule's first log line (store, linker, instantiate, audit start)", "hello: running in"),
     ("capsule's ipc round trip done", "hello: ipc"),
-    ("capsule's sleep done (50 ms)", "hello: slept"),
+    ("capsule's sleep done (5 ms)", "hello: slept"),
     ("capsule completed", "completed in"),
     ("audit log closed", "audit log closed"),
 ];
@@ -75,11 +78,15 @@ pub fn boot(art: &Artifacts, runs: usize) -> Result<BootFigures> {
     let mut astrid = Boot::new(art.loader.clone(), art.astrid_img.clone());
     astrid.capsules = vec![example];
     astrid.kernel_args = vec![qemu::env_arg(astrid_kernel::settings::ARTIFACT_KEY, key)];
+    // The image's own phase marks, printed as one line after the audit log's close.
+    let other_args = astrid.kernel_args.clone();
+    astrid.kernel_args.push(qemu::env_arg(astrid_kernel::settings::BOOT_PHASES, "1"));
     // An A/B of two builds: the other image boots the same example, in the same rounds.
     let other = std::env::var_os(astrid_kernel::settings::BENCH_BOOT_AB).map(std::path::PathBuf::from);
-    let other_boot = other.as_ref().map(|img| Boot { app: img.clone(), ..astrid.clone() });
+    // (An older image may not know that setting: it boots as before.)
+    let other_boot = other.as_ref().map(|img| Boot { app: img.clone(), kernel_args: other_args, ..astrid.clone() });
     let mut figures =
-        BootFigures { hello: Vec::new(), astrid: Vec::new(), milestones: Vec::new(), hello_lines: Vec::new(), other: other.map(|p| (p, Vec::new())) };
+        BootFigures { hello: Vec::new(), astrid: Vec::new(), milestones: Vec::new(), phases: Vec::new(), hello_lines: Vec::new(), other: other.map(|p| (p, Vec::new())) };
     for i in 0..runs {
         // Interleave so drift on the shared machine hits both sides alike.
         for (side, boot) in [(0, Some(&hello)), (1, Some(&astrid)), (2, other_boot.as_ref())] {
@@ -96,6 +103,7 @@ pub fn boot(art: &Artifacts, runs: usize) -> Result<BootFigures> {
             } else {
                 figures.astrid.push(out.elapsed);
                 figures.milestones.push(milestones(&out.lines));
+                figures.phases.push(out.lines.iter().find_map(|(_, l)| astrid_kernel::platform::phases::parse(l)).unwrap_or_default());
                 if std::env::var_os(astrid_kernel::settings::BENCH_CONSOLE).is_some() {
                     for (t, l) in &out.lines {
                         eprintln!("{:8.1} ms  {l}", t.as_secs_f64() * 1e3);
@@ -159,6 +167,27 @@ fn print_breakdown(f: &BootFigures) {
     }
     let exit = median(&f.astrid);
     println!("| (b) QEMU exits | {:.0} ms | {:.0} ms |", ms(exit), ms(exit.saturating_sub(before)));
+    print_phases(f);
+}
+
+/// The image's own phase marks (guest clock, ms from `main`): the median of each and
+/// the step from the one before, in the order the first run marked them.
+fn print_phases(f: &BootFigures) {
+    let Some(order) = f.phases.iter().find(|p| !p.is_empty()) else {
+        println!("(no boot phases line: the image does not mark its phases)");
+        return;
+    };
+    println!("inside the image (guest clock from main, medians of {} runs)", f.phases.iter().filter(|p| !p.is_empty()).count());
+    println!("| phase ended | at | step took |");
+    println!("|---|---|---|");
+    let mut before = 0.0;
+    for (label, _) in order {
+        let mut at: Vec<f64> = f.phases.iter().filter_map(|p| p.iter().find(|(l, _)| l == label).map(|(_, t)| *t)).collect();
+        at.sort_by(f64::total_cmp);
+        let Some(&m) = at.get(at.len() / 2) else { continue };
+        println!("| {label} | {m:.1} ms | {:.1} ms |", m - before);
+        before = m;
+    }
 }
 
 /// Which way a goal points.

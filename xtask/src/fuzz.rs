@@ -472,8 +472,8 @@ verbose = true
             let chain = Chain::with_clock(clock).bind(RunBinding { nonce: [7; 32], build: "astrid-kernel fuzz-seed".into() });
             let mut chain = if signed { chain.sign_with(SigningKey::from_bytes(&[1; 32])) } else { chain };
             let mut lines = Vec::new();
-            lines.extend(chain.capsule_load("alpha", "alice", b"alpha wasm", Some("[package]\nname = \"alpha\"\n")).unwrap());
-            lines.extend(chain.capsule_load("beta", "bob", b"beta wasm", None).unwrap());
+            lines.extend(chain.capsule_load("alpha", "alice", blake3::hash(b"alpha wasm").as_bytes(), Some("[package]\nname = \"alpha\"\n")).unwrap());
+            lines.extend(chain.capsule_load("beta", "bob", blake3::hash(b"beta wasm").as_bytes(), None).unwrap());
             for i in 0..3 {
                 let mut e = IoEvent::ok("alpha", "alice", "astrid:io/streams.input-stream.read", 10 + i);
                 e.bytes = Some(100 * i);

@@ -122,14 +122,14 @@ impl Ledger {
         Ok(())
     }
 
-    /// Stamps the record of `capsule` loaded, with the BLAKE3 of its bytes and of its
-    /// manifest text.
-    pub fn capsule_load(&mut self, capsule: &str, principal: &str, content: &[u8], manifest: Option<&str>, out: &mut impl Extend<Stamped>) -> Result<(), ChainClosed> {
+    /// Stamps the record of `capsule` loaded, with `content`, the BLAKE3 of its bytes
+    /// (the loader hashed them while checking them), and the BLAKE3 of its manifest text.
+    pub fn capsule_load(&mut self, capsule: &str, principal: &str, content: &[u8; 32], manifest: Option<&str>, out: &mut impl Extend<Stamped>) -> Result<(), ChainClosed> {
         self.open()?;
         let body = Body::Load {
             capsule: capsule.into(),
             principal: principal.into(),
-            content: *blake3::hash(content).as_bytes(),
+            content: *content,
             manifest: manifest.map(|m| *blake3::hash(m.as_bytes()).as_bytes()),
         };
         self.emit(body, false, out);
@@ -452,9 +452,9 @@ impl Chain {
         Ok(self.lines(out))
     }
 
-    /// Appends the record of `capsule` loaded: the BLAKE3 of its bytes and of its
-    /// manifest text.
-    pub fn capsule_load(&mut self, capsule: &str, principal: &str, content: &[u8], manifest: Option<&str>) -> Result<Vec<String>, ChainClosed> {
+    /// Appends the record of `capsule` loaded: `content`, the BLAKE3 of its bytes, and
+    /// the BLAKE3 of its manifest text.
+    pub fn capsule_load(&mut self, capsule: &str, principal: &str, content: &[u8; 32], manifest: Option<&str>) -> Result<Vec<String>, ChainClosed> {
         let mut out = Vec::new();
         self.ledger.capsule_load(capsule, principal, content, manifest, &mut out)?;
         Ok(self.lines(out))

@@ -43,6 +43,10 @@ const WAKE_BATCH: usize = MAX_BATCH / 4;
 /// Longest a record waits in the queue for others to join its batch, when nobody waits
 /// for it to be written (`drain`, a capsule's end and the close do not wait).
 const LINGER: Duration = Duration::from_millis(2);
+/// The drainer's stack: it seals (BLAKE3, Ed25519 at checkpoints) and writes batches,
+/// nothing deep; under TCG a thread's start costs in proportion to its stack (std's
+/// default is 1 MiB).
+const DRAINER_STACK: usize = 256 << 10;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AuditError {
@@ -253,6 +257,7 @@ impl AuditLog {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()
                 .name("astrid-audit".into())
+                .stack_size(DRAINER_STACK)
                 .spawn(move || drain_loop(&shared, &mut sink))
                 .expect("cannot start the audit drainer thread")
         };
@@ -315,13 +320,13 @@ impl AuditHandle {
         Ok(seq)
     }
 
-    /// Appends the record of a capsule the engine loaded: the BLAKE3 of its bytes and
-    /// of its manifest text. Returns its sequence number.
+    /// Appends the record of a capsule the engine loaded: `content`, the BLAKE3 of its
+    /// bytes, and the BLAKE3 of its manifest text. Returns its sequence number.
     pub fn capsule_load(
         &self,
         capsule: &str,
         principal: &str,
-        content: &[u8],
+        content: &[u8; 32],
         manifest: Option<&str>,
     ) -> Result<u64, AuditError> {
         let (_st, seq) = self.shared.push(None, None, |ledger, queue| {

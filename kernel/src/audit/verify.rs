@@ -497,8 +497,8 @@ mod tests {
     /// A small closed log: two capsules loaded, every optional field used somewhere.
     fn log_of(mut chain: Chain, extra_io: u64) -> Vec<String> {
         let mut lines = Vec::new();
-        lines.extend(chain.capsule_load("alpha", "alice", b"alpha wasm", Some("name = \"alpha\"")).unwrap());
-        lines.extend(chain.capsule_load("béta", "bob", b"beta wasm", None).unwrap());
+        lines.extend(chain.capsule_load("alpha", "alice", blake3::hash(b"alpha wasm").as_bytes(), Some("name = \"alpha\"")).unwrap());
+        lines.extend(chain.capsule_load("béta", "bob", blake3::hash(b"beta wasm").as_bytes(), None).unwrap());
         for i in 0..4 + extra_io {
             let mut e = IoEvent::ok("alpha", "alice", "astrid:io/streams.input-stream.read", 10 + i);
             e.bytes = Some(100 * i);

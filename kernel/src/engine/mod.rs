@@ -40,6 +40,9 @@ pub struct LoadReport {
     pub elapsed: Duration,
     /// Of `elapsed`, what checking a precompiled artifact's seal took.
     pub verified_in: Option<Duration>,
+    /// The BLAKE3 of the capsule's bytes (for a sealed artifact, from the pass that
+    /// checked its seal): what the audit log's load record names.
+    pub content: [u8; 32],
 }
 
 pub struct CapsuleEngine {
@@ -191,8 +194,10 @@ impl CapsuleEngine {
     /// interfaces it imports when it runs (`linker_for`).
     pub fn new() -> wasmtime::Result<Self> {
         let engine = wasmtime::Engine::new(&engine_config(CodeTarget::Native)?)?;
+        crate::platform::phases::mark("wasmtime-engine");
         let module_linker = wasmtime::Linker::new(&engine);
         let ticker = EpochTicker::start(engine.weak())?;
+        crate::platform::phases::mark("ticker-thread");
         Ok(CapsuleEngine {
             _ticker: ticker,
             engine,
@@ -237,7 +242,9 @@ impl CapsuleEngine {
         let started = Instant::now();
         let opened = artifact::verify(bytes, &self.fingerprint, self.artifact_key.as_ref())?;
         let verified_in = opened.is_some().then(|| started.elapsed());
-        let (loaded, how) = match opened {
+        crate::platform::phases::mark("seal-checked");
+        let content = opened.as_ref().map_or_else(|| *blake3::hash(bytes).as_bytes(), |o| o.content);
+        let (loaded, how) = match opened.map(|o| o.payload) {
             Some(payload) => match wasmtime::Engine::detect_precompiled(payload) {
                 Some(Precompiled::Component) => {
                     // SAFETY: deserializing maps the artifact's machine code executable,
@@ -259,7 +266,8 @@ impl CapsuleEngine {
             },
             None => self.compile(bytes)?,
         };
-        Ok(LoadReport { loaded, how, elapsed: started.elapsed(), verified_in })
+        crate::platform::phases::mark("deserialized");
+        Ok(LoadReport { loaded, how, elapsed: started.elapsed(), verified_in, content })
     }
 
     /// Compiles a `.wasm` with Cranelift, here.
@@ -281,53 +289,72 @@ impl CapsuleEngine {
         )
     }
 
-    /// Runs one capsule to its end on a thread of its own, auditing through `audit`.
-    /// Without an audit handle nothing is recorded (the benchmarks' audit-off side).
-    pub fn run(&self, name: &str, loaded: &Loaded, options: &RunOptions, cancel: &CancelToken, audit: Option<&AuditHandle>) -> RunOutcome {
+    /// Starts one capsule's run on a thread of its own in `scope` (the runner, with the
+    /// stack a capsule needs), auditing through `audit`; without an audit handle nothing
+    /// is recorded (the benchmarks' audit-off side). When the run ends, its lifecycle
+    /// records are written and the same thread calls `finish` with the outcome and how
+    /// long the run took; the thread's result is what `finish` returns. One thread per
+    /// capsule: under TCG every thread's start costs milliseconds.
+    #[allow(clippy::too_many_arguments)]
+    pub fn spawn_run<'scope, 'env, T: Send + 'scope>(
+        &'env self,
+        scope: &'scope std::thread::Scope<'scope, 'env>,
+        name: &'env str,
+        loaded: &'env Loaded,
+        options: &'env RunOptions,
+        cancel: &'env CancelToken,
+        audit: Option<&'env AuditHandle>,
+        finish: impl FnOnce(RunOutcome, Duration) -> T + Send + 'scope,
+    ) -> std::io::Result<std::thread::ScopedJoinHandle<'scope, T>> {
         let principal = options.principal.clone().unwrap_or_else(|| name.to_string());
         let identity = Identity { capsule: name.into(), principal: principal.as_str().into() };
-        let outcome = std::thread::scope(|scope| {
-            let handle = std::thread::Builder::new()
-                .name(format!("capsule {name}"))
-                .stack_size(config::RUNNER_STACK)
-                .spawn_scoped(scope, || {
-                    let spec = Spec {
-                        identity: identity.clone(),
-                        cancel: cancel.clone(),
-                        limits: &options.limits,
-                        audit: audit.cloned(),
-                        config: options.config.clone(),
-                        capabilities: options.capabilities.clone(),
-                        ipc_publish: options.ipc_publish.clone(),
-                        ipc_subscribe: options.ipc_subscribe.clone(),
-                        net_policy: options.net_policy.clone(),
-                        kv_dir: options.kv_dir.as_deref(),
-                        test_argument: options.test_argument.clone(),
-                    };
-                    match CapsuleState::new(spec, &self.shared) {
-                        Err(why) => RunOutcome::InstantiateFailed(why),
-                        Ok(state) => {
-                            let deadline = options.deadline.map(|d| Instant::now().checked_add(d).unwrap_or_else(far_future));
-                            match options.deadline.map(|d| wait::cancel_after(cancel, d)) {
-                                Some(Err(e)) => RunOutcome::InstantiateFailed(format!("cannot start the deadline watchdog: {e}")),
-                                _ => self.run_in_store(state, loaded, &options.entry, deadline),
-                            }
-                        }
-                    }
-                });
-            match handle {
-                Ok(h) => h.join().unwrap_or_else(|_| RunOutcome::Trapped("the capsule thread panicked".into())),
-                Err(e) => RunOutcome::InstantiateFailed(format!("cannot start the capsule thread: {e}")),
-            }
+        let runner = identity.clone();
+        let spawned = std::thread::Builder::new().name(format!("capsule {name}")).stack_size(config::RUNNER_STACK).spawn_scoped(scope, move || {
+            crate::platform::phases::mark("runner-thread");
+            let started = Instant::now();
+            // A panic in the run is this capsule's trap: its end is still recorded.
+            let run = std::panic::AssertUnwindSafe(|| self.run_here(&runner, loaded, options, cancel, audit));
+            let outcome = std::panic::catch_unwind(run).unwrap_or_else(|_| RunOutcome::Trapped("the capsule thread panicked".into()));
+            let ran = started.elapsed();
+            record_end(&runner, &outcome, audit);
+            finish(outcome, ran)
         });
-        if let Some(audit) = audit {
-            let recorded = lifecycle_record(&identity, &outcome).map_or(Ok(0), |event| audit.record(event)).and_then(|_| audit.capsule_end(name));
-            if let Err(e) = recorded {
-                // The log's close reports the failure with its own status.
-                say!("astrid: capsule {name}: its end is not in the audit log: {e}");
+        if let Err(e) = &spawned {
+            record_end(&identity, &RunOutcome::InstantiateFailed(format!("cannot start the capsule thread: {e}")), audit);
+        }
+        spawned
+    }
+
+    /// One capsule's run on this thread (the runner): its state, its deadline, its store.
+    fn run_here(&self, identity: &Identity, loaded: &Loaded, options: &RunOptions, cancel: &CancelToken, audit: Option<&AuditHandle>) -> RunOutcome {
+        let spec = Spec {
+            identity: identity.clone(),
+            cancel: cancel.clone(),
+            limits: &options.limits,
+            audit: audit.cloned(),
+            config: options.config.clone(),
+            capabilities: options.capabilities.clone(),
+            ipc_publish: options.ipc_publish.clone(),
+            ipc_subscribe: options.ipc_subscribe.clone(),
+            net_policy: options.net_policy.clone(),
+            kv_dir: options.kv_dir.as_deref(),
+            test_argument: options.test_argument.clone(),
+        };
+        match CapsuleState::new(spec, &self.shared) {
+            Err(why) => RunOutcome::InstantiateFailed(why),
+            Ok(state) => {
+                crate::platform::phases::mark("capsule-state");
+                let deadline = options.deadline.map(|d| Instant::now().checked_add(d).unwrap_or_else(far_future));
+                match options.deadline.map(|d| wait::cancel_after(cancel, d)) {
+                    Some(Err(e)) => RunOutcome::InstantiateFailed(format!("cannot start the deadline watchdog: {e}")),
+                    _ => {
+                        let outcome = self.run_in_store(state, loaded, &options.entry, deadline);
+                        crate::platform::phases::mark("store-dropped");
+                        outcome
+                    }
+                }
             }
         }
-        outcome
     }
 
     /// A linker with the host interfaces `component` imports, and no others: building
@@ -348,6 +375,7 @@ impl CapsuleEngine {
     fn run_in_store(&self, state: CapsuleState, loaded: &Loaded, entry: &Entry, deadline: Option<Instant>) -> RunOutcome {
         let cancel = state.core.cancel.clone();
         let mut store = Store::new(&self.engine, state);
+        crate::platform::phases::mark("store");
         store.limiter(|s| s);
         store.set_epoch_deadline(1);
         let watched = cancel.clone();
@@ -363,13 +391,17 @@ impl CapsuleEngine {
         });
         let result = match loaded {
             Loaded::Component(component) => {
-                let instance = match self.linker_for(component).and_then(|linker| linker.instantiate(&mut store, component)) {
+                let linker = self.linker_for(component);
+                crate::platform::phases::mark("linker");
+                let instance = match linker.and_then(|linker| linker.instantiate(&mut store, component)) {
                     Ok(i) => i,
                     Err(e) => return instantiate_failure(e, &cancel),
                 };
+                crate::platform::phases::mark("instantiated");
                 match entry {
                     Entry::Run => match instance.get_typed_func::<(), ()>(&mut store, "run") {
                         Ok(run) => run.call(&mut store, ()).map(|()| {
+                            crate::platform::phases::mark("run-returned");
                             if store.data().core.calls() == 0 { RunOutcome::CompletedSilently } else { RunOutcome::Completed }
                         }),
                         Err(_) => Ok(RunOutcome::NoRun),
@@ -523,6 +555,16 @@ fn classify(e: wasmtime::Error, cancel: &CancelToken) -> RunOutcome {
         None => e.root_cause().to_string(),
     };
     RunOutcome::Trapped(what)
+}
+
+/// Records how `id`'s run ended (where that says more than its calls did) and its end.
+fn record_end(id: &Identity, outcome: &RunOutcome, audit: Option<&AuditHandle>) {
+    let Some(audit) = audit else { return };
+    let recorded = lifecycle_record(id, outcome).map_or(Ok(0), |event| audit.record(event)).and_then(|_| audit.capsule_end(&id.capsule));
+    if let Err(e) = recorded {
+        // The log's close reports the failure with its own status.
+        say!("astrid: capsule {}: its end is not in the audit log: {e}", id.capsule);
+    }
 }
 
 /// The record of how a capsule's run ended, where it says more than its calls did.

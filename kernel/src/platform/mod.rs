@@ -10,6 +10,8 @@ pub mod wasmtime_glue;
 #[cfg(target_os = "hermit")]
 mod heap;
 
+pub mod phases;
+
 #[cfg(not(target_os = "hermit"))]
 mod hosted;
 #[cfg(not(target_os = "hermit"))]

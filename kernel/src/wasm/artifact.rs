@@ -8,12 +8,15 @@
 //! artifact: it appends a trailer
 //!
 //! ```text
-//! payload (wasmtime's artifact) ‖ fingerprint (32) ‖ mac (32) ‖ "astrid-sealed-v1" (16)
+//! payload (wasmtime's artifact) ‖ fingerprint (32) ‖ mac (32) ‖ "astrid-sealed-v2" (16)
 //! ```
 //!
 //! where `mac` is BLAKE3 in keyed mode under the deployment's artifact key over
 //! [`MAC_CONTEXT`] ‖ the engine fingerprint ‖ the payload's length (u64, little-endian)
-//! ‖ the payload. The fingerprint names the engine build the artifact was made for
+//! ‖ the payload's BLAKE3 hash (so a forgery needs a BLAKE3 collision or the key). The
+//! image reads the file once: one BLAKE3 pass gives the payload's hash (what the MAC
+//! covers) and, continued over the trailer, the whole file's (what the audit log's load
+//! record names), instead of a keyed pass and a plain one. The fingerprint names the engine build the artifact was made for
 //! (wasmtime version, target, every setting that shapes compiled code: see
 //! `engine::config`). The image recomputes the MAC over *its own* fingerprint, so an
 //! artifact made for another engine, with another key, or changed in any byte (payload
@@ -26,12 +29,15 @@ use core::fmt;
 /// Bytes of an artifact key (a BLAKE3 key).
 pub const KEY_BYTES: usize = 32;
 /// The trailer's last bytes: what marks a sealed artifact (and its format version).
-pub const MAGIC: [u8; 16] = *b"astrid-sealed-v1";
+pub const MAGIC: [u8; 16] = *b"astrid-sealed-v2";
+/// The first format's magic (its MAC ran over every payload byte): refused with a
+/// message of its own, since only a fresh precompile can give it the current seal.
+const MAGIC_V1: [u8; 16] = *b"astrid-sealed-v1";
 /// Bytes of the trailer: fingerprint, MAC, magic.
 pub const TRAILER_BYTES: usize = 32 + 32 + MAGIC.len();
 /// What the MAC covers first: the purpose and format version, so the key can never
 /// authenticate anything else.
-pub const MAC_CONTEXT: &[u8] = b"astrid.img sealed artifact v1\0";
+pub const MAC_CONTEXT: &[u8] = b"astrid.img sealed artifact v2\0";
 /// BLAKE3 key-derivation context of an engine fingerprint.
 const FINGERPRINT_CONTEXT: &str = "astrid.img engine fingerprint v1";
 /// A wasmtime artifact is an ELF file.
@@ -71,6 +77,8 @@ pub enum Form<'a> {
     Sealed(Sealed<'a>),
     /// A wasmtime artifact (ELF) without a seal.
     Unsealed,
+    /// Sealed in the first format (`astrid-sealed-v1`), which this image no longer reads.
+    OlderSeal,
 }
 
 /// A sealed artifact split into its parts; [`open`] verifies it.
@@ -96,19 +104,33 @@ pub fn form(bytes: &[u8]) -> Form<'_> {
         mac.copy_from_slice(&trailer[32..64]);
         return Form::Sealed(Sealed { payload, fingerprint: Fingerprint(fingerprint), mac });
     }
+    if bytes.len() >= TRAILER_BYTES && bytes.ends_with(&MAGIC_V1) {
+        return Form::OlderSeal;
+    }
     if bytes.starts_with(ELF_MAGIC) {
         return Form::Unsealed;
     }
     Form::NotAnArtifact
 }
 
-fn mac(key: &[u8; KEY_BYTES], fingerprint: &Fingerprint, payload: &[u8]) -> blake3::Hash {
+/// The MAC of a payload of `len` bytes whose BLAKE3 hash is `payload_hash`.
+fn mac(key: &[u8; KEY_BYTES], fingerprint: &Fingerprint, len: usize, payload_hash: &blake3::Hash) -> blake3::Hash {
     let mut h = blake3::Hasher::new_keyed(key);
     h.update(MAC_CONTEXT);
     h.update(&fingerprint.0);
-    h.update(&(payload.len() as u64).to_le_bytes());
-    h.update(payload);
+    h.update(&(len as u64).to_le_bytes());
+    h.update(payload_hash.as_bytes());
     h.finalize()
+}
+
+/// One pass over a sealed file: the BLAKE3 of its first `payload_len` bytes (what the
+/// MAC covers) and of all of it (what the audit log names).
+fn hash_payload_and_file(bytes: &[u8], payload_len: usize) -> (blake3::Hash, [u8; 32]) {
+    let mut h = blake3::Hasher::new();
+    h.update(&bytes[..payload_len]);
+    let payload = h.finalize();
+    h.update(&bytes[payload_len..]);
+    (payload, *h.finalize().as_bytes())
 }
 
 /// Seals `payload` (a wasmtime artifact made for the engine `fingerprint` describes)
@@ -117,7 +139,7 @@ pub fn seal(payload: &[u8], fingerprint: &Fingerprint, key: &[u8; KEY_BYTES]) ->
     let mut out = Vec::with_capacity(payload.len() + TRAILER_BYTES);
     out.extend_from_slice(payload);
     out.extend_from_slice(&fingerprint.0);
-    out.extend_from_slice(mac(key, fingerprint, payload).as_bytes());
+    out.extend_from_slice(mac(key, fingerprint, payload.len(), &blake3::hash(payload)).as_bytes());
     out.extend_from_slice(&MAGIC);
     out
 }
@@ -133,6 +155,8 @@ pub enum ArtifactError {
     OtherEngine { made_for: Fingerprint, here: Fingerprint },
     /// The MAC does not verify: changed after sealing, or sealed with another key.
     BadSeal,
+    /// Sealed in an older format (by an older astrid.img's precompile step).
+    OlderSeal,
 }
 
 impl fmt::Display for ArtifactError {
@@ -155,6 +179,10 @@ impl fmt::Display for ArtifactError {
                 made_for.short(),
                 here.short()
             ),
+            ArtifactError::OlderSeal => f.write_str(
+                "a precompiled artifact sealed in an older format (astrid-sealed-v1, by an earlier astrid.img), so its \
+                 machine code is not loaded — precompile the .wasm again for this image (`scripts/run` does on its own)",
+            ),
             ArtifactError::BadSeal => f.write_str(
                 "a precompiled artifact whose seal does not verify: it was changed after it was sealed, or sealed with \
                  another deployment's key, so its machine code is not loaded — precompile the .wasm again with this \
@@ -166,27 +194,39 @@ impl fmt::Display for ArtifactError {
 
 impl std::error::Error for ArtifactError {}
 
-/// The payload of `sealed`, once its seal verifies under `key` for the engine
-/// `expected` describes. The comparison is constant-time.
-pub fn open<'a>(sealed: &Sealed<'a>, expected: &Fingerprint, key: Option<&[u8; KEY_BYTES]>) -> Result<&'a [u8], ArtifactError> {
+/// A sealed artifact whose seal verified.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Opened<'a> {
+    /// The wasmtime artifact.
+    pub payload: &'a [u8],
+    /// The BLAKE3 of the whole file, trailer included (from the same pass that checked
+    /// the seal): what the audit log's load record names.
+    pub content: [u8; 32],
+}
+
+/// The payload of `sealed` (the split of `bytes`), once its seal verifies under `key`
+/// for the engine `expected` describes. The comparison is constant-time.
+fn open<'a>(bytes: &'a [u8], sealed: &Sealed<'a>, expected: &Fingerprint, key: Option<&[u8; KEY_BYTES]>) -> Result<Opened<'a>, ArtifactError> {
     let key = key.ok_or(ArtifactError::NoKey)?;
     if sealed.fingerprint != *expected {
         return Err(ArtifactError::OtherEngine { made_for: sealed.fingerprint, here: *expected });
     }
+    let (payload_hash, content) = hash_payload_and_file(bytes, sealed.payload.len());
     // `blake3::Hash`'s equality is constant-time.
-    if mac(key, expected, sealed.payload) != blake3::Hash::from_bytes(sealed.mac) {
+    if mac(key, expected, sealed.payload.len(), &payload_hash) != blake3::Hash::from_bytes(sealed.mac) {
         return Err(ArtifactError::BadSeal);
     }
-    Ok(sealed.payload)
+    Ok(Opened { payload: sealed.payload, content })
 }
 
-/// [`form`] then [`open`]: the payload of a sealed artifact, `Ok(None)` for what is not
-/// an artifact at all.
-pub fn verify<'a>(bytes: &'a [u8], expected: &Fingerprint, key: Option<&[u8; KEY_BYTES]>) -> Result<Option<&'a [u8]>, ArtifactError> {
+/// [`form`] then the seal's check: the payload of a sealed artifact (with the whole
+/// file's hash), `Ok(None)` for what is not an artifact at all.
+pub fn verify<'a>(bytes: &'a [u8], expected: &Fingerprint, key: Option<&[u8; KEY_BYTES]>) -> Result<Option<Opened<'a>>, ArtifactError> {
     match form(bytes) {
         Form::NotAnArtifact => Ok(None),
         Form::Unsealed => Err(ArtifactError::Unsealed),
-        Form::Sealed(s) => open(&s, expected, key).map(Some),
+        Form::OlderSeal => Err(ArtifactError::OlderSeal),
+        Form::Sealed(s) => open(bytes, &s, expected, key).map(Some),
     }
 }
 
@@ -211,7 +251,10 @@ mod tests {
     fn a_sealed_artifact_opens_to_its_payload() {
         let sealed = seal(&payload(), &engine(), &KEY);
         assert_eq!(sealed.len(), payload().len() + TRAILER_BYTES);
-        assert_eq!(verify(&sealed, &engine(), Some(&KEY)), Ok(Some(&payload()[..])));
+        let opened = verify(&sealed, &engine(), Some(&KEY)).unwrap().expect("sealed");
+        assert_eq!(opened.payload, &payload()[..]);
+        // The same pass hashed the whole file, trailer included.
+        assert_eq!(opened.content, *blake3::hash(&sealed).as_bytes());
     }
 
     #[test]
@@ -263,11 +306,20 @@ mod tests {
     }
 
     #[test]
+    fn a_first_format_seal_is_named_and_refused() {
+        let mut old = seal(&payload(), &engine(), &KEY);
+        let n = old.len();
+        old[n - MAGIC.len()..].copy_from_slice(&MAGIC_V1);
+        assert_eq!(verify(&old, &engine(), Some(&KEY)), Err(ArtifactError::OlderSeal));
+    }
+
+    #[test]
     fn messages_say_what_to_do() {
         for e in [
             ArtifactError::Unsealed,
             ArtifactError::NoKey,
             ArtifactError::BadSeal,
+            ArtifactError::OlderSeal,
             ArtifactError::OtherEngine { made_for: engine(), here: Fingerprint([0; 32]) },
         ] {
             let m = e.to_string();
