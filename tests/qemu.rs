@@ -237,13 +237,21 @@ fn run_command(args: &[&str]) -> (i32, String) {
 fn run_command_runs_the_example_from_source_and_returns_its_status() {
     artifacts();
     let root = xtask::paths::Paths::discover().root;
-    let (code, text) = run_command(&[root.join("capsules/hello").to_str().unwrap()]);
+    let (code, text) = run_command(&["--env", "ASTRID_BOOT_PHASES=1", root.join("capsules/hello").to_str().unwrap()]);
     assert_eq!(code, 0, "{text}");
     // Precompiled on the host by default, sealed, and only deserialized in the guest.
     assert!(text.contains("capsule hello.cwasm: sealed precompiled artifact"), "{text}");
     // The example shows the product: randomness, kv, ipc through a pollable, a sleep.
     for line in ["hello: 8 random bytes: ", "hello: kv says this is visit 1", "hello: ipc hello.greeting -> \"hi from the bus\"", "hello: slept ", "hello: done"] {
         assert!(text.contains(line), "the example did not say {line:?}:\n{text}");
+    }
+    // Asked for, the image says when each start-up phase ended (the boot benchmark's
+    // breakdown), in the order the boot goes through them.
+    let phases = text.lines().find_map(astrid_kernel::platform::phases::parse).unwrap_or_else(|| panic!("no boot phases line:\n{text}"));
+    let at = |label: &str| phases.iter().find(|(l, _)| l == label).map(|(_, t)| *t).unwrap_or_else(|| panic!("no {label} phase in {phases:?}"));
+    let order = ["main", "settings", "checked", "audit-started", "seal-checked", "deserialized", "runner-thread", "linker", "instantiated", "run-returned", "audit-closed", "returned"];
+    for pair in order.windows(2) {
+        assert!(at(pair[0]) <= at(pair[1]), "{} after {}: {phases:?}", pair[0], pair[1]);
     }
 }
 

@@ -23,9 +23,9 @@ const SHARE_HEADROOM: usize = 2 << 20;
 /// How long the image waits at exit for connections still sending what capsules wrote.
 #[cfg(feature = "engine")]
 const EXIT_LINGER: std::time::Duration = crate::net::DEFAULT_LINGER;
-/// Stack of the threads that only wait (on a capsule's run, which has its own runner
-/// thread, or on the audit sink's failure): under TCG a thread's creation costs in
-/// proportion to its stack (the kernel maps and clears it page by page).
+/// Stack of the thread that only waits (on the audit sink's failure): under TCG a
+/// thread's creation costs in proportion to its stack (the kernel maps and clears it
+/// page by page).
 #[cfg(feature = "engine")]
 const WAITER_STACK: usize = 256 << 10;
 
