@@ -1,6 +1,6 @@
 //! Precompiled artifacts are authenticated before the image maps any of their code:
 //! only an artifact sealed by this deployment's precompile step (keyed BLAKE3 under its
-//! artifact key, over this engine's fingerprint and every byte) loads. Each forgery —
+//! artifact key, over this engine's fingerprint and the hash of every byte) loads. Each forgery —
 //! one byte changed anywhere, another key, another engine build, no seal, no key in the
 //! image — is refused with status 65 and an audit record naming the capsule, and never
 //! runs. And the run command precompiles by default, with a key it makes once.
