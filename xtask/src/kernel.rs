@@ -277,6 +277,60 @@ const TIME_SLICE: &[Patch] = &[
     },
 ];
 
+/// A cost of the time-slice fix under QEMU: every wake-up and every switch re-armed the
+/// local APIC timer (`update_time_slice` → `set_time_slice` → `program_oneshot_timer`),
+/// two emulated register writes and a host timer update each under TCG, even when the
+/// deadline it computed was the one already armed: with a timed task queued (a
+/// capsule's epoch ticker, 10 ms) the earliest wakeup is that task's whether a slice
+/// runs or not, so a block→wake round trip between two threads re-armed the same
+/// deadline at each of its two wake-ups and two switches (about half of the image's
+/// round trip, sampled with gdb). The fix: the
+/// queue remembers what the timer is armed for and skips a programming that would not
+/// change it; the timer interrupt forgets it (a one-shot timer that fired is disarmed),
+/// so the handler always re-arms.
+const ONESHOT_TIMER_UNCHANGED: &[Patch] = &[Patch {
+    file: "src/scheduler/task.rs",
+    why: "the one-shot timer is not re-armed for the deadline it is already armed for",
+    edits: &[
+        (
+            "\tslice_end: Option<u64>,\n}\n\nimpl BlockedTaskQueue {",
+            "\tslice_end: Option<u64>,\n\t/// astrid.img: what the one-shot timer is armed for (`None`: not known, so the next\n\t/// programming writes the timer).\n\tarmed: core::cell::Cell<Option<Option<u64>>>,\n}\n\nimpl BlockedTaskQueue {",
+        ),
+        (
+            "\t\t\tslice_end: None,\n\t\t}\n\t}",
+            "\t\t\tslice_end: None,\n\t\t\tarmed: core::cell::Cell::new(None),\n\t\t}\n\t}",
+        ),
+        (
+            "\t\t\t(a, b) => a.or(b),\n\t\t};\n\t\tarch::set_oneshot_timer(next);\n\t}",
+            "\t\t\t(a, b) => a.or(b),\n\t\t};\n\t\t// The same deadline again: the timer is armed for it already.\n\t\tif self.armed.get() != Some(next) {\n\t\t\tself.armed.set(Some(next));\n\t\t\tarch::set_oneshot_timer(next);\n\t\t}\n\t}",
+        ),
+        (
+            "\t\t\tself.slice_end = None;\n\t\t}\n\t\tself.program_oneshot_timer();",
+            "\t\t\tself.slice_end = None;\n\t\t}\n\t\t// The one-shot timer that fired is disarmed: program it whatever it was armed for.\n\t\tself.armed.set(None);\n\t\tself.program_oneshot_timer();",
+        ),
+    ],
+}];
+
+/// Kernel 0.11's heap (talc) aligns every allocation to a cache line (128 bytes, to
+/// avoid false sharing), a 24-byte list node included. Each such allocation leaves the
+/// bytes below its aligned start as a free gap that may hold no aligned one, and talc's
+/// search for an aligned chunk walks every gap of a bin until one fits: after a
+/// capsule's start-up the small bins hold many, and the scheduler allocates a node on
+/// every wake-up and block (the ready queue, the blocked list, the futex queue). About a
+/// quarter of the image's block→wake round trip went to that walk (sampled with gdb: the
+/// aligned search's inner loop in `Talc::malloc` ← `Box::new_uninit_in` ←
+/// `custom_wakeup`); the round trip went from 31 to 25 µs without it. The fix:
+/// an allocation smaller than a cache line keeps its own alignment (talc then takes the
+/// first gap that is large enough); larger ones are still aligned to a cache line.
+const KERNEL_HEAP_SMALL_ALIGN: &[Patch] = &[Patch {
+    file: "src/mm/allocator.rs",
+    why: "allocations smaller than a cache line keep their own alignment",
+    edits: &[(
+        "\tfn align_layout(layout: Layout) -> Layout {\n\t\tlet align = layout\n\t\t\t.align()\n\t\t\t.max(core::mem::align_of::<crossbeam_utils::CachePadded<u8>>());",
+        "\tfn align_layout(layout: Layout) -> Layout {\n\t\tlet line = core::mem::align_of::<crossbeam_utils::CachePadded<u8>>();\n\t\t// astrid.img: a small allocation aligned to a cache line leaves a gap below it\n\t\t// that no later aligned one fits, and talc walks every such gap (see xtask).\n\t\tif layout.size() < line {\n\t\t\treturn layout;\n\t\t}\n\t\tlet align = layout.align().max(line);",
+    )],
+}];
+
 /// Kernel 0.11's TCP `connect` ignores non-blocking mode and has no timeout: it parks
 /// the calling thread until the handshake ends, which for an address that never answers
 /// is never. The image connected on a helper thread that the capsule stopped waiting
@@ -386,7 +440,7 @@ const NO_XGETBV: &[Patch] = &[Patch {
 }];
 
 /// Bump when a patch changes, so cached patched copies are rebuilt.
-const PATCH_LEVEL: u32 = 9;
+const PATCH_LEVEL: u32 = 11;
 
 fn patched_source(paths: &Paths, pristine: &Path, variant: Variant) -> Result<PathBuf> {
     let dst = paths.out.join(format!("kernel-source-{}", variant.name()));
@@ -400,7 +454,7 @@ fn patched_source(paths: &Paths, pristine: &Path, variant: Variant) -> Result<Pa
         fs::remove_dir_all(&dst)?;
     }
     copy_dir(pristine, &dst)?;
-    let mut patches: Vec<&Patch> = FUTEX_WAKE_RACE.iter().chain(SEND_IN_CLOSE_WAIT).chain(ONESHOT_TIMER_ORDER).chain(TIME_SLICE).chain(NONBLOCKING_CONNECT).chain(UDP_SEND_WHEN_FULL).chain(VIRTIO_FS_ERROR_REPLY).chain(VIRTIO_FS_STALL).collect();
+    let mut patches: Vec<&Patch> = FUTEX_WAKE_RACE.iter().chain(SEND_IN_CLOSE_WAIT).chain(ONESHOT_TIMER_ORDER).chain(TIME_SLICE).chain(ONESHOT_TIMER_UNCHANGED).chain(KERNEL_HEAP_SMALL_ALIGN).chain(NONBLOCKING_CONNECT).chain(UDP_SEND_WHEN_FULL).chain(VIRTIO_FS_ERROR_REPLY).chain(VIRTIO_FS_STALL).collect();
     if variant == Variant::Pvm {
         patches.extend(NO_XGETBV);
     }
