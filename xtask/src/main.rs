@@ -801,6 +801,7 @@ fn test(paths: &Paths, test_args: &[String]) -> Result<u8> {
     let started = std::time::Instant::now();
     xtask::step("preparing: toolchains, QEMU, virtiofsd, images");
     artifacts::ensure(paths)?;
+    artifacts::ensure_jit(paths)?;
     artifacts::ensure_testing(paths)?;
     artifacts::ensure_hosted(paths, true)?;
     setup::ensure_virtiofsd(paths)?;
