@@ -22,11 +22,6 @@ pub use record::{
 pub use sink::{LinesSink, MemorySink, Sink, TeeSink};
 pub use verify::{Break, BreakKind, Options, Signing, Summary, verify, verify_open, verify_with};
 
-/// The per-capsule counters the queue and the chain update for every record: a std map
-/// with rustc-hash's fast hasher (its `FxHashMap` alias needs a feature the image without
-/// Cranelift does not get).
-type FxMap<K, V> = std::collections::HashMap<K, V, rustc_hash::FxBuildHasher>;
-
 /// The build id the image was compiled with: xtask sets `ASTRID_BUILD_ID` (the git
 /// commit, `-dirty` when the tree had changes) when it builds the image; other builds
 /// say `dev`.
