@@ -20,7 +20,7 @@ use std::time::Instant;
 use ed25519_dalek::{Signer, SigningKey};
 
 use super::record::{
-    FN_CAPSULE_END, FN_CAPSULE_LOAD, FN_CHECKPOINT, FN_CLOSE, FN_GENESIS, Fields, IoEvent, Outcome, checkpoint_message, hex, seal_into,
+    Call, FN_CAPSULE_END, FN_CAPSULE_LOAD, FN_CHECKPOINT, FN_CLOSE, FN_GENESIS, Fields, IoEvent, Outcome, checkpoint_message, hex, seal_into,
     seal_with_middle, write_middle,
 };
 
@@ -110,6 +110,9 @@ pub(super) struct Ledger {
     next_seq: u64,
     last_t_ns: u64,
     clock: Box<dyn FnMut() -> u64 + Send>,
+    /// The instant `clock` counts from, when it is the real monotonic clock: a call's
+    /// record then takes its time from when the call ended, read once by the envelope.
+    origin: Option<Instant>,
     /// Every (capsule, principal) pair named so far (`Compact::who` indexes it).
     names: Names,
     /// The entry the last record named: a capsule's records come in runs.
@@ -168,12 +171,21 @@ impl Ledger {
 
     /// Stamps one io operation's record (after the genesis when it is the first).
     pub fn append(&mut self, event: IoEvent, out: &mut impl Extend<Stamped>) -> Result<(), ChainClosed> {
+        let IoEvent { capsule, principal, function, outcome, elapsed_ns, bytes, pollable_count, ready_count, error } = event;
+        let call = Call { capsule: &capsule, principal: &principal, function, outcome, elapsed_ns, bytes, pollable_count, ready_count, error, ended: None };
+        self.append_call(call, out)
+    }
+
+    /// As `append`, for a call handed over with borrowed names.
+    pub fn append_call(&mut self, call: Call<'_>, out: &mut impl Extend<Stamped>) -> Result<(), ChainClosed> {
         self.open()?;
-        let (who, capsule) = self.who(&event.capsule, &event.principal);
+        let (who, capsule) = self.who(call.capsule, call.principal);
         self.per_capsule[capsule as usize] += 1;
-        let IoEvent { function, outcome, elapsed_ns, bytes, pollable_count, ready_count, error, .. } = event;
+        let Call { function, outcome, elapsed_ns, bytes, pollable_count, ready_count, error, ended, .. } = call;
         let compact = Compact { who, capsule, function, outcome, elapsed_ns, bytes, pollable_count, ready_count, error };
-        self.emit(Body::Io(compact), false, out);
+        let at = ended.zip(self.origin).map(|(ended, origin)| u64::try_from(ended.saturating_duration_since(origin).as_nanos()).unwrap_or(u64::MAX));
+        self.genesis_into(out);
+        self.emit_at(Body::Io(compact), at, false, out);
         Ok(())
     }
 
@@ -214,8 +226,13 @@ impl Ledger {
 
     fn emit(&mut self, body: Body, checkpoint_after: bool, out: &mut impl Extend<Stamped>) {
         self.genesis_into(out);
+        self.emit_at(body, None, checkpoint_after, out);
+    }
+
+    /// As `emit` after the genesis, stamped with time `at` (`None`: now).
+    fn emit_at(&mut self, body: Body, at: Option<u64>, checkpoint_after: bool, out: &mut impl Extend<Stamped>) {
         self.last_seq = self.next_seq;
-        let stamped = self.stamp(body);
+        let stamped = self.stamp_at(body, at);
         out.extend([stamped]);
         self.since_checkpoint += 1;
         if self.signed && (checkpoint_after || self.since_checkpoint >= CHECKPOINT_EVERY) {
@@ -234,8 +251,17 @@ impl Ledger {
     }
 
     fn stamp(&mut self, body: Body) -> Stamped {
-        // Clamp so the log never shows time going backwards, whatever the clock does.
-        self.last_t_ns = (self.clock)().max(self.last_t_ns);
+        self.stamp_at(body, None)
+    }
+
+    fn stamp_at(&mut self, body: Body, at: Option<u64>) -> Stamped {
+        // Clamp so the log never shows time going backwards, whatever the clock does (or
+        // when a call that ended earlier is stamped after one that ended later).
+        let t = match at {
+            Some(t) => t,
+            None => (self.clock)(),
+        };
+        self.last_t_ns = t.max(self.last_t_ns);
         let seq = self.next_seq;
         self.next_seq += 1;
         Stamped { seq, t_ns: self.last_t_ns, body }
@@ -440,7 +466,9 @@ impl Chain {
     /// A chain whose timestamps are monotonic nanoseconds since this call.
     pub fn new() -> Self {
         let origin = Instant::now();
-        Self::with_clock(Box::new(move || u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX)))
+        let mut chain = Self::with_clock(Box::new(move || u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX)));
+        chain.ledger.origin = Some(origin);
+        chain
     }
 
     /// A chain reading time from `clock` (tests use a fixed one for stable bytes), bound
@@ -451,6 +479,7 @@ impl Chain {
                 next_seq: 0,
                 last_t_ns: 0,
                 clock,
+                origin: None,
                 names: Vec::new(),
                 last_who: 0,
                 per_capsule: Vec::new(),
@@ -579,6 +608,34 @@ pub fn seal_and_hash_only(event: &IoEvent, n: u64) -> (std::time::Duration, std:
 mod tests {
     use super::super::record::{AuditRecord, seal, unseal};
     use super::*;
+
+    /// A call handed over by the envelope is stamped with the moment it ended (the clock
+    /// read once per call), and the log's time still never goes backwards: a call that
+    /// ended before the record ahead of it takes that record's time.
+    #[test]
+    fn a_call_is_stamped_when_it_ended_and_time_never_goes_back() {
+        let mut chain = Chain::new();
+        let (c, p): (Arc<str>, Arc<str>) = ("c".into(), "p".into());
+        let call = |ended| Call {
+            capsule: &c,
+            principal: &p,
+            function: "f".into(),
+            outcome: Outcome::Ok,
+            elapsed_ns: 1,
+            bytes: None,
+            pollable_count: None,
+            ready_count: None,
+            error: None,
+            ended: Some(ended),
+        };
+        let mut out = Vec::new();
+        chain.ledger.append_call(call(Instant::now() + std::time::Duration::from_secs(5)), &mut out).unwrap();
+        chain.ledger.append_call(call(Instant::now()), &mut out).unwrap();
+        let t: Vec<u64> = out.iter().map(|s| s.t_ns).collect();
+        assert_eq!(t.len(), 3, "the genesis and two records");
+        assert!(t[0] < 1_000_000_000 && t[1] >= 5_000_000_000, "the first call's time is when it ended: {t:?}");
+        assert_eq!(t[2], t[1], "the second ended earlier and is clamped: {t:?}");
+    }
 
     /// The table of names: a capsule's records under two principals count toward its
     /// one end record, another capsule's do not, copies of a name's text are the same

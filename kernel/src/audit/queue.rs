@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::chain::{Chain, Ledger, Sealer, Stamped};
-use super::record::{FN_SINK_FAILED, IoEvent, Outcome};
+use super::record::{Call, FN_SINK_FAILED, IoEvent, Outcome};
 use super::sink::Sink;
 use crate::wait::CancelToken;
 
@@ -200,12 +200,12 @@ impl Shared {
     fn push<T>(
         &self,
         cancel: Option<&CancelToken>,
-        event: Option<IoEvent>,
-        make: impl FnOnce(&mut Ledger, &mut VecDeque<Stamped>, Option<IoEvent>) -> T,
+        who: Option<(&Arc<str>, &Arc<str>)>,
+        make: impl FnOnce(&mut Ledger, &mut VecDeque<Stamped>) -> T,
     ) -> Result<(MutexGuard<'_, State>, T), AuditError> {
         let mut st = self.lock();
         // A capsule's io record: whose share it takes.
-        let capsule = event.as_ref().map(|e| st.ledger.who(&e.capsule, &e.principal).1 as usize);
+        let capsule = who.map(|(c, p)| st.ledger.who(c, p).1 as usize);
         loop {
             if let Some(e) = &st.failed {
                 let e = AuditError::SinkFailed(e.clone());
@@ -233,7 +233,7 @@ impl Shared {
             };
         }
         let State { ledger, queue, .. } = &mut *st;
-        let out = make(ledger, queue, event);
+        let out = make(ledger, queue);
         if let Some(c) = capsule {
             if st.queued_by.len() <= c {
                 st.queued_by.resize(c + 1, 0);
@@ -356,7 +356,7 @@ impl AuditLog {
     }
 
     fn close_inner(&mut self) -> Result<u64, AuditError> {
-        let pushed = self.shared.push(None, None, |ledger, queue, _| {
+        let pushed = self.shared.push(None, None, |ledger, queue| {
             ledger.close(queue).expect("only the owner closes, once");
             ledger.next_seq()
         });
@@ -392,8 +392,16 @@ impl AuditHandle {
     /// As `record`, for a capsule's call: a wait for room in a full queue ends with the
     /// capsule's cancellation (`AuditError::Cancelled`).
     pub fn record_unless(&self, event: IoEvent, cancel: Option<&CancelToken>) -> Result<u64, AuditError> {
-        let (_st, seq) = self.shared.push(cancel, Some(event), |ledger, queue, event| {
-            ledger.append(event.expect("passed in"), queue).expect("checked open under the same lock");
+        let IoEvent { capsule, principal, function, outcome, elapsed_ns, bytes, pollable_count, ready_count, error } = event;
+        let call = Call { capsule: &capsule, principal: &principal, function, outcome, elapsed_ns, bytes, pollable_count, ready_count, error, ended: None };
+        self.record_call(call, cancel)
+    }
+
+    /// As `record_unless`, for a host call handed over by the envelope: its names
+    /// borrowed, its time the moment it ended.
+    pub fn record_call(&self, call: Call<'_>, cancel: Option<&CancelToken>) -> Result<u64, AuditError> {
+        let (_st, seq) = self.shared.push(cancel, Some((call.capsule, call.principal)), |ledger, queue| {
+            ledger.append_call(call, queue).expect("checked open under the same lock");
             ledger.last_seq()
         })?;
         Ok(seq)
@@ -408,7 +416,7 @@ impl AuditHandle {
         content: &[u8],
         manifest: Option<&str>,
     ) -> Result<u64, AuditError> {
-        let (_st, seq) = self.shared.push(None, None, |ledger, queue, _| {
+        let (_st, seq) = self.shared.push(None, None, |ledger, queue| {
             ledger.capsule_load(capsule, principal, content, manifest, queue).expect("checked open under the same lock");
             ledger.last_seq()
         })?;
@@ -420,7 +428,7 @@ impl AuditHandle {
     pub fn capsule_end(&self, capsule: &str) -> Result<u64, AuditError> {
         let (st, count) = self
             .shared
-            .push(None, None, |ledger, queue, _| ledger.capsule_end(capsule, queue).expect("checked open under the same lock"))?;
+            .push(None, None, |ledger, queue| ledger.capsule_end(capsule, queue).expect("checked open under the same lock"))?;
         let target = st.ledger.next_seq();
         self.shared.wait_written(st, target)?;
         Ok(count)
