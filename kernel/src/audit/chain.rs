@@ -13,13 +13,14 @@
 //! signing key the chain also writes signed checkpoints: every [`CHECKPOINT_EVERY`]
 //! records, after each capsule's end record, and in the close record itself.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
 use ed25519_dalek::{Signer, SigningKey};
 
 use super::record::{
-    FN_CAPSULE_END, FN_CAPSULE_LOAD, FN_CHECKPOINT, FN_CLOSE, FN_GENESIS, Fields, IoEvent, Outcome, checkpoint_message, hex, seal_into,
+    Call, FN_CAPSULE_END, FN_CAPSULE_LOAD, FN_CHECKPOINT, FN_CLOSE, FN_GENESIS, Fields, IoEvent, Outcome, checkpoint_message, hex, seal_into,
     seal_with_middle, write_middle,
 };
 
@@ -57,11 +58,38 @@ impl RunBinding {
     }
 }
 
+/// An io record as the queue holds it: the event with its capsule and principal
+/// replaced by their place in the ledger's table of names. The capsule's thread hands
+/// this over; the drainer reads the names from its own copy of the table, so no
+/// reference count of a capsule's shared names moves between the two threads (each
+/// such atomic bounced a cache line between cores: most of what recording cost the
+/// capsule's thread, measured hosted).
+#[derive(Clone, Debug)]
+pub(super) struct Compact {
+    /// The (capsule, principal) pair: an index into the table of names.
+    pub who: u32,
+    /// The capsule: the index of its first entry in the table (its counts and its share
+    /// of the queue are kept there).
+    pub capsule: u32,
+    pub function: Cow<'static, str>,
+    pub outcome: Outcome,
+    pub elapsed_ns: u64,
+    pub bytes: Option<u64>,
+    pub pollable_count: Option<u32>,
+    pub ready_count: Option<u32>,
+    pub error: Option<String>,
+}
+
+/// The (capsule, principal) pairs records have named, in the order first named, each
+/// with the index of its capsule's first entry. Only ever appended to (a boot has few
+/// capsules), so an index stays valid and the drainer's copy only ever grows.
+pub(super) type Names = Vec<(Arc<str>, Arc<str>, u32)>;
+
 /// What a stamped entry is, before it is encoded.
 #[derive(Clone, Debug)]
 pub(super) enum Body {
     Genesis,
-    Io(IoEvent),
+    Io(Compact),
     Load { capsule: Arc<str>, principal: Arc<str>, content: [u8; 32], manifest: Option<[u8; 32]> },
     End { capsule: Arc<str>, count: u64 },
     Checkpoint,
@@ -82,8 +110,16 @@ pub(super) struct Ledger {
     next_seq: u64,
     last_t_ns: u64,
     clock: Box<dyn FnMut() -> u64 + Send>,
-    /// Io records per capsule since that capsule's last end record.
-    per_capsule: super::FxMap<Arc<str>, u64>,
+    /// The instant `clock` counts from, when it is the real monotonic clock: a call's
+    /// record then takes its time from when the call ended, read once by the envelope.
+    origin: Option<Instant>,
+    /// Every (capsule, principal) pair named so far (`Compact::who` indexes it).
+    names: Names,
+    /// The entry the last record named: a capsule's records come in runs.
+    last_who: usize,
+    /// Io records per capsule since that capsule's last end record, at its first entry's
+    /// index in `names`.
+    per_capsule: Vec<u64>,
     closed: bool,
     signed: bool,
     /// Records since the last checkpoint (genesis included).
@@ -109,16 +145,47 @@ impl Ledger {
         if self.closed { Err(ChainClosed) } else { Ok(()) }
     }
 
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// The entry of `capsule` and `principal` in the table of names (added when new),
+    /// and its capsule's first entry. A pointer comparison in the usual case: the
+    /// capsule's thread hands over the same shared names with every record.
+    pub fn who(&mut self, capsule: &Arc<str>, principal: &Arc<str>) -> (u32, u32) {
+        let same = |a: &Arc<str>, b: &Arc<str>| Arc::ptr_eq(a, b) || **a == **b;
+        let is = |e: &(Arc<str>, Arc<str>, u32)| same(&e.0, capsule) && same(&e.1, principal);
+        let i = if self.names.get(self.last_who).is_some_and(is) {
+            self.last_who
+        } else if let Some(i) = self.names.iter().position(is) {
+            i
+        } else {
+            let first = self.names.iter().find(|e| *e.0 == **capsule).map_or(self.names.len() as u32, |e| e.2);
+            self.names.push((capsule.clone(), principal.clone(), first));
+            self.per_capsule.push(0);
+            self.names.len() - 1
+        };
+        self.last_who = i;
+        (i as u32, self.names[i].2)
+    }
+
     /// Stamps one io operation's record (after the genesis when it is the first).
     pub fn append(&mut self, event: IoEvent, out: &mut impl Extend<Stamped>) -> Result<(), ChainClosed> {
+        let IoEvent { capsule, principal, function, outcome, elapsed_ns, bytes, pollable_count, ready_count, error } = event;
+        let call = Call { capsule: &capsule, principal: &principal, function, outcome, elapsed_ns, bytes, pollable_count, ready_count, error, ended: None };
+        self.append_call(call, out)
+    }
+
+    /// As `append`, for a call handed over with borrowed names.
+    pub fn append_call(&mut self, call: Call<'_>, out: &mut impl Extend<Stamped>) -> Result<(), ChainClosed> {
         self.open()?;
-        match self.per_capsule.get_mut(&*event.capsule) {
-            Some(n) => *n += 1,
-            None => {
-                self.per_capsule.insert(event.capsule.clone(), 1);
-            }
-        }
-        self.emit(Body::Io(event), false, out);
+        let (who, capsule) = self.who(call.capsule, call.principal);
+        self.per_capsule[capsule as usize] += 1;
+        let Call { function, outcome, elapsed_ns, bytes, pollable_count, ready_count, error, ended, .. } = call;
+        let compact = Compact { who, capsule, function, outcome, elapsed_ns, bytes, pollable_count, ready_count, error };
+        let at = ended.zip(self.origin).map(|(ended, origin)| u64::try_from(ended.saturating_duration_since(origin).as_nanos()).unwrap_or(u64::MAX));
+        self.genesis_into(out);
+        self.emit_at(Body::Io(compact), at, false, out);
         Ok(())
     }
 
@@ -140,7 +207,8 @@ impl Ledger {
     /// returns how many io records it counts.
     pub fn capsule_end(&mut self, capsule: &str, out: &mut impl Extend<Stamped>) -> Result<u64, ChainClosed> {
         self.open()?;
-        let count = self.per_capsule.remove(capsule).unwrap_or(0);
+        let first = self.names.iter().find(|e| &*e.0 == capsule).map(|e| e.2 as usize);
+        let count = first.map_or(0, |i| std::mem::take(&mut self.per_capsule[i]));
         self.emit(Body::End { capsule: capsule.into(), count }, true, out);
         Ok(count)
     }
@@ -158,8 +226,13 @@ impl Ledger {
 
     fn emit(&mut self, body: Body, checkpoint_after: bool, out: &mut impl Extend<Stamped>) {
         self.genesis_into(out);
+        self.emit_at(body, None, checkpoint_after, out);
+    }
+
+    /// As `emit` after the genesis, stamped with time `at` (`None`: now).
+    fn emit_at(&mut self, body: Body, at: Option<u64>, checkpoint_after: bool, out: &mut impl Extend<Stamped>) {
         self.last_seq = self.next_seq;
-        let stamped = self.stamp(body);
+        let stamped = self.stamp_at(body, at);
         out.extend([stamped]);
         self.since_checkpoint += 1;
         if self.signed && (checkpoint_after || self.since_checkpoint >= CHECKPOINT_EVERY) {
@@ -178,8 +251,17 @@ impl Ledger {
     }
 
     fn stamp(&mut self, body: Body) -> Stamped {
-        // Clamp so the log never shows time going backwards, whatever the clock does.
-        self.last_t_ns = (self.clock)().max(self.last_t_ns);
+        self.stamp_at(body, None)
+    }
+
+    fn stamp_at(&mut self, body: Body, at: Option<u64>) -> Stamped {
+        // Clamp so the log never shows time going backwards, whatever the clock does (or
+        // when a call that ended earlier is stamped after one that ended later).
+        let t = match at {
+            Some(t) => t,
+            None => (self.clock)(),
+        };
+        self.last_t_ns = t.max(self.last_t_ns);
         let seq = self.next_seq;
         self.next_seq += 1;
         Stamped { seq, t_ns: self.last_t_ns, body }
@@ -196,6 +278,9 @@ pub(super) struct Sealer {
     nonce_hex: String,
     key: Option<SigningKey>,
     key_hex: Option<String>,
+    /// The ledger's table of names, as far as the records sealed so far need it
+    /// (`learn` brings it up to date).
+    names: Vec<(Arc<str>, Arc<str>)>,
     /// The encoded middles of recent io records (`write_middle`), by capsule, principal,
     /// function and outcome: a capsule's records repeat them, and encoding them again for
     /// every record is most of the encoder's work (under QEMU TCG above all).
@@ -207,27 +292,20 @@ pub(super) struct Sealer {
 /// How many encoded middles the sealer keeps.
 const MIDDLES: usize = 32;
 
-/// One encoded middle and what it encodes. The names are the event's own (shared), so
-/// the comparison is a pointer check in the usual case; equal text matches too.
+/// One encoded middle and what it encodes: the names by their entry in the table, the
+/// function usually a compile-time constant (a pointer check; equal text matches too).
 #[derive(Clone)]
 struct Middle {
-    capsule: Arc<str>,
-    principal: Arc<str>,
-    function: std::borrow::Cow<'static, str>,
+    who: u32,
+    function: Cow<'static, str>,
     outcome: Outcome,
     text: String,
 }
 
 impl Middle {
-    fn of(e: &IoEvent) -> Middle {
-        let mut text = String::with_capacity(128);
-        write_middle(&e.capsule, &e.principal, &e.function, e.outcome, &mut text);
-        Middle { capsule: e.capsule.clone(), principal: e.principal.clone(), function: e.function.clone(), outcome: e.outcome, text }
-    }
-
-    fn encodes(&self, e: &IoEvent) -> bool {
-        let same = |a: &Arc<str>, b: &Arc<str>| Arc::ptr_eq(a, b) || **a == **b;
-        self.outcome == e.outcome && same(&self.capsule, &e.capsule) && same(&self.principal, &e.principal) && self.function == e.function
+    fn encodes(&self, e: &Compact) -> bool {
+        let same_fn = (self.function.as_ptr() == e.function.as_ptr() && self.function.len() == e.function.len()) || self.function == e.function;
+        self.who == e.who && self.outcome == e.outcome && same_fn
     }
 }
 
@@ -240,17 +318,36 @@ impl Sealer {
             key_hex: key.as_ref().map(|k| hex(k.verifying_key().as_bytes())),
             binding,
             key,
+            names: Vec::new(),
             middles: Vec::with_capacity(MIDDLES),
             next_slot: 0,
         }
     }
 
+    /// Brings the sealer's copy of the table of names up to the ledger's (under the
+    /// queue's lock, before sealing what was stamped with them): clones only the entries
+    /// it has not seen.
+    pub fn learn(&mut self, names: &Names) {
+        for (capsule, principal, _) in names.iter().skip(self.names.len()) {
+            self.names.push((capsule.clone(), principal.clone()));
+        }
+    }
+
+    /// The capsule and principal of entry `who`.
+    fn name(&self, who: u32) -> (&str, &str) {
+        let (capsule, principal) = &self.names[who as usize];
+        (capsule, principal)
+    }
+
     /// The encoded middle of `e`, made and kept when it is new.
-    fn middle(&mut self, e: &IoEvent) -> usize {
+    fn middle(&mut self, e: &Compact) -> usize {
         if let Some(i) = self.middles.iter().position(|m| m.encodes(e)) {
             return i;
         }
-        let m = Middle::of(e);
+        let (capsule, principal) = self.name(e.who);
+        let mut text = String::with_capacity(128);
+        write_middle(capsule, principal, &e.function, e.outcome, &mut text);
+        let m = Middle { who: e.who, function: e.function.clone(), outcome: e.outcome, text };
         if self.middles.len() < MIDDLES {
             self.middles.push(m);
             self.middles.len() - 1
@@ -287,8 +384,7 @@ impl Sealer {
         let (content, manifest, sig);
         match &entry.body {
             Body::Io(e) => {
-                f.capsule = &e.capsule;
-                f.principal = &e.principal;
+                (f.capsule, f.principal) = self.name(e.who);
                 f.function = &e.function;
                 f.outcome = e.outcome;
                 f.elapsed_ns = e.elapsed_ns;
@@ -370,7 +466,9 @@ impl Chain {
     /// A chain whose timestamps are monotonic nanoseconds since this call.
     pub fn new() -> Self {
         let origin = Instant::now();
-        Self::with_clock(Box::new(move || u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX)))
+        let mut chain = Self::with_clock(Box::new(move || u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX)));
+        chain.ledger.origin = Some(origin);
+        chain
     }
 
     /// A chain reading time from `clock` (tests use a fixed one for stable bytes), bound
@@ -381,7 +479,10 @@ impl Chain {
                 next_seq: 0,
                 last_t_ns: 0,
                 clock,
-                per_capsule: super::FxMap::default(),
+                origin: None,
+                names: Vec::new(),
+                last_who: 0,
+                per_capsule: Vec::new(),
                 closed: false,
                 signed: false,
                 since_checkpoint: 0,
@@ -433,6 +534,7 @@ impl Chain {
 
     fn lines(&mut self, stamped: Vec<Stamped>) -> Vec<String> {
         let sealer = self.sealer.get_or_insert_with(|| Sealer::new(self.binding.clone(), self.key.clone()));
+        sealer.learn(&self.ledger.names);
         stamped
             .iter()
             .map(|s| {
@@ -482,12 +584,16 @@ impl Chain {
 /// shaped like `event`, into one reused line, with no queue and no sink; then BLAKE3
 /// alone over the last line `n` times. Returns (sealing, hashing) time.
 pub fn seal_and_hash_only(event: &IoEvent, n: u64) -> (std::time::Duration, std::time::Duration) {
-    let mut sealer = Sealer::new(RunBinding::local("bench"), None);
+    let (mut ledger, mut sealer) = Chain::with_clock(Box::new(|| 0)).bind(RunBinding::local("bench")).split();
+    let mut stamped = Vec::new();
+    ledger.append(event.clone(), &mut stamped).expect("a fresh chain is open");
+    sealer.learn(ledger.names());
+    let body = stamped.pop().expect("the genesis and the record").body;
     let mut line = String::with_capacity(320);
     let started = Instant::now();
     for seq in 0..n {
         line.clear();
-        sealer.seal(&Stamped { seq, t_ns: seq * 1000, body: Body::Io(event.clone()) }, &mut line);
+        sealer.seal(&Stamped { seq, t_ns: seq * 1000, body: body.clone() }, &mut line);
         std::hint::black_box(&line);
     }
     let sealing = started.elapsed();
@@ -503,13 +609,76 @@ mod tests {
     use super::super::record::{AuditRecord, seal, unseal};
     use super::*;
 
+    /// A call handed over by the envelope is stamped with the moment it ended (the clock
+    /// read once per call), and the log's time still never goes backwards: a call that
+    /// ended before the record ahead of it takes that record's time.
+    #[test]
+    fn a_call_is_stamped_when_it_ended_and_time_never_goes_back() {
+        let mut chain = Chain::new();
+        let (c, p): (Arc<str>, Arc<str>) = ("c".into(), "p".into());
+        let call = |ended| Call {
+            capsule: &c,
+            principal: &p,
+            function: "f".into(),
+            outcome: Outcome::Ok,
+            elapsed_ns: 1,
+            bytes: None,
+            pollable_count: None,
+            ready_count: None,
+            error: None,
+            ended: Some(ended),
+        };
+        let mut out = Vec::new();
+        chain.ledger.append_call(call(Instant::now() + std::time::Duration::from_secs(5)), &mut out).unwrap();
+        chain.ledger.append_call(call(Instant::now()), &mut out).unwrap();
+        let t: Vec<u64> = out.iter().map(|s| s.t_ns).collect();
+        assert_eq!(t.len(), 3, "the genesis and two records");
+        assert!(t[0] < 1_000_000_000 && t[1] >= 5_000_000_000, "the first call's time is when it ended: {t:?}");
+        assert_eq!(t[2], t[1], "the second ended earlier and is clamped: {t:?}");
+    }
+
+    /// The table of names: a capsule's records under two principals count toward its
+    /// one end record, another capsule's do not, copies of a name's text are the same
+    /// entry, and a capsule ended and seen again counts afresh.
+    #[test]
+    fn names_are_kept_once_and_counted_per_capsule() {
+        let mut chain = Chain::with_clock(Box::new(|| 0));
+        let (a, p, q): (Arc<str>, Arc<str>, Arc<str>) = ("a".into(), "p".into(), "q".into());
+        let mut lines = Vec::new();
+        for (capsule, principal) in [(&a, &p), (&a, &q), (&"b".into(), &p), (&"a".into(), &"p".into())] {
+            lines.extend(chain.append(IoEvent::ok(capsule.clone(), principal.clone(), "f", 1)).unwrap());
+        }
+        assert_eq!(chain.ledger.names().len(), 3, "(a, p), (a, q) and (b, p): {:?}", chain.ledger.names());
+        let (end, count) = chain.capsule_end("a").unwrap();
+        assert_eq!(count, 3, "both of a's principals count toward a");
+        lines.extend(end);
+        lines.extend(chain.append(IoEvent::ok(a.clone(), q.clone(), "f", 1)).unwrap());
+        let (end, count) = chain.capsule_end("a").unwrap();
+        assert_eq!(count, 1, "counted afresh after its end record");
+        lines.extend(end);
+        let (end, count) = chain.capsule_end("b").unwrap();
+        assert_eq!(count, 1);
+        lines.extend(end);
+        lines.extend(chain.close().unwrap());
+        let records: Vec<AuditRecord> = lines.iter().map(|l| serde_json::from_str(&unseal(l).unwrap().0).unwrap()).collect();
+        let named: Vec<(&str, &str)> = records.iter().filter(|r| r.function == "f").map(|r| (r.capsule.as_str(), r.principal.as_str())).collect();
+        assert_eq!(named, [("a", "p"), ("a", "q"), ("b", "p"), ("a", "p"), ("a", "q")], "each record names its own pair");
+        super::super::verify::verify(lines.iter().map(String::as_str)).expect("the log verifies");
+    }
+
     /// The drainer's kept middles write exactly what the plain encoder writes: io records
     /// of many capsules, principals and functions (more than it keeps, so middles are
     /// replaced), with odd characters, shared and fresh names, every outcome and optional
-    /// field, each line equal to `seal` of the record it parses to.
+    /// field, each line equal to `seal` of the record it parses to. The records go through
+    /// the ledger's table of names as the queue's do.
     #[test]
     fn kept_middles_write_the_canonical_line() {
-        let mut sealer = Sealer::new(RunBinding::local("test"), None);
+        let mut clock = 0;
+        let (mut ledger, mut sealer) = Chain::with_clock(Box::new(move || {
+            clock += 7;
+            clock
+        }))
+        .split();
         let names = ["a.wasm", "b", "quote\"d", "back\\slash", "é漢\u{2028}", "tab\there", ""];
         let shared: Vec<Arc<str>> = names.iter().map(|n| Arc::from(*n)).collect();
         let mut state = 0x2545_f491_4f6c_dd1du64;
@@ -533,14 +702,20 @@ mod tests {
             e.pollable_count = (pick(2) == 0).then(|| pick(9) as u32);
             e.ready_count = (pick(2) == 0).then(|| pick(9) as u32);
             e.error = (pick(3) == 0).then(|| names[pick(names.len())].to_string());
-            let mut line = String::new();
-            sealer.seal(&Stamped { seq, t_ns: seq * 7, body: Body::Io(e) }, &mut line);
-            let (body, _) = unseal(&line).expect("a sealed line");
-            let record: AuditRecord = serde_json::from_str(&body).expect("JSON");
-            assert_eq!(record.prev, prev, "linked to the line before");
-            assert_eq!(seal(&record).0, line, "seq {seq}: the kept middle wrote another line than the encoder");
-            prev = seal(&record).1;
+            let mut stamped = Vec::new();
+            ledger.append(e, &mut stamped).expect("open");
+            sealer.learn(ledger.names());
+            for entry in &stamped {
+                let mut line = String::new();
+                sealer.seal(entry, &mut line);
+                let (body, _) = unseal(&line).expect("a sealed line");
+                let record: AuditRecord = serde_json::from_str(&body).expect("JSON");
+                assert_eq!(record.prev, prev, "linked to the line before");
+                assert_eq!(seal(&record).0, line, "seq {seq}: the kept middle wrote another line than the encoder");
+                prev = seal(&record).1;
+            }
         }
+        assert!(ledger.names().len() > names.len(), "pairs of names were told apart");
         assert_eq!(sealer.middles.len(), MIDDLES, "the kept middles filled and were replaced");
     }
 }

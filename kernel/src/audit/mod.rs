@@ -16,16 +16,11 @@ pub use ed25519_dalek::{SigningKey, VerifyingKey};
 pub use console::{ConsoleSink, FRAME_PREFIX, Untrusted, console_line, escape, extract, frame, needs_escape, panic_line, say_line};
 pub use queue::{AuditError, AuditHandle, AuditLog, QueueStats};
 pub use record::{
-    AuditRecord, FN_CAPSULE_END, FN_CAPSULE_LOAD, FN_CHECKPOINT, FN_CLOSE, FN_GENESIS, FN_SINK_FAILED, GENESIS, IoEvent, MAX_FIELD_BYTES,
+    AuditRecord, Call, FN_CAPSULE_END, FN_CAPSULE_LOAD, FN_CHECKPOINT, FN_CLOSE, FN_GENESIS, FN_SINK_FAILED, GENESIS, IoEvent, MAX_FIELD_BYTES,
     Outcome, canonical_json, checkpoint_message, hex, seal, unhex, unseal,
 };
 pub use sink::{LinesSink, MemorySink, Sink, TeeSink};
 pub use verify::{Break, BreakKind, Options, Signing, Summary, verify, verify_open, verify_with};
-
-/// The per-capsule counters the queue and the chain update for every record: a std map
-/// with rustc-hash's fast hasher (its `FxHashMap` alias needs a feature the image without
-/// Cranelift does not get).
-type FxMap<K, V> = std::collections::HashMap<K, V, rustc_hash::FxBuildHasher>;
 
 /// The build id the image was compiled with: xtask sets `ASTRID_BUILD_ID` (the git
 /// commit, `-dirty` when the tree had changes) when it builds the image; other builds

@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::chain::{Chain, Ledger, Sealer, Stamped};
-use super::record::{FN_SINK_FAILED, IoEvent, Outcome};
+use super::record::{Call, FN_SINK_FAILED, IoEvent, Outcome};
 use super::sink::Sink;
 use crate::wait::CancelToken;
 
@@ -35,18 +35,32 @@ const UNWRITTEN_PATIENCE: Duration = Duration::from_millis(500);
 /// Most lines handed to the sink in one call; bounds the drainer's own copy.
 const MAX_BATCH: usize = 256;
 
-/// Records in the queue at which a writer wakes a lingering drainer: below it the drainer
-/// waits up to `LINGER` for more, so that it seals and writes batches, not single records
-/// (each wake is a futex call, each batch a sink write: a FUSE round trip in the image).
-const WAKE_BATCH: usize = MAX_BATCH / 4;
+/// Records in the queue at which a writer wakes a lingering drainer (at most half a
+/// capsule's share, so that a capsule does not fill its share first): below it the
+/// drainer wakes itself every linger (`platform::audit_linger`) while records keep
+/// coming, and takes what came. A capsule's thread thus signals the drainer only for the
+/// first record after a pause, when the drainer falls far behind, and when someone waits
+/// for the records to be written: each signal is a futex call, and hosted one that wakes
+/// a thread asleep on the other CPU costs the caller 20–60 µs.
+fn wake_at(capacity: usize) -> usize {
+    (capsule_share(capacity) / 2).clamp(1, 2 * MAX_BATCH)
+}
 
-/// Longest a record waits in the queue for others to join its batch, when nobody waits
-/// for it to be written (`drain`, a capsule's end and the close do not wait).
-const LINGER: Duration = Duration::from_millis(2);
 /// The drainer's stack: it seals (BLAKE3, Ed25519 at checkpoints) and writes batches,
 /// nothing deep; under TCG a thread's start costs in proportion to its stack (std's
 /// default is 1 MiB).
 const DRAINER_STACK: usize = 256 << 10;
+
+/// What the drainer is doing, so that a writer signals it only when it must.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Drainer {
+    /// Taking, sealing or writing a batch: it looks at the queue again when done.
+    Busy,
+    /// Waiting at most a linger for more records: signalled only for a full batch.
+    Lingering,
+    /// Asleep until the next record (nothing came for a whole linger).
+    Idle,
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AuditError {
@@ -93,7 +107,12 @@ struct Shared {
     /// panic hook can put the rest on the console.
     stop_for_dump: std::sync::atomic::AtomicBool,
     not_full: Condvar,
-    not_empty: Condvar,
+    /// The drainer's doorbell: it sleeps on this word (a futex) without holding the
+    /// state's lock; a writer that must wake it bumps the word and wakes it. (A drainer
+    /// waking on a condition variable sleeps again on the lock when a writer holds it,
+    /// and the writer letting go then pays a futex wake: hosted, 20–60 µs when the
+    /// drainer's CPU is the other one, measured as ~30 µs stalls of the capsule.)
+    bell: std::sync::atomic::AtomicU32,
     /// Signalled when `written` moves or the sink fails.
     progress: Condvar,
     /// Fired once when the sink fails.
@@ -110,20 +129,70 @@ struct State {
     ledger: Ledger,
     queue: VecDeque<Stamped>,
     capacity: usize,
-    /// Io records each capsule has in the queue: none may hold more than its share.
-    queued_by: super::FxMap<Arc<str>, usize>,
+    /// Io records each capsule has in the queue (at its first entry in the ledger's
+    /// table of names): none may hold more than its share.
+    queued_by: Vec<usize>,
     written: u64,
     high_water: usize,
     refused: u64,
     failed: Option<String>,
-    /// The drainer waits on `not_empty` (for a first record, or lingering for a batch):
-    /// only then does a writer signal it.
-    drainer_waiting: bool,
+    /// Whether, and how, the drainer waits at its doorbell.
+    drainer: Drainer,
     /// Threads waiting in `wait_written`: the drainer does not linger for them.
     flushers: usize,
 }
 
 impl Shared {
+    /// Signals a waiting drainer (once: it is busy from then on).
+    fn wake_drainer(&self, st: &mut State) {
+        if st.drainer != Drainer::Busy {
+            st.drainer = Drainer::Busy;
+            self.ring();
+        }
+    }
+
+    /// Rings the drainer's doorbell: a drainer about to sleep at it does not.
+    fn ring(&self) {
+        self.bell.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        crate::platform::futex_wake(&self.bell, 1);
+    }
+
+    /// The drainer's way to the lock: writers hold it for well under a microsecond, so
+    /// where another CPU may be running one it tries for a while before it sleeps on
+    /// the lock (and makes the writer pay for waking it).
+    fn lock_eagerly(&self) -> MutexGuard<'_, State> {
+        let patience = crate::platform::spin_before_sleep();
+        if !patience.is_zero() {
+            let started = std::time::Instant::now();
+            loop {
+                for _ in 0..64 {
+                    match self.state.try_lock() {
+                        Ok(st) => return st,
+                        Err(TryLockError::Poisoned(p)) => return p.into_inner(),
+                        Err(TryLockError::WouldBlock) => std::hint::spin_loop(),
+                    }
+                }
+                if started.elapsed() >= patience {
+                    break;
+                }
+            }
+        }
+        self.lock()
+    }
+
+    /// The drainer's wait at its doorbell, from `st` (which it lets go of) until rung or
+    /// `timeout`; returns the lock again, and the drainer busy.
+    fn wait_at_bell<'a>(&'a self, mut st: MutexGuard<'a, State>, how: Drainer, timeout: Option<Duration>) -> MutexGuard<'a, State> {
+        let seen = self.bell.load(std::sync::atomic::Ordering::SeqCst);
+        st.drainer = how;
+        drop(st);
+        // A ring after `seen` was read makes this return at once (the word differs).
+        let _ = crate::platform::futex_wait(&self.bell, seen, timeout);
+        let mut st = self.lock_eagerly();
+        st.drainer = Drainer::Busy;
+        st
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // Every critical section leaves the state consistent before anything can panic.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -136,10 +205,12 @@ impl Shared {
     fn push<T>(
         &self,
         cancel: Option<&CancelToken>,
-        capsule: Option<&Arc<str>>,
+        who: Option<(&Arc<str>, &Arc<str>)>,
         make: impl FnOnce(&mut Ledger, &mut VecDeque<Stamped>) -> T,
     ) -> Result<(MutexGuard<'_, State>, T), AuditError> {
         let mut st = self.lock();
+        // A capsule's io record: whose share it takes.
+        let capsule = who.map(|(c, p)| st.ledger.who(c, p).1 as usize);
         loop {
             if let Some(e) = &st.failed {
                 let e = AuditError::SinkFailed(e.clone());
@@ -155,6 +226,8 @@ impl Shared {
             if st.queue.len() < st.capacity && own < share {
                 break;
             }
+            // Full: only the drainer makes room.
+            self.wake_drainer(&mut st);
             st = match cancel {
                 None => self.not_full.wait(st).unwrap_or_else(|p| p.into_inner()),
                 Some(c) if c.is_cancelled() => {
@@ -165,16 +238,23 @@ impl Shared {
             };
         }
         let State { ledger, queue, .. } = &mut *st;
-        let was_empty = queue.is_empty();
         let out = make(ledger, queue);
         if let Some(c) = capsule {
-            *st.queued_by.entry(c.clone()).or_default() += 1;
+            if st.queued_by.len() <= c {
+                st.queued_by.resize(c + 1, 0);
+            }
+            st.queued_by[c] += 1;
         }
         st.high_water = st.high_water.max(st.queue.len());
-        // Wake the drainer for the first record after a pause and for a full batch; in
-        // between it is awake, or lingering on purpose.
-        if st.drainer_waiting && (was_empty || st.queue.len() >= WAKE_BATCH) {
-            self.not_empty.notify_one();
+        // Wake an idle drainer for the first record after a pause, a lingering one only
+        // when it has fallen far behind; otherwise it comes back on its own.
+        let due = match st.drainer {
+            Drainer::Idle => true,
+            Drainer::Lingering => st.queue.len() >= wake_at(st.capacity),
+            Drainer::Busy => false,
+        };
+        if due {
+            self.wake_drainer(&mut st);
         }
         Ok((st, out))
     }
@@ -187,9 +267,7 @@ impl Shared {
     ) -> Result<(), AuditError> {
         // Someone waits for these records: the drainer must not linger over them.
         st.flushers += 1;
-        if st.drainer_waiting {
-            self.not_empty.notify_one();
-        }
+        self.wake_drainer(&mut st);
         let result = loop {
             if st.written >= target {
                 break Ok(());
@@ -233,23 +311,31 @@ impl AuditLog {
     pub fn start_with(chain: Chain, mut sink: impl Sink + 'static, capacity: usize) -> AuditLog {
         assert!(capacity > 0, "an audit queue needs room for one record");
         let (ledger, sealer) = chain.split();
+        let mut queue = VecDeque::with_capacity(capacity);
+        if crate::platform::LAZY_PAGES {
+            // Touch every slot of the ring once now: hosted, its pages are mapped on first
+            // touch, and the first lap of a fresh ring took a page fault every ~32 records
+            // on the capsule's thread (1–2 µs each, measured).
+            queue.extend((0..capacity).map(|_| Stamped { seq: 0, t_ns: 0, body: super::chain::Body::Checkpoint }));
+            queue.clear();
+        }
         let shared = Arc::new(Shared {
             seal: Mutex::new(Sealing { sealer, lines: Vec::with_capacity(MAX_BATCH + 2) }),
             stop_for_dump: std::sync::atomic::AtomicBool::new(false),
             state: Mutex::new(State {
                 ledger,
-                queue: VecDeque::with_capacity(capacity),
+                queue,
                 capacity,
-                queued_by: super::FxMap::default(),
+                queued_by: Vec::new(),
                 written: 0,
                 high_water: 0,
                 refused: 0,
                 failed: None,
-                drainer_waiting: false,
+                drainer: Drainer::Busy,
                 flushers: 0,
             }),
             not_full: Condvar::new(),
-            not_empty: Condvar::new(),
+            bell: std::sync::atomic::AtomicU32::new(0),
             progress: Condvar::new(),
             failure: CancelToken::new(),
         });
@@ -284,7 +370,7 @@ impl AuditLog {
             pushed.and_then(|(st, total)| self.shared.wait_written(st, total).map(|()| total));
         if result.is_err() {
             // Let the drainer see there is nothing more to come.
-            self.shared.not_empty.notify_all();
+            self.shared.ring();
         }
         if let Some(drainer) = self.drainer.take() {
             let _ = drainer.join();
@@ -312,9 +398,16 @@ impl AuditHandle {
     /// As `record`, for a capsule's call: a wait for room in a full queue ends with the
     /// capsule's cancellation (`AuditError::Cancelled`).
     pub fn record_unless(&self, event: IoEvent, cancel: Option<&CancelToken>) -> Result<u64, AuditError> {
-        let capsule = event.capsule.clone();
-        let (_st, seq) = self.shared.push(cancel, Some(&capsule), |ledger, queue| {
-            ledger.append(event, queue).expect("checked open under the same lock");
+        let IoEvent { capsule, principal, function, outcome, elapsed_ns, bytes, pollable_count, ready_count, error } = event;
+        let call = Call { capsule: &capsule, principal: &principal, function, outcome, elapsed_ns, bytes, pollable_count, ready_count, error, ended: None };
+        self.record_call(call, cancel)
+    }
+
+    /// As `record_unless`, for a host call handed over by the envelope: its names
+    /// borrowed, its time the moment it ended.
+    pub fn record_call(&self, call: Call<'_>, cancel: Option<&CancelToken>) -> Result<u64, AuditError> {
+        let (_st, seq) = self.shared.push(cancel, Some((call.capsule, call.principal)), |ledger, queue| {
+            ledger.append_call(call, queue).expect("checked open under the same lock");
             ledger.last_seq()
         })?;
         Ok(seq)
@@ -367,7 +460,7 @@ impl AuditHandle {
     /// to its sinks afterwards.
     pub fn unwritten(&self) -> Option<Vec<String>> {
         self.shared.stop_for_dump.store(true, std::sync::atomic::Ordering::SeqCst);
-        self.shared.not_empty.notify_all();
+        self.shared.ring();
         let started = std::time::Instant::now();
         let sealing = loop {
             match self.shared.seal.try_lock() {
@@ -377,12 +470,19 @@ impl AuditHandle {
                 Err(TryLockError::WouldBlock) => return None,
             }
         };
+        let mut sealer = sealing.sealer.clone();
         let pending: Vec<Stamped> = match self.shared.state.try_lock() {
-            Ok(st) => st.queue.iter().cloned().collect(),
-            Err(TryLockError::Poisoned(p)) => p.into_inner().queue.iter().cloned().collect(),
+            Ok(st) => {
+                sealer.learn(st.ledger.names());
+                st.queue.iter().cloned().collect()
+            }
+            Err(TryLockError::Poisoned(p)) => {
+                let st = p.into_inner();
+                sealer.learn(st.ledger.names());
+                st.queue.iter().cloned().collect()
+            }
             Err(TryLockError::WouldBlock) => return None,
         };
-        let mut sealer = sealing.sealer.clone();
         Some(
             pending
                 .iter()
@@ -409,62 +509,72 @@ impl AuditHandle {
 
 fn drain_loop(shared: &Shared, sink: &mut dyn Sink) {
     let mut batch: Vec<Stamped> = Vec::with_capacity(MAX_BATCH);
+    let linger = crate::platform::audit_linger();
+    // When the current linger ends; `None` between lingers.
+    let mut linger_until: Option<std::time::Instant> = None;
     loop {
         // The sealer is held from taking a batch to writing it, so that `unwritten`
         // always finds the chain's head just after what was written.
         let dumping = || shared.stop_for_dump.load(std::sync::atomic::Ordering::SeqCst);
         let mut sealing = shared.seal.lock().unwrap_or_else(|p| p.into_inner());
         {
-            let mut st = shared.lock();
-            while st.queue.is_empty() || dumping() {
-                // Closed and emptied (the close record is always last), given up on, or
-                // stopped for a panic hook.
-                if st.ledger.is_closed() || st.failed.is_some() || dumping() {
+            let mut st = shared.lock_eagerly();
+            loop {
+                // Stopped for a panic hook, or closed (the close record is always last)
+                // or given up on, and emptied.
+                let pending = st.queue.len();
+                if dumping() || (pending == 0 && (st.ledger.is_closed() || st.failed.is_some())) {
                     return;
                 }
-                // Idle: let go of the sealer while waiting.
-                drop(st);
-                drop(sealing);
-                st = shared.lock();
-                st.drainer_waiting = true;
-                while st.queue.is_empty() && !st.ledger.is_closed() && st.failed.is_none() && !dumping() {
-                    st = shared.not_empty.wait(st).unwrap_or_else(|p| p.into_inner());
+                // A batch is due: a full one, one somebody waits for (a capsule's end,
+                // `drain`, the close), or what came during a linger.
+                let now = std::time::Instant::now();
+                let lingered = linger_until.is_some_and(|until| now >= until);
+                if pending > 0 && (lingered || pending >= wake_at(st.capacity) || st.flushers > 0 || st.ledger.is_closed()) {
+                    break;
                 }
-                st.drainer_waiting = false;
-                drop(st);
-                sealing = shared.seal.lock().unwrap_or_else(|p| p.into_inner());
-                st = shared.lock();
-            }
-            // A few records and nobody waiting for them: linger once for a batch. (Records
-            // of operations keep coming while a capsule runs; the linger is bounded, and a
-            // waiter, the close or a full batch ends it at once.)
-            if st.queue.len() < WAKE_BATCH && st.flushers == 0 && !st.ledger.is_closed() && !dumping() {
-                st.drainer_waiting = true;
-                st = shared.not_empty.wait_timeout(st, LINGER).unwrap_or_else(|p| p.into_inner()).0;
-                st.drainer_waiting = false;
-                if dumping() {
+                if pending > 0 || !lingered {
+                    // Linger for more, holding the sealer (bounded; `unwritten` waits it
+                    // out): writers do not signal, the timer brings the drainer back.
+                    let until = *linger_until.get_or_insert(now + linger);
+                    st = shared.wait_at_bell(st, Drainer::Lingering, Some(until.saturating_duration_since(now)));
                     continue;
                 }
+                // Nothing came for a whole linger: sleep until the next record, letting
+                // go of the sealer.
+                drop(st);
+                drop(sealing);
+                st = shared.lock_eagerly();
+                while st.queue.is_empty() && !st.ledger.is_closed() && st.failed.is_none() && !dumping() {
+                    st = shared.wait_at_bell(st, Drainer::Idle, None);
+                }
+                drop(st);
+                // The first record after a pause: linger once for a batch.
+                linger_until = None;
+                sealing = shared.seal.lock().unwrap_or_else(|p| p.into_inner());
+                st = shared.lock_eagerly();
             }
             let n = st.queue.len().min(MAX_BATCH);
             batch.extend(st.queue.drain(..n));
+            if st.queue.is_empty() {
+                // Everything taken: the next records start a new linger.
+                linger_until = None;
+            }
+            sealing.sealer.learn(st.ledger.names());
             // Each capsule's share is given back once per run of its records (a batch is
-            // mostly one capsule's): one map look-up per run, not per record.
-            let mut give_back = |capsule: &Arc<str>, n: usize| {
-                if let Some(own) = st.queued_by.get_mut(capsule) {
+            // mostly one capsule's).
+            let mut give_back = |capsule: u32, n: usize| {
+                if let Some(own) = st.queued_by.get_mut(capsule as usize) {
                     *own -= n.min(*own);
-                    if *own == 0 {
-                        st.queued_by.remove(capsule);
-                    }
                 }
             };
-            let mut run: Option<(&Arc<str>, usize)> = None;
+            let mut run: Option<(u32, usize)> = None;
             for entry in &batch {
                 if let super::chain::Body::Io(e) = &entry.body {
                     match &mut run {
-                        Some((c, n)) if Arc::ptr_eq(c, &e.capsule) => *n += 1,
+                        Some((c, n)) if *c == e.capsule => *n += 1,
                         _ => {
-                            if let Some((c, n)) = run.replace((&e.capsule, 1)) {
+                            if let Some((c, n)) = run.replace((e.capsule, 1)) {
                                 give_back(c, n);
                             }
                         }
@@ -489,7 +599,7 @@ fn drain_loop(shared: &Shared, sink: &mut dyn Sink) {
         batch.clear();
         let result = sink.write_batch(lines).and_then(|()| sink.flush());
         let written = lines.len() as u64;
-        let mut st = shared.lock();
+        let mut st = shared.lock_eagerly();
         match result {
             Ok(()) => st.written += written,
             Err(e) => {
@@ -505,6 +615,7 @@ fn drain_loop(shared: &Shared, sink: &mut dyn Sink) {
                 failure.outcome = Outcome::Error;
                 failure.error = Some(reason);
                 let _ = st.ledger.append(failure, &mut rest);
+                sealer.learn(st.ledger.names());
                 drop(st);
                 let lines: Vec<String> = rest
                     .iter()

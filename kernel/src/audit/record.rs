@@ -83,6 +83,25 @@ impl IoEvent {
     }
 }
 
+/// A host call's record as the envelope hands it over: its names borrowed from the
+/// capsule's identity (the queue keeps them by their entry in its table of names, so
+/// nothing is cloned per call) and the moment the call ended (the record's time, so
+/// the clock is read once per call, not twice).
+#[derive(Debug)]
+pub struct Call<'a> {
+    pub capsule: &'a Arc<str>,
+    pub principal: &'a Arc<str>,
+    pub function: Cow<'static, str>,
+    pub outcome: Outcome,
+    pub elapsed_ns: u64,
+    pub bytes: Option<u64>,
+    pub pollable_count: Option<u32>,
+    pub ready_count: Option<u32>,
+    pub error: Option<String>,
+    /// When the call ended; `None`: when the record is stamped.
+    pub ended: Option<std::time::Instant>,
+}
+
 /// One line of the audit log, as written and as read back.
 ///
 /// Optional fields are left out when absent, never written as `null`, so each record

@@ -13,7 +13,7 @@ use std::fmt;
 use std::time::Instant;
 
 use super::context::{Note, View};
-use crate::audit::{IoEvent, MAX_FIELD_BYTES, Outcome};
+use crate::audit::{Call, MAX_FIELD_BYTES, Outcome};
 
 /// One WIT function: `iface` (`astrid:kv/host`, `astrid:io/streams.input-stream`) and
 /// its own name (`kv-get`, `blocking-read`).
@@ -225,18 +225,21 @@ impl super::context::Core {
             (error, _) => error,
         };
         let Some(audit) = &self.audit else { return Ok(()) };
-        let event = IoEvent {
-            capsule: self.identity.capsule.clone(),
-            principal: self.identity.principal.clone(),
+        // The clock is read once: the call's duration and its record's time.
+        let ended = Instant::now();
+        let call = Call {
+            capsule: &self.identity.capsule,
+            principal: &self.identity.principal,
             function: std::borrow::Cow::Borrowed(func.full_name()),
             outcome,
-            elapsed_ns: u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
+            elapsed_ns: u64::try_from(ended.saturating_duration_since(started).as_nanos()).unwrap_or(u64::MAX),
             bytes: note.bytes,
             pollable_count: note.pollable_count,
             ready_count: note.ready_count,
             error: error.map(|e| clip(e, MAX_FIELD_BYTES)),
+            ended: Some(ended),
         };
-        match audit.record_unless(event, Some(&self.cancel)) {
+        match audit.record_call(call, Some(&self.cancel)) {
             Ok(_) => Ok(()),
             Err(e) => Err(AuditUnavailable(e.to_string()).into()),
         }

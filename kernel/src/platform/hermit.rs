@@ -150,6 +150,17 @@ pub fn spin_before_sleep() -> Duration {
     Duration::ZERO
 }
 
+/// The kernel maps the heap up front: nothing to touch ahead of use.
+pub const LAZY_PAGES: bool = false;
+
+/// How long the audit log's drainer waits for more records before it seals what came.
+/// On one vCPU it runs only when the capsule's thread waits anyway (nothing preempts an
+/// equal-priority task), so its timer is kept rare: each wake-up is a timer interrupt
+/// emulated under TCG.
+pub fn audit_linger() -> Duration {
+    Duration::from_millis(2)
+}
+
 pub fn futex_wake(word: &AtomicU32, count: u32) -> u32 {
     // i32::MAX is the kernel's "wake everyone".
     let count = count.min(i32::MAX as u32) as i32;
