@@ -266,7 +266,7 @@ fn serial_raw_bytes_per_s(n: u64) -> f64 {
     use std::io::Write;
     let mut chain = crate::audit::Chain::new();
     let mut sample = IoEvent::ok("bench.wasm", "bench", "astrid:io/streams.input-stream.read", 12345);
-    sample.bytes = Some(4096);
+    sample.op.bytes = Some(4096);
     let mut lines = chain.append(sample.clone()).expect("a fresh chain is open");
     lines.extend(chain.append(sample).expect("a fresh chain is open"));
     let line = format!("@@raw   {}\n", lines.last().expect("two lines"));
@@ -300,7 +300,7 @@ fn sink(sink: Box<dyn Sink>, n: u64, label: &str) -> Result<String, String> {
     let started = Instant::now();
     for i in 0..n {
         let mut event = IoEvent::ok(capsule.clone(), principal.clone(), "astrid:io/streams.input-stream.read", i);
-        event.bytes = Some(4096);
+        event.op.bytes = Some(4096);
         handle.record(event).map_err(|e| e.to_string())?;
     }
     let written = log.close().map_err(|e| e.to_string())?;
@@ -308,7 +308,7 @@ fn sink(sink: Box<dyn Sink>, n: u64, label: &str) -> Result<String, String> {
     let in_sink = in_sink_ns.load(Ordering::Relaxed) as f64 / 1e9;
     // Where a record's time goes: the sealer alone, and BLAKE3 alone over one line.
     let mut sample = IoEvent::ok(capsule, principal, "astrid:io/streams.input-stream.read", 12345);
-    sample.bytes = Some(4096);
+    sample.op.bytes = Some(4096);
     let (sealing, hashing) = crate::audit::seal_and_hash_only(&sample, 2000);
     Ok(format!(
         "bench sink-{label}: records={written} records_per_s={:.0} bytes_per_s={:.0} in_sink_share={:.2} batches={} seal_only_ns={} hash_only_ns={}",

@@ -711,8 +711,8 @@ fn check_quietly(source: &CapsuleSource, max: u64) -> Result<CapsuleBytes, (Stat
 #[cfg(feature = "engine")]
 fn rejection_event(capsule: &str, why: &str) -> crate::audit::IoEvent {
     let mut event = crate::audit::IoEvent::ok(capsule, capsule, "astrid:capsule/load", 0);
-    event.outcome = crate::audit::Outcome::Error;
-    event.error = Some(why.chars().take(crate::audit::MAX_FIELD_BYTES).collect());
+    event.op.outcome = crate::audit::Outcome::Error;
+    event.op.error = Some(why.chars().take(crate::audit::MAX_FIELD_BYTES).collect());
     event
 }
 

@@ -476,16 +476,16 @@ verbose = true
             lines.extend(chain.capsule_load("beta", "bob", blake3::hash(b"beta wasm").as_bytes(), None).unwrap());
             for i in 0..3 {
                 let mut e = IoEvent::ok("alpha", "alice", "astrid:io/streams.input-stream.read", 10 + i);
-                e.bytes = Some(100 * i);
+                e.op.bytes = Some(100 * i);
                 lines.extend(chain.append(e).unwrap());
                 let mut p = IoEvent::ok("beta", "bob", "astrid:io/poll.poll", 7);
-                p.pollable_count = Some(3);
-                p.ready_count = Some(1);
+                p.op.pollable_count = Some(3);
+                p.op.ready_count = Some(1);
                 lines.extend(chain.append(p).unwrap());
             }
             let mut failed = IoEvent::ok("alpha", "alice", "astrid:kv/store.set", 5);
-            failed.outcome = Outcome::Error;
-            failed.error = Some("quota".into());
+            failed.op.outcome = Outcome::Error;
+            failed.op.error = Some("quota".into());
             lines.extend(chain.append(failed).unwrap());
             lines.extend(chain.capsule_end("alpha").unwrap().0);
             lines.extend(chain.capsule_end("beta").unwrap().0);

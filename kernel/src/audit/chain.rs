@@ -20,7 +20,7 @@ use std::time::Instant;
 use ed25519_dalek::{Signer, SigningKey};
 
 use super::record::{
-    Call, FN_CAPSULE_END, FN_CAPSULE_LOAD, FN_CHECKPOINT, FN_CLOSE, FN_GENESIS, Fields, IoEvent, Outcome, checkpoint_message, hex, seal_into,
+    Call, FN_CAPSULE_END, FN_CAPSULE_LOAD, FN_CHECKPOINT, FN_CLOSE, FN_GENESIS, Fields, IoEvent, Op, Outcome, checkpoint_message, hex, seal_into,
     seal_with_middle, write_middle,
 };
 
@@ -71,13 +71,7 @@ pub(super) struct Compact {
     /// The capsule: the index of its first entry in the table (its counts and its share
     /// of the queue are kept there).
     pub capsule: u32,
-    pub function: Cow<'static, str>,
-    pub outcome: Outcome,
-    pub elapsed_ns: u64,
-    pub bytes: Option<u64>,
-    pub pollable_count: Option<u32>,
-    pub ready_count: Option<u32>,
-    pub error: Option<String>,
+    pub op: Op,
 }
 
 /// The (capsule, principal) pairs records have named, in the order first named, each
@@ -171,9 +165,8 @@ impl Ledger {
 
     /// Stamps one io operation's record (after the genesis when it is the first).
     pub fn append(&mut self, event: IoEvent, out: &mut impl Extend<Stamped>) -> Result<(), ChainClosed> {
-        let IoEvent { capsule, principal, function, outcome, elapsed_ns, bytes, pollable_count, ready_count, error } = event;
-        let call = Call { capsule: &capsule, principal: &principal, function, outcome, elapsed_ns, bytes, pollable_count, ready_count, error, ended: None };
-        self.append_call(call, out)
+        let IoEvent { capsule, principal, op } = event;
+        self.append_call(Call { capsule: &capsule, principal: &principal, op, ended: None }, out)
     }
 
     /// As `append`, for a call handed over with borrowed names.
@@ -181,8 +174,8 @@ impl Ledger {
         self.open()?;
         let (who, capsule) = self.who(call.capsule, call.principal);
         self.per_capsule[capsule as usize] += 1;
-        let Call { function, outcome, elapsed_ns, bytes, pollable_count, ready_count, error, ended, .. } = call;
-        let compact = Compact { who, capsule, function, outcome, elapsed_ns, bytes, pollable_count, ready_count, error };
+        let Call { op, ended, .. } = call;
+        let compact = Compact { who, capsule, op };
         let at = ended.zip(self.origin).map(|(ended, origin)| u64::try_from(ended.saturating_duration_since(origin).as_nanos()).unwrap_or(u64::MAX));
         self.genesis_into(out);
         self.emit_at(Body::Io(compact), at, false, out);
@@ -304,8 +297,8 @@ struct Middle {
 
 impl Middle {
     fn encodes(&self, e: &Compact) -> bool {
-        let same_fn = (self.function.as_ptr() == e.function.as_ptr() && self.function.len() == e.function.len()) || self.function == e.function;
-        self.who == e.who && self.outcome == e.outcome && same_fn
+        let same_fn = (self.function.as_ptr() == e.op.function.as_ptr() && self.function.len() == e.op.function.len()) || self.function == e.op.function;
+        self.who == e.who && self.outcome == e.op.outcome && same_fn
     }
 }
 
@@ -346,8 +339,8 @@ impl Sealer {
         }
         let (capsule, principal) = self.name(e.who);
         let mut text = String::with_capacity(128);
-        write_middle(capsule, principal, &e.function, e.outcome, &mut text);
-        let m = Middle { who: e.who, function: e.function.clone(), outcome: e.outcome, text };
+        write_middle(capsule, principal, &e.op.function, e.op.outcome, &mut text);
+        let m = Middle { who: e.who, function: e.op.function.clone(), outcome: e.op.outcome, text };
         if self.middles.len() < MIDDLES {
             self.middles.push(m);
             self.middles.len() - 1
@@ -367,11 +360,11 @@ impl Sealer {
             let f = Fields {
                 seq: entry.seq,
                 t_ns: entry.t_ns,
-                elapsed_ns: e.elapsed_ns,
-                bytes: e.bytes,
-                pollable_count: e.pollable_count,
-                ready_count: e.ready_count,
-                error: e.error.as_deref(),
+                elapsed_ns: e.op.elapsed_ns,
+                bytes: e.op.bytes,
+                pollable_count: e.op.pollable_count,
+                ready_count: e.op.ready_count,
+                error: e.op.error.as_deref(),
                 prev: self.prev_hex.as_str(),
                 prev_is_hex: true,
                 ..Fields::blank("")
@@ -385,13 +378,13 @@ impl Sealer {
         match &entry.body {
             Body::Io(e) => {
                 (f.capsule, f.principal) = self.name(e.who);
-                f.function = &e.function;
-                f.outcome = e.outcome;
-                f.elapsed_ns = e.elapsed_ns;
-                f.bytes = e.bytes;
-                f.pollable_count = e.pollable_count;
-                f.ready_count = e.ready_count;
-                f.error = e.error.as_deref();
+                f.function = &e.op.function;
+                f.outcome = e.op.outcome;
+                f.elapsed_ns = e.op.elapsed_ns;
+                f.bytes = e.op.bytes;
+                f.pollable_count = e.op.pollable_count;
+                f.ready_count = e.op.ready_count;
+                f.error = e.op.error.as_deref();
             }
             Body::Genesis => {
                 f.function = FN_GENESIS;
@@ -619,13 +612,7 @@ mod tests {
         let call = |ended| Call {
             capsule: &c,
             principal: &p,
-            function: "f".into(),
-            outcome: Outcome::Ok,
-            elapsed_ns: 1,
-            bytes: None,
-            pollable_count: None,
-            ready_count: None,
-            error: None,
+            op: Op::ok("f", 1),
             ended: Some(ended),
         };
         let mut out = Vec::new();
@@ -697,11 +684,11 @@ mod tests {
             let function: std::borrow::Cow<'static, str> =
                 if pick(3) == 0 { format!("astrid:io/f{}", pick(2 * MIDDLES)).into() } else { ["astrid:io/poll.poll", "weird\"fn\u{7f}"][pick(2)].into() };
             let mut e = IoEvent::ok(capsule, principal, function, pick(1 << 20) as u64);
-            e.outcome = [Outcome::Ok, Outcome::Error, Outcome::Cancelled, Outcome::Refused, Outcome::Trap][pick(5)];
-            e.bytes = (pick(2) == 0).then(|| pick(1 << 16) as u64);
-            e.pollable_count = (pick(2) == 0).then(|| pick(9) as u32);
-            e.ready_count = (pick(2) == 0).then(|| pick(9) as u32);
-            e.error = (pick(3) == 0).then(|| names[pick(names.len())].to_string());
+            e.op.outcome = [Outcome::Ok, Outcome::Error, Outcome::Cancelled, Outcome::Refused, Outcome::Trap][pick(5)];
+            e.op.bytes = (pick(2) == 0).then(|| pick(1 << 16) as u64);
+            e.op.pollable_count = (pick(2) == 0).then(|| pick(9) as u32);
+            e.op.ready_count = (pick(2) == 0).then(|| pick(9) as u32);
+            e.op.error = (pick(3) == 0).then(|| names[pick(names.len())].to_string());
             let mut stamped = Vec::new();
             ledger.append(e, &mut stamped).expect("open");
             sealer.learn(ledger.names());

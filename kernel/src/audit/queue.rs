@@ -398,9 +398,8 @@ impl AuditHandle {
     /// As `record`, for a capsule's call: a wait for room in a full queue ends with the
     /// capsule's cancellation (`AuditError::Cancelled`).
     pub fn record_unless(&self, event: IoEvent, cancel: Option<&CancelToken>) -> Result<u64, AuditError> {
-        let IoEvent { capsule, principal, function, outcome, elapsed_ns, bytes, pollable_count, ready_count, error } = event;
-        let call = Call { capsule: &capsule, principal: &principal, function, outcome, elapsed_ns, bytes, pollable_count, ready_count, error, ended: None };
-        self.record_call(call, cancel)
+        let IoEvent { capsule, principal, op } = event;
+        self.record_call(Call { capsule: &capsule, principal: &principal, op, ended: None }, cancel)
     }
 
     /// As `record_unless`, for a host call handed over by the envelope: its names
@@ -612,8 +611,8 @@ fn drain_loop(shared: &Shared, sink: &mut dyn Sink) {
                 // go to whatever sink survives, then the record naming the failure.
                 let mut rest: Vec<Stamped> = st.queue.drain(..).collect();
                 let mut failure = IoEvent::ok("", "", FN_SINK_FAILED, 0);
-                failure.outcome = Outcome::Error;
-                failure.error = Some(reason);
+                failure.op.outcome = Outcome::Error;
+                failure.op.error = Some(reason);
                 let _ = st.ledger.append(failure, &mut rest);
                 sealer.learn(st.ledger.names());
                 drop(st);
@@ -692,7 +691,7 @@ mod tests {
                             "astrid:io/streams.output-stream.write",
                             i,
                         );
-                        e.bytes = Some(i);
+                        e.op.bytes = Some(i);
                         handle.record(e).unwrap();
                     }
                 })

@@ -49,13 +49,11 @@ pub enum Outcome {
     Trap,
 }
 
-/// What the io layer reports about one operation, before the chain numbers and links it.
-/// Compact on purpose: the capsule's thread only builds this and hands it over (its
-/// names are shared, not copied); encoding and hashing happen on the log's own thread.
+/// What one operation did: the part of its record that does not name who did it. The
+/// same value travels from the envelope (`Call`) or another writer (`IoEvent`) through
+/// the queue (`chain::Compact`) to the sealer.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct IoEvent {
-    pub capsule: Arc<str>,
-    pub principal: Arc<str>,
+pub struct Op {
     /// The WIT function, e.g. `astrid:io/poll.poll`.
     pub function: Cow<'static, str>,
     pub outcome: Outcome,
@@ -66,20 +64,27 @@ pub struct IoEvent {
     pub error: Option<String>,
 }
 
-impl IoEvent {
+impl Op {
     /// A successful operation with no counters; set the optional fields directly.
+    pub fn ok(function: impl Into<Cow<'static, str>>, elapsed_ns: u64) -> Self {
+        Op { function: function.into(), outcome: Outcome::Ok, elapsed_ns, bytes: None, pollable_count: None, ready_count: None, error: None }
+    }
+}
+
+/// What the io layer reports about one operation, before the chain numbers and links it.
+/// Compact on purpose: the capsule's thread only builds this and hands it over (its
+/// names are shared, not copied); encoding and hashing happen on the log's own thread.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IoEvent {
+    pub capsule: Arc<str>,
+    pub principal: Arc<str>,
+    pub op: Op,
+}
+
+impl IoEvent {
+    /// A successful operation with no counters; set the optional fields of `op` directly.
     pub fn ok(capsule: impl Into<Arc<str>>, principal: impl Into<Arc<str>>, function: impl Into<Cow<'static, str>>, elapsed_ns: u64) -> Self {
-        IoEvent {
-            capsule: capsule.into(),
-            principal: principal.into(),
-            function: function.into(),
-            outcome: Outcome::Ok,
-            elapsed_ns,
-            bytes: None,
-            pollable_count: None,
-            ready_count: None,
-            error: None,
-        }
+        IoEvent { capsule: capsule.into(), principal: principal.into(), op: Op::ok(function, elapsed_ns) }
     }
 }
 
@@ -91,13 +96,7 @@ impl IoEvent {
 pub struct Call<'a> {
     pub capsule: &'a Arc<str>,
     pub principal: &'a Arc<str>,
-    pub function: Cow<'static, str>,
-    pub outcome: Outcome,
-    pub elapsed_ns: u64,
-    pub bytes: Option<u64>,
-    pub pollable_count: Option<u32>,
-    pub ready_count: Option<u32>,
-    pub error: Option<String>,
+    pub op: Op,
     /// When the call ended; `None`: when the record is stamped.
     pub ended: Option<std::time::Instant>,
 }

@@ -579,8 +579,8 @@ fn lifecycle_record(id: &Identity, outcome: &RunOutcome) -> Option<IoEvent> {
         RunOutcome::InstantiateFailed(t) => ("astrid:capsule/instantiate", Outcome::Error, Some(t.as_str())),
     };
     let mut event = IoEvent::ok(id.capsule.clone(), id.principal.clone(), function, 0);
-    event.outcome = outcome;
-    event.error = error.map(|e| crate::host::envelope::clip(e.to_string(), crate::audit::MAX_FIELD_BYTES));
+    event.op.outcome = outcome;
+    event.op.error = error.map(|e| crate::host::envelope::clip(e.to_string(), crate::audit::MAX_FIELD_BYTES));
     Some(event)
 }
 

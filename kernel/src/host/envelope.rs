@@ -230,13 +230,15 @@ impl super::context::Core {
         let call = Call {
             capsule: &self.identity.capsule,
             principal: &self.identity.principal,
-            function: std::borrow::Cow::Borrowed(func.full_name()),
-            outcome,
-            elapsed_ns: u64::try_from(ended.saturating_duration_since(started).as_nanos()).unwrap_or(u64::MAX),
-            bytes: note.bytes,
-            pollable_count: note.pollable_count,
-            ready_count: note.ready_count,
-            error: error.map(|e| clip(e, MAX_FIELD_BYTES)),
+            op: crate::audit::Op {
+                function: std::borrow::Cow::Borrowed(func.full_name()),
+                outcome,
+                elapsed_ns: u64::try_from(ended.saturating_duration_since(started).as_nanos()).unwrap_or(u64::MAX),
+                bytes: note.bytes,
+                pollable_count: note.pollable_count,
+                ready_count: note.ready_count,
+                error: error.map(|e| clip(e, MAX_FIELD_BYTES)),
+            },
             ended: Some(ended),
         };
         match audit.record_call(call, Some(&self.cancel)) {
