@@ -11,7 +11,7 @@ use ed25519_dalek::{Signature, VerifyingKey};
 
 use super::chain::CHECKPOINT_EVERY;
 use super::record::{
-    AuditRecord, FN_CAPSULE_END, FN_CAPSULE_LOAD, FN_CHECKPOINT, FN_CLOSE, FN_GENESIS, FN_SINK_FAILED, GENESIS, checkpoint_message,
+    hash_of, AuditRecord, FN_CAPSULE_END, FN_CAPSULE_LOAD, FN_CHECKPOINT, FN_CLOSE, FN_GENESIS, FN_SINK_FAILED, GENESIS, checkpoint_message,
     canonical_json, hex, unhex, unseal,
 };
 
@@ -68,6 +68,9 @@ pub enum BreakKind {
     NotCanonical,
     /// The line's own hash does not match its content.
     Hash,
+    /// The line's hash is over its JSON text: a log of the first format, which builds
+    /// before format v2 wrote (see the README's audit section); verify it with one.
+    FormatV1,
     /// The first line is not a genesis record.
     MissingGenesis,
     /// `seq` is ahead of the next number: records are missing here.
@@ -125,6 +128,7 @@ impl fmt::Display for Break {
             BreakKind::Structure(e) => write!(f, "not an audit record ({e})"),
             BreakKind::NotCanonical => write!(f, "not in canonical form (edited?)"),
             BreakKind::Hash => write!(f, "hash does not match the line (edited)"),
+            BreakKind::FormatV1 => write!(f, "a log of the first record format (each hash over its JSON line): verify it with the build that wrote it"),
             BreakKind::MissingGenesis => write!(f, "the log does not start with its genesis record"),
             BreakKind::Sequence { expected, found } => {
                 write!(f, "seq {found}, expected {expected} (records missing)")
@@ -283,8 +287,10 @@ impl Walk {
         if canonical_json(&record) != body {
             return Err(at(BreakKind::NotCanonical));
         }
-        if blake3::hash(body.as_bytes()).to_hex().as_str() != stated {
-            return Err(at(BreakKind::Hash));
+        if hash_of(&record).is_none_or(|h| h.to_hex().as_str() != stated) {
+            // The first format hashed the line's JSON: name it rather than call it edited.
+            let kind = if blake3::hash(body.as_bytes()).to_hex().as_str() == stated { BreakKind::FormatV1 } else { BreakKind::Hash };
+            return Err(at(kind));
         }
         // Another run's records: a second genesis, or a nonce that is not this run's.
         if line_no > 1 && record.function == FN_GENESIS {
@@ -778,6 +784,14 @@ mod tests {
             BreakKind::Structure(msg) => assert!(msg.contains("outcome"), "{msg}"),
             other => panic!("{other:?}"),
         }
+        // A line hashed as the first format hashed it (BLAKE3 of its JSON text) is named
+        // as that format, not as an edit; any other stated hash is an edit.
+        let body = unseal(&lines[0]).unwrap().0;
+        let v1 = format!("{},\"hash\":\"{}\"}}", &body[..body.len() - 1], blake3::hash(body.as_bytes()).to_hex());
+        assert_eq!(with(0, &v1).kind, BreakKind::FormatV1);
+        assert!(with(0, &v1).to_string().contains("first record format"), "{}", with(0, &v1));
+        let other = format!("{},\"hash\":\"{}\"}}", &body[..body.len() - 1], "ab".repeat(32));
+        assert_eq!(with(0, &other).kind, BreakKind::Hash);
         // Spacing changes the bytes but not the record.
         let spaced = lines[4].replacen(",", ", ", 1);
         assert_eq!(with(4, &spaced).kind, BreakKind::NotCanonical);
