@@ -21,14 +21,9 @@ pub fn artifacts() -> &'static Artifacts {
 }
 
 /// astrid-jit.img (the image with Cranelift), for tests that boot a plain `.wasm`.
-/// The other artifacts come first: both builds patch and build the one kernel, and two
-/// tests starting them at once on a stale kernel would race on its patched sources.
 pub fn jit_img() -> &'static PathBuf {
     static IMG: OnceLock<PathBuf> = OnceLock::new();
-    IMG.get_or_init(|| {
-        artifacts();
-        artifacts::ensure_jit(&Paths::discover()).expect("building astrid-jit.img failed")
-    })
+    IMG.get_or_init(|| artifacts::ensure_jit(&Paths::discover()).expect("building astrid-jit.img failed"))
 }
 
 /// A scratch directory unique to this test process.

@@ -39,6 +39,13 @@ impl Variant {
 /// Builds (or reuses) the post-processed libhermit.a of `variant`; returns its directory.
 pub fn build(paths: &Paths, variant: Variant) -> Result<PathBuf> {
     crate::toolchain::require_ensured("building the Hermit kernel")?;
+    // One kernel build at a time, across threads and processes (tests start images in
+    // parallel; two commands may run at once): a stale patch level deletes and copies
+    // the patched sources again, which must not happen under another build. Released
+    // when the file is dropped at the end of this function.
+    fs::create_dir_all(&paths.out)?;
+    let lock = fs::File::create(paths.out.join("kernel.lock"))?;
+    lock.lock().context("locking the kernel build")?;
     let pristine = source_dir(paths)?;
     let src = patched_source(paths, &pristine, variant)?;
     let target_dir = paths.out.join(format!("kernel-{}", variant.name()));
