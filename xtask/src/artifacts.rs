@@ -39,28 +39,24 @@ pub fn ensure(paths: &Paths) -> Result<Artifacts> {
 /// Builds astrid-jit.img: astrid.img with Cranelift, which compiles plain `.wasm` in
 /// the guest (`--jit`, and tests that boot a `.wasm` or a WAT module).
 pub fn ensure_jit(paths: &Paths) -> Result<PathBuf> {
-    setup::ensure_base()?;
-    let lib = kernel::build(paths, Variant::Standard)?;
-    let img = paths.astrid_jit_img();
-    hermit_app::build(paths, App::AstridJit, Flavor::Standard, &lib, &img)?;
-    Ok(img)
+    ensure_image(paths, Variant::Standard, App::AstridJit, Flavor::Standard, paths.astrid_jit_img())
 }
 
 /// Builds astrid.img with the testing sources linked in (test and bench images).
 pub fn ensure_testing(paths: &Paths) -> Result<PathBuf> {
-    setup::ensure_base()?;
-    let lib = kernel::build(paths, Variant::Standard)?;
-    let img = paths.astrid_testing_img();
-    hermit_app::build(paths, App::AstridTesting, Flavor::Standard, &lib, &img)?;
-    Ok(img)
+    ensure_image(paths, Variant::Standard, App::AstridTesting, Flavor::Standard, paths.astrid_testing_img())
 }
 
 /// Builds the soft-float astrid.img on the PVM kernel, for uhyve on PVM hosts.
 pub fn ensure_softfloat(paths: &Paths) -> Result<PathBuf> {
+    ensure_image(paths, Variant::Pvm, App::Astrid, Flavor::SoftFloat, paths.astrid_softfloat_img())
+}
+
+/// One image, `app` linked against the `variant` kernel, built if stale at `img`.
+fn ensure_image(paths: &Paths, variant: Variant, app: App, flavor: Flavor, img: PathBuf) -> Result<PathBuf> {
     setup::ensure_base()?;
-    let lib = kernel::build(paths, Variant::Pvm)?;
-    let img = paths.astrid_softfloat_img();
-    hermit_app::build(paths, App::Astrid, Flavor::SoftFloat, &lib, &img)?;
+    let lib = kernel::build(paths, variant)?;
+    hermit_app::build(paths, app, flavor, &lib, &img)?;
     Ok(img)
 }
 
