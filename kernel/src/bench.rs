@@ -293,7 +293,14 @@ fn serial_raw_bytes_per_s(n: u64) -> f64 {
 fn sink(sink: Box<dyn Sink>, n: u64, label: &str) -> Result<String, String> {
     let (bytes, in_sink_ns, batches) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let counted = Counted { inner: sink, bytes: bytes.clone(), in_sink_ns: in_sink_ns.clone(), batches: batches.clone() };
-    let log = AuditLog::start(counted, 4096);
+    // The chain the image's own log starts with: bound to the run, and signed (with a
+    // checkpoint every `CHECKPOINT_EVERY` records) when the host passed a key, as the
+    // run command always does.
+    #[cfg(feature = "engine")]
+    let chain = crate::launch::audit_chain(crate::settings::current());
+    #[cfg(not(feature = "engine"))]
+    let chain = crate::audit::Chain::new();
+    let log = AuditLog::start_with(chain, counted, 4096);
     let handle = log.handle();
     // Shared names, as a capsule's calls hand them over.
     let (capsule, principal): (Arc<str>, Arc<str>) = ("bench.wasm".into(), "bench".into());

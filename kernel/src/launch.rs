@@ -8,9 +8,11 @@ use crate::manifest::{BootCapsule, Manifest, PublishError};
 use crate::settings::{self, Settings, SettingsError};
 use crate::wasm::{self, HeaderError};
 
-/// Records the audit queue holds before writers wait for the sink.
+/// Records the audit queue holds before writers wait for the sink; a capsule's own
+/// records may take a quarter (`audit::queue`'s share): 4,096, so a burst of that many
+/// host calls never waits for the log (the drainer seals it behind the capsule).
 #[cfg(feature = "engine")]
-const AUDIT_QUEUE: usize = 4096;
+const AUDIT_QUEUE: usize = 16384;
 /// Records the queue of a refusal's one-capsule audit log holds.
 #[cfg(feature = "engine")]
 const REJECTION_QUEUE: usize = 16;
@@ -411,7 +413,7 @@ fn report_panics(audit: Option<crate::audit::AuditHandle>) {
 /// one, 32 bytes of the image's own randomness, else a process-unique value) and this
 /// build, signed with the deployment's key when the host passed one (`ASTRID_AUDIT_KEY`).
 #[cfg(feature = "engine")]
-fn audit_chain(settings: &Settings) -> crate::audit::Chain {
+pub(crate) fn audit_chain(settings: &Settings) -> crate::audit::Chain {
     use crate::audit::{Chain, RunBinding, SigningKey};
     let build = crate::audit::build_identity();
     let nonce = settings.run_nonce.as_ref().map(|n| n.0).or_else(|| {

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use astrid_kernel::settings::{ARTIFACT_KEY, AUDIT, AUDIT_FILE, AUDIT_SERIAL, BENCH, TEST_ARG};
+use astrid_kernel::settings::{ARTIFACT_KEY, AUDIT, AUDIT_FILE, AUDIT_KEY, AUDIT_SERIAL, BENCH, TEST_ARG};
 
 use crate::artifacts::Artifacts;
 use crate::bench::{Bound, Goal, median};
@@ -26,6 +26,11 @@ pub struct Side<'a> {
     pub image: Option<(&'a Artifacts, &'a Path)>,
     pub share: Option<(PathBuf, PathBuf)>,
 }
+
+/// The audit log's signing key in every benchmark run: the run command always passes the
+/// deployment's key, so an audited benchmark signs its checkpoints as a user's run does.
+/// A fixed key: nothing is kept from a benchmark's logs.
+const BENCH_AUDIT_KEY: &str = "62656e63682d6f6e6c792d61756469742d6b65792d6e6f742d612d7365637265";
 
 /// Runs the application once with `env` and the given capsule (if any); returns the
 /// console text.
@@ -47,6 +52,7 @@ pub fn run_once(side: &Side, capsule: Option<&Path>, env: &[(&str, String)]) -> 
         }
         // The capsules are sealed with this process's key (`main.rs`'s `precompiled`).
         cmd.env(ARTIFACT_KEY, crate::prepare::session_key().to_string());
+        cmd.env(AUDIT_KEY, BENCH_AUDIT_KEY);
         let out = cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str()))).output()?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         if !out.status.success() {
@@ -59,6 +65,7 @@ pub fn run_once(side: &Side, capsule: Option<&Path>, env: &[(&str, String)]) -> 
     boot.capsules = capsule.map(|c| vec![c.to_path_buf()]).unwrap_or_default();
     boot.kernel_args = env.iter().map(|(k, v)| qemu::env_arg(k, v)).collect();
     boot.kernel_args.push(qemu::env_arg(ARTIFACT_KEY, crate::prepare::session_key()));
+    boot.kernel_args.push(qemu::env_arg(AUDIT_KEY, BENCH_AUDIT_KEY));
     boot.timeout = Duration::from_secs(300);
     boot.shared_dir = side.share.clone();
     let out = qemu::run(&boot)?;

@@ -143,6 +143,16 @@ impl Ledger {
         &self.names
     }
 
+    /// The time of the latest record stamped (the log's clock never goes back).
+    pub fn last_t_ns(&self) -> u64 {
+        self.last_t_ns
+    }
+
+    /// The log's clock now (not before the latest record's time).
+    pub fn now_ns(&mut self) -> u64 {
+        (self.clock)().max(self.last_t_ns)
+    }
+
     /// The entry of `capsule` and `principal` in the table of names (added when new),
     /// and its capsule's first entry. A pointer comparison in the usual case: the
     /// capsule's thread hands over the same shared names with every record.

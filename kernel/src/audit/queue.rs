@@ -29,6 +29,13 @@ fn capsule_share(capacity: usize) -> usize {
     (capacity / 4).max(1)
 }
 
+/// The longest a record may wait in the queue while its capsule keeps running: a writer
+/// that finds the oldest record older than this waits until the drainer has caught up,
+/// as it does for room (the drainer runs below the capsules' priority in the image, so
+/// on a CPU they keep busy it writes only when one of them waits; this is the wait).
+/// A capsule in pure compute checks it on every epoch tick (`AuditHandle::keep_up`).
+pub const MAX_LAG: Duration = Duration::from_millis(250);
+
 /// How long `unwritten` waits for the drainer to finish writing its batch.
 const UNWRITTEN_PATIENCE: Duration = Duration::from_millis(500);
 
@@ -121,6 +128,10 @@ struct Shared {
 
 struct Sealing {
     sealer: Sealer,
+    /// Records the drainer has taken from the queue and not yet written, oldest first:
+    /// it takes the whole queue at once by swapping the two rings (its lock is held for
+    /// that swap only), then seals and writes them `MAX_BATCH` at a time.
+    taken: VecDeque<Stamped>,
     /// The lines of the batch the drainer is writing.
     lines: Vec<String>,
 }
@@ -129,8 +140,13 @@ struct State {
     ledger: Ledger,
     queue: VecDeque<Stamped>,
     capacity: usize,
-    /// Io records each capsule has in the queue (at its first entry in the ledger's
-    /// table of names): none may hold more than its share.
+    /// Records the drainer has taken and not yet written (`Sealing::taken` and its batch
+    /// in hand): they count against `capacity` as if still queued.
+    in_flight: usize,
+    /// The time of the oldest of those.
+    in_flight_oldest: Option<u64>,
+    /// Io records each capsule has unwritten, queued or in flight (at its first entry in
+    /// the ledger's table of names): none may hold more than its share.
     queued_by: Vec<usize>,
     written: u64,
     high_water: usize,
@@ -140,6 +156,19 @@ struct State {
     drainer: Drainer,
     /// Threads waiting in `wait_written`: the drainer does not linger for them.
     flushers: usize,
+}
+
+impl State {
+    /// Whether the oldest record waiting was stamped more than `MAX_LAG` before `now_ns`.
+    fn lagging(&self, now_ns: u64) -> bool {
+        let oldest = self.in_flight_oldest.or_else(|| self.queue.front().map(|e| e.t_ns));
+        oldest.is_some_and(|t| now_ns.saturating_sub(t) > MAX_LAG.as_nanos() as u64)
+    }
+
+    /// Records not yet written: queued, or taken by the drainer.
+    fn unwritten(&self) -> usize {
+        self.queue.len() + self.in_flight
+    }
 }
 
 impl Shared {
@@ -223,7 +252,7 @@ impl Shared {
             }
             let share = capsule_share(st.capacity);
             let own = capsule.and_then(|c| st.queued_by.get(c)).copied().unwrap_or(0);
-            if st.queue.len() < st.capacity && own < share {
+            if st.unwritten() < st.capacity && own < share {
                 break;
             }
             // Full: only the drainer makes room.
@@ -245,7 +274,7 @@ impl Shared {
             }
             st.queued_by[c] += 1;
         }
-        st.high_water = st.high_water.max(st.queue.len());
+        st.high_water = st.high_water.max(st.unwritten());
         // Wake an idle drainer for the first record after a pause, a lingering one only
         // when it has fallen far behind; otherwise it comes back on its own.
         let due = match st.drainer {
@@ -256,7 +285,24 @@ impl Shared {
         if due {
             self.wake_drainer(&mut st);
         }
+        // Records left unwritten too long: this writer waits for the drainer to catch up
+        // (its own record is in; a cancellation ends only the wait).
+        let now = st.ledger.last_t_ns();
+        if st.lagging(now) {
+            st = self.catch_up(st, now, cancel);
+        }
         Ok((st, out))
+    }
+
+    /// Waits, from `st`, until no record stamped `MAX_LAG` before `now_ns` is left in the
+    /// queue, the log has failed or stopped for a panic hook, or `cancel` fires.
+    fn catch_up<'a>(&'a self, mut st: MutexGuard<'a, State>, now_ns: u64, cancel: Option<&CancelToken>) -> MutexGuard<'a, State> {
+        let stopped = || self.stop_for_dump.load(std::sync::atomic::Ordering::SeqCst);
+        while st.lagging(now_ns) && st.failed.is_none() && !stopped() && !cancel.is_some_and(CancelToken::is_cancelled) {
+            self.wake_drainer(&mut st);
+            st = self.not_full.wait_timeout(st, ROOM_CHECK).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        st
     }
 
     /// Waits until the sink has written and flushed the first `target` records.
@@ -311,21 +357,29 @@ impl AuditLog {
     pub fn start_with(chain: Chain, mut sink: impl Sink + 'static, capacity: usize) -> AuditLog {
         assert!(capacity > 0, "an audit queue needs room for one record");
         let (ledger, sealer) = chain.split();
-        let mut queue = VecDeque::with_capacity(capacity);
-        if crate::platform::LAZY_PAGES {
-            // Touch every slot of the ring once now: hosted, its pages are mapped on first
-            // touch, and the first lap of a fresh ring took a page fault every ~32 records
-            // on the capsule's thread (1–2 µs each, measured).
-            queue.extend((0..capacity).map(|_| Stamped { seq: 0, t_ns: 0, body: super::chain::Body::Checkpoint }));
-            queue.clear();
-        }
+        // Two rings, swapped whole between the writers and the drainer; room for the
+        // genesis and a checkpoint over `capacity`.
+        let ring = || {
+            let mut ring = VecDeque::with_capacity(capacity + 2);
+            if crate::platform::LAZY_PAGES {
+                // Touch every slot once now: hosted, its pages are mapped on first touch,
+                // and the first lap of a fresh ring took a page fault every ~32 records on
+                // the capsule's thread (1–2 µs each, measured).
+                ring.extend((0..capacity + 2).map(|_| Stamped { seq: 0, t_ns: 0, body: super::chain::Body::Checkpoint }));
+                ring.clear();
+            }
+            ring
+        };
+        let (queue, taken) = (ring(), ring());
         let shared = Arc::new(Shared {
-            seal: Mutex::new(Sealing { sealer, lines: Vec::with_capacity(MAX_BATCH + 2) }),
+            seal: Mutex::new(Sealing { sealer, taken, lines: Vec::with_capacity(MAX_BATCH) }),
             stop_for_dump: std::sync::atomic::AtomicBool::new(false),
             state: Mutex::new(State {
                 ledger,
                 queue,
                 capacity,
+                in_flight: 0,
+                in_flight_oldest: None,
                 queued_by: Vec::new(),
                 written: 0,
                 high_water: 0,
@@ -439,6 +493,18 @@ impl AuditHandle {
         Ok(count)
     }
 
+    /// For a capsule's thread that has not called the host for a while (the engine's
+    /// epoch tick): when a record has waited longer than `MAX_LAG`, waits until the
+    /// drainer has caught up, or `cancel` fires. A capsule computing on the CPU the
+    /// drainer shares thus gives it the CPU at least that often.
+    pub fn keep_up(&self, cancel: &CancelToken) {
+        let mut st = self.shared.lock();
+        let now = st.ledger.now_ns();
+        if st.lagging(now) {
+            drop(self.shared.catch_up(st, now, Some(cancel)));
+        }
+    }
+
     /// Waits until every record sealed so far is written and flushed.
     pub fn drain(&self) -> Result<(), AuditError> {
         let st = self.shared.lock();
@@ -452,7 +518,7 @@ impl AuditHandle {
     }
 
     /// For a panic hook: stops the drainer after the batch it is writing and returns the
-    /// lines of every record it has not taken, sealed here as the drainer would have, so
+    /// lines of every record it has not written (taken or still queued), sealed here as the drainer would have, so
     /// the console can carry them on from the last line written. Waits at most
     /// `UNWRITTEN_PATIENCE` for that batch; `None` when it does not end by then (or the
     /// state stays locked, by the panicking thread perhaps). The log takes nothing more
@@ -473,12 +539,12 @@ impl AuditHandle {
         let pending: Vec<Stamped> = match self.shared.state.try_lock() {
             Ok(st) => {
                 sealer.learn(st.ledger.names());
-                st.queue.iter().cloned().collect()
+                sealing.taken.iter().chain(&st.queue).cloned().collect()
             }
             Err(TryLockError::Poisoned(p)) => {
                 let st = p.into_inner();
                 sealer.learn(st.ledger.names());
-                st.queue.iter().cloned().collect()
+                sealing.taken.iter().chain(&st.queue).cloned().collect()
             }
             Err(TryLockError::WouldBlock) => return None,
         };
@@ -507,16 +573,19 @@ impl AuditHandle {
 }
 
 fn drain_loop(shared: &Shared, sink: &mut dyn Sink) {
+    // Behind the capsules: in the image it seals and writes while they wait, not in the
+    // middle of their calls (`MAX_LAG` and each capsule's share bound how far behind).
+    crate::platform::run_in_background();
     let mut batch: Vec<Stamped> = Vec::with_capacity(MAX_BATCH);
     let linger = crate::platform::audit_linger();
     // When the current linger ends; `None` between lingers.
     let mut linger_until: Option<std::time::Instant> = None;
+    let dumping = || shared.stop_for_dump.load(std::sync::atomic::Ordering::SeqCst);
     loop {
         // The sealer is held from taking a batch to writing it, so that `unwritten`
         // always finds the chain's head just after what was written.
-        let dumping = || shared.stop_for_dump.load(std::sync::atomic::Ordering::SeqCst);
         let mut sealing = shared.seal.lock().unwrap_or_else(|p| p.into_inner());
-        {
+        if sealing.taken.is_empty() {
             let mut st = shared.lock_eagerly();
             loop {
                 // Stopped for a panic hook, or closed (the close record is always last)
@@ -525,8 +594,8 @@ fn drain_loop(shared: &Shared, sink: &mut dyn Sink) {
                 if dumping() || (pending == 0 && (st.ledger.is_closed() || st.failed.is_some())) {
                     return;
                 }
-                // A batch is due: a full one, one somebody waits for (a capsule's end,
-                // `drain`, the close), or what came during a linger.
+                // Records are due: enough of them, some somebody waits for (a capsule's
+                // end, `drain`, the close), or what came during a linger.
                 let now = std::time::Instant::now();
                 let lingered = linger_until.is_some_and(|until| now >= until);
                 if pending > 0 && (lingered || pending >= wake_at(st.capacity) || st.flushers > 0 || st.ledger.is_closed()) {
@@ -553,39 +622,20 @@ fn drain_loop(shared: &Shared, sink: &mut dyn Sink) {
                 sealing = shared.seal.lock().unwrap_or_else(|p| p.into_inner());
                 st = shared.lock_eagerly();
             }
-            let n = st.queue.len().min(MAX_BATCH);
-            batch.extend(st.queue.drain(..n));
-            if st.queue.is_empty() {
-                // Everything taken: the next records start a new linger.
-                linger_until = None;
-            }
+            // Everything queued, taken at once: the rings change places, so a writer
+            // never waits behind a copy (the next records start a new linger).
+            std::mem::swap(&mut st.queue, &mut sealing.taken);
+            st.in_flight = sealing.taken.len();
+            st.in_flight_oldest = sealing.taken.front().map(|e| e.t_ns);
+            linger_until = None;
             sealing.sealer.learn(st.ledger.names());
-            // Each capsule's share is given back once per run of its records (a batch is
-            // mostly one capsule's).
-            let mut give_back = |capsule: u32, n: usize| {
-                if let Some(own) = st.queued_by.get_mut(capsule as usize) {
-                    *own -= n.min(*own);
-                }
-            };
-            let mut run: Option<(u32, usize)> = None;
-            for entry in &batch {
-                if let super::chain::Body::Io(e) = &entry.body {
-                    match &mut run {
-                        Some((c, n)) if *c == e.capsule => *n += 1,
-                        _ => {
-                            if let Some((c, n)) = run.replace((e.capsule, 1)) {
-                                give_back(c, n);
-                            }
-                        }
-                    }
-                }
-            }
-            if let Some((c, n)) = run {
-                give_back(c, n);
-            }
-            shared.not_full.notify_all();
         }
-        let Sealing { sealer, lines } = &mut *sealing;
+        if dumping() {
+            return;
+        }
+        let n = sealing.taken.len().min(MAX_BATCH);
+        batch.extend(sealing.taken.drain(..n));
+        let Sealing { sealer, lines, taken } = &mut *sealing;
         // The line buffers are kept from batch to batch: no allocation per record.
         if lines.len() < batch.len() {
             lines.resize_with(batch.len(), || String::with_capacity(320));
@@ -595,21 +645,53 @@ fn drain_loop(shared: &Shared, sink: &mut dyn Sink) {
             sealer.seal(entry, line);
         }
         let lines = &lines[..batch.len()];
-        batch.clear();
         let result = sink.write_batch(lines).and_then(|()| sink.flush());
         let written = lines.len() as u64;
         let mut st = shared.lock_eagerly();
         match result {
-            Ok(()) => st.written += written,
+            Ok(()) => {
+                st.written += written;
+                st.in_flight -= batch.len();
+                st.in_flight_oldest = taken.front().map(|e| e.t_ns);
+                // Each capsule's share is given back once it is written, once per run of
+                // its records (a batch is mostly one capsule's).
+                let mut give_back = |capsule: u32, n: usize| {
+                    if let Some(own) = st.queued_by.get_mut(capsule as usize) {
+                        *own -= n.min(*own);
+                    }
+                };
+                let mut run: Option<(u32, usize)> = None;
+                for entry in &batch {
+                    if let super::chain::Body::Io(e) = &entry.body {
+                        match &mut run {
+                            Some((c, n)) if *c == e.capsule => *n += 1,
+                            _ => {
+                                if let Some((c, n)) = run.replace((e.capsule, 1)) {
+                                    give_back(c, n);
+                                }
+                            }
+                        }
+                    }
+                }
+                if let Some((c, n)) = run {
+                    give_back(c, n);
+                }
+                batch.clear();
+            }
             Err(e) => {
                 let reason = e.to_string();
                 st.failed = Some(reason.clone());
+                // The failure's signal takes the wait primitive's spin locks, which a
+                // background thread must not hold (see `run_in_background`).
+                crate::platform::run_normally();
                 shared.failure.cancel();
                 shared.not_full.notify_all();
                 shared.progress.notify_all();
                 // Records already stamped describe operations that happened: they still
                 // go to whatever sink survives, then the record naming the failure.
-                let mut rest: Vec<Stamped> = st.queue.drain(..).collect();
+                let mut rest: Vec<Stamped> = taken.drain(..).chain(st.queue.drain(..)).collect();
+                st.in_flight = 0;
+                st.in_flight_oldest = None;
                 let mut failure = IoEvent::ok("", "", FN_SINK_FAILED, 0);
                 failure.op.outcome = Outcome::Error;
                 failure.op.error = Some(reason);
@@ -632,6 +714,7 @@ fn drain_loop(shared: &Shared, sink: &mut dyn Sink) {
         }
         drop(st);
         drop(sealing);
+        shared.not_full.notify_all();
         shared.progress.notify_all();
     }
 }
@@ -798,12 +881,13 @@ mod tests {
         let log = AuditLog::start(GatedSink { inner: memory.clone(), gate: gate.clone() }, 8);
         let h = log.handle();
         let share = capsule_share(8);
-        // The drainer takes the first record and stalls writing it; then `flood` fills its share.
+        // The drainer takes the first record and stalls writing it (it still counts: it is
+        // not written); then `flood` fills its share.
         h.record(IoEvent::ok("flood", "p", "f", 0)).unwrap();
         while !h.shared.lock().queue.is_empty() {
             thread::sleep(Duration::from_millis(1));
         }
-        for i in 0..share {
+        for i in 1..share {
             h.record(IoEvent::ok("flood", "p", "f", 1 + i as u64)).unwrap();
         }
         let cancel = CancelToken::new();
@@ -825,6 +909,58 @@ mod tests {
         assert_eq!(lines.len() as u64, total);
         verify(lines.iter().map(String::as_str)).expect("the log verifies");
         assert_eq!(lines.iter().filter(|l| l.contains("\"capsule\":\"other\"")).count(), share);
+    }
+
+    /// A record left unwritten longer than `MAX_LAG` holds back the next writer (after its
+    /// own record is in) and a computing capsule's `keep_up`, until the drainer has caught
+    /// up; a cancellation ends `keep_up`'s wait; at `MAX_LAG` or under, nobody waits.
+    #[test]
+    fn records_waiting_too_long_hold_writers_back_until_the_drainer_catches_up() {
+        use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+        let now = Arc::new(AtomicU64::new(0));
+        let clock = {
+            let now = now.clone();
+            Box::new(move || now.load(SeqCst))
+        };
+        let memory = MemorySink::new();
+        let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let log = AuditLog::start_with(Chain::with_clock(clock), GatedSink { inner: memory.clone(), gate: gate.clone() }, 64);
+        let h = log.handle();
+        // The drainer takes the genesis and the first record and stalls writing them.
+        h.record(IoEvent::ok("c", "p", "f", 0)).unwrap();
+        while !h.shared.lock().queue.is_empty() {
+            thread::sleep(Duration::from_millis(1));
+        }
+        h.record(IoEvent::ok("c", "p", "f", 1)).unwrap();
+        let lag = MAX_LAG.as_nanos() as u64;
+        now.store(lag, SeqCst);
+        h.record(IoEvent::ok("c", "p", "f", 2)).expect("at MAX_LAG a writer goes on");
+        h.keep_up(&CancelToken::new());
+        now.store(lag + 1_000_000, SeqCst);
+        let cancel = CancelToken::new();
+        let computing = {
+            let (h, cancel) = (h.clone(), cancel.clone());
+            thread::spawn(move || h.keep_up(&cancel))
+        };
+        let writer = {
+            let h = h.clone();
+            thread::spawn(move || h.record(IoEvent::ok("c", "p", "f", 3)))
+        };
+        thread::sleep(Duration::from_millis(50));
+        assert!(!computing.is_finished(), "a capsule computing past MAX_LAG did not wait for the log");
+        assert!(!writer.is_finished(), "a writer past MAX_LAG did not wait for the log");
+        assert_eq!(h.stats().sealed, 5, "the waiting writer's record is in (genesis, four records)");
+        cancel.cancel();
+        computing.join().unwrap();
+        assert!(!writer.is_finished(), "the writer's wait ended without the drainer");
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        assert_eq!(writer.join().unwrap(), Ok(4));
+        let total = log.close().unwrap();
+        let lines = memory.lines().clone();
+        assert_eq!(lines.len() as u64, total);
+        assert_eq!(total, 6);
+        verify(lines.iter().map(String::as_str)).expect("the log verifies");
     }
 
     #[test]

@@ -348,7 +348,7 @@ impl CapsuleEngine {
                 match options.deadline.map(|d| wait::cancel_after(cancel, d)) {
                     Some(Err(e)) => RunOutcome::InstantiateFailed(format!("cannot start the deadline watchdog: {e}")),
                     _ => {
-                        let outcome = self.run_in_store(state, loaded, &options.entry, deadline);
+                        let outcome = self.run_in_store(state, loaded, &options.entry, deadline, audit);
                         crate::platform::phases::mark("store-dropped");
                         outcome
                     }
@@ -371,8 +371,10 @@ impl CapsuleEngine {
     /// Runs the capsule in a store of its own. `deadline` is when its deadline watchdog
     /// cancels it; the epoch callback checks it too, on the capsule's own thread, so a
     /// capsule in pure compute is cancelled on time even if the watchdog thread is slow
-    /// to get the CPU from it.
-    fn run_in_store(&self, state: CapsuleState, loaded: &Loaded, entry: &Entry, deadline: Option<Instant>) -> RunOutcome {
+    /// to get the CPU from it. On each tick the capsule also lets the audit log's drainer
+    /// catch up when its records have waited too long (`AuditHandle::keep_up`): in the
+    /// image the drainer runs below the capsules and would otherwise wait for them.
+    fn run_in_store(&self, state: CapsuleState, loaded: &Loaded, entry: &Entry, deadline: Option<Instant>, audit: Option<&AuditHandle>) -> RunOutcome {
         let cancel = state.core.cancel.clone();
         let mut store = Store::new(&self.engine, state);
         crate::platform::phases::mark("store");
@@ -380,9 +382,13 @@ impl CapsuleEngine {
         store.set_epoch_deadline(1);
         let watched = cancel.clone();
         let mut cancel_seen: Option<Instant> = None;
+        let audit = audit.cloned();
         store.epoch_deadline_callback(move |_| {
             if !watched.is_cancelled() && deadline.is_some_and(|d| Instant::now() >= d) {
                 watched.cancel();
+            }
+            if let Some(audit) = &audit {
+                audit.keep_up(&watched);
             }
             if watched.is_cancelled() && cancel_seen.get_or_insert_with(Instant::now).elapsed() >= CANCEL_GRACE {
                 return Err(Cancelled.into());

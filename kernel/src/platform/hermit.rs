@@ -143,6 +143,27 @@ pub fn run_as_watchdog() {
     unsafe { sys_set_current_task_priority(WATCHDOG_PRIORITY) }
 }
 
+/// The kernel's `LOW_PRIO` and `NORMAL_PRIO`.
+const BACKGROUND_PRIORITY: u8 = 1;
+const NORMAL_PRIORITY: u8 = 2;
+
+/// Puts the calling thread below every capsule thread: on a CPU it shares with them it
+/// runs only while none of them can (each waits, or has ended), and never takes the CPU
+/// from one when its timer fires. For the audit log's drainer, whose work must not land
+/// on a capsule's call. Such a thread must never hold a lock that a capsule thread
+/// waits for by spinning or yielding (a yield only passes the CPU to an equal or higher
+/// priority): only futex-sleeping locks, which let it run.
+pub fn run_in_background() {
+    // SAFETY: the call only changes the priority field of the calling task.
+    unsafe { sys_set_current_task_priority(BACKGROUND_PRIORITY) }
+}
+
+/// Back to the priority of every other thread (`run_in_background` undone).
+pub fn run_normally() {
+    // SAFETY: the call only changes the priority field of the calling task.
+    unsafe { sys_set_current_task_priority(NORMAL_PRIORITY) }
+}
+
 /// Wakes up to `count` sleepers on `word` (`u32::MAX`: all); returns how many woke.
 /// A waiter sleeps at once in the image: on one vCPU (the default) nothing else runs
 /// while it spins, and under TCG every spin iteration is emulated.
