@@ -90,6 +90,27 @@ pub(super) enum Body {
     Close { count: u64 },
 }
 
+/// Where the ledger puts the entries it stamps: the queue's ring, or a plain list. One
+/// `push` per entry (a generic `Extend` of a one-element array cost the capsule's
+/// hand-over a tenth of its time hosted, measured).
+pub(super) trait Stamps {
+    fn put(&mut self, entry: Stamped);
+}
+
+impl Stamps for std::collections::VecDeque<Stamped> {
+    #[inline]
+    fn put(&mut self, entry: Stamped) {
+        self.push_back(entry);
+    }
+}
+
+impl Stamps for Vec<Stamped> {
+    #[inline]
+    fn put(&mut self, entry: Stamped) {
+        self.push(entry);
+    }
+}
+
 /// A record numbered and timed, waiting to be sealed.
 #[derive(Clone, Debug)]
 pub(super) struct Stamped {
@@ -174,13 +195,13 @@ impl Ledger {
     }
 
     /// Stamps one io operation's record (after the genesis when it is the first).
-    pub fn append(&mut self, event: IoEvent, out: &mut impl Extend<Stamped>) -> Result<(), ChainClosed> {
+    pub fn append(&mut self, event: IoEvent, out: &mut impl Stamps) -> Result<(), ChainClosed> {
         let IoEvent { capsule, principal, op } = event;
         self.append_call(Call { capsule: &capsule, principal: &principal, op, ended: None }, out)
     }
 
     /// As `append`, for a call handed over with borrowed names.
-    pub fn append_call(&mut self, call: Call<'_>, out: &mut impl Extend<Stamped>) -> Result<(), ChainClosed> {
+    pub fn append_call(&mut self, call: Call<'_>, out: &mut impl Stamps) -> Result<(), ChainClosed> {
         self.open()?;
         let (who, capsule) = self.who(call.capsule, call.principal);
         self.per_capsule[capsule as usize] += 1;
@@ -194,7 +215,7 @@ impl Ledger {
 
     /// Stamps the record of `capsule` loaded, with `content`, the BLAKE3 of its bytes
     /// (the loader hashed them while checking them), and the BLAKE3 of its manifest text.
-    pub fn capsule_load(&mut self, capsule: &str, principal: &str, content: &[u8; 32], manifest: Option<&str>, out: &mut impl Extend<Stamped>) -> Result<(), ChainClosed> {
+    pub fn capsule_load(&mut self, capsule: &str, principal: &str, content: &[u8; 32], manifest: Option<&str>, out: &mut impl Stamps) -> Result<(), ChainClosed> {
         self.open()?;
         let body = Body::Load {
             capsule: capsule.into(),
@@ -208,7 +229,7 @@ impl Ledger {
 
     /// Stamps the end record of `capsule` (and a checkpoint after it in a signed log);
     /// returns how many io records it counts.
-    pub fn capsule_end(&mut self, capsule: &str, out: &mut impl Extend<Stamped>) -> Result<u64, ChainClosed> {
+    pub fn capsule_end(&mut self, capsule: &str, out: &mut impl Stamps) -> Result<u64, ChainClosed> {
         self.open()?;
         let first = self.names.iter().find(|e| &*e.0 == capsule).map(|e| e.2 as usize);
         let count = first.map_or(0, |i| std::mem::take(&mut self.per_capsule[i]));
@@ -217,38 +238,38 @@ impl Ledger {
     }
 
     /// Stamps the final record, counting every record before it, and closes.
-    pub fn close(&mut self, out: &mut impl Extend<Stamped>) -> Result<(), ChainClosed> {
+    pub fn close(&mut self, out: &mut impl Stamps) -> Result<(), ChainClosed> {
         self.open()?;
         self.genesis_into(out);
         let count = self.next_seq;
         let stamped = self.stamp(Body::Close { count });
-        out.extend([stamped]);
+        out.put(stamped);
         self.closed = true;
         Ok(())
     }
 
-    fn emit(&mut self, body: Body, checkpoint_after: bool, out: &mut impl Extend<Stamped>) {
+    fn emit(&mut self, body: Body, checkpoint_after: bool, out: &mut impl Stamps) {
         self.genesis_into(out);
         self.emit_at(body, None, checkpoint_after, out);
     }
 
     /// As `emit` after the genesis, stamped with time `at` (`None`: now).
-    fn emit_at(&mut self, body: Body, at: Option<u64>, checkpoint_after: bool, out: &mut impl Extend<Stamped>) {
+    fn emit_at(&mut self, body: Body, at: Option<u64>, checkpoint_after: bool, out: &mut impl Stamps) {
         self.last_seq = self.next_seq;
         let stamped = self.stamp_at(body, at);
-        out.extend([stamped]);
+        out.put(stamped);
         self.since_checkpoint += 1;
         if self.signed && (checkpoint_after || self.since_checkpoint >= CHECKPOINT_EVERY) {
             let stamped = self.stamp(Body::Checkpoint);
-            out.extend([stamped]);
+            out.put(stamped);
             self.since_checkpoint = 0;
         }
     }
 
-    fn genesis_into(&mut self, out: &mut impl Extend<Stamped>) {
+    fn genesis_into(&mut self, out: &mut impl Stamps) {
         if self.next_seq == 0 {
             let stamped = self.stamp(Body::Genesis);
-            out.extend([stamped]);
+            out.put(stamped);
             self.since_checkpoint = 1;
         }
     }
