@@ -81,15 +81,16 @@ fn in_image_many(image: &Path, capsules: &[&Path], env: &[(&str, &str)]) -> Run 
 }
 
 /// Fail-closed: the file sink breaking mid-run (hosted: `/dev/full`, every write fails
-/// with "no space left") stops the capsule instead of letting it go on unrecorded; the
-/// serial console keeps every record sealed before the failure and ends with one naming
-/// it; the image exits with the audit status (74).
+/// with "no space left") stops the capsule instead of letting it go on unrecorded (at
+/// the latest once its unwritten records fill its share of the queue: `audit-flood`
+/// makes more calls than that); the serial console keeps every record sealed before
+/// the failure and ends with one naming it; the image exits with the audit status (74).
 #[test]
 fn a_failing_audit_file_stops_the_capsules_and_the_console_names_the_failure() {
     let f = fixtures();
-    let run = hosted(&f.probe, &[("ASTRID_TEST_ARG", "bench-read-4k"), ("ASTRID_AUDIT_FILE", "/dev/full")]);
+    let run = hosted(&f.probe, &[("ASTRID_TEST_ARG", "audit-flood"), ("ASTRID_AUDIT_FILE", "/dev/full")]);
     run.assert_status(74).assert_says("audit log failed");
-    assert!(!run.console.contains("] ok bench-read-4k"), "the capsule went on unrecorded:\n{}", run.console);
+    assert!(!run.console.contains("] ok audit-flood"), "the capsule went on unrecorded:\n{}", run.console);
     let lines = audit::extract(&run.console);
     let last = lines.last().expect("no audit line on the console");
     assert!(last.contains("\"fn\":\"astrid:audit/sink-failed\"") && last.contains("/dev/full"), "last record: {last}");
@@ -659,10 +660,10 @@ fn a_full_file_system_under_the_virtio_audit_sink_fails_closed_in_the_image() {
     std::fs::create_dir_all(&dir).unwrap();
     let (wrapper, _) = virtiofsd_wrapped(&dir, "ulimit -f 64\ntrap '' XFSZ");
     let share = dir.join("share");
-    let boot = probe_auditing_to_a_share("bench-read-4k", &share, wrapper, Duration::from_secs(120));
+    let boot = probe_auditing_to_a_share("audit-flood", &share, wrapper, Duration::from_secs(120));
     let run = Run::boot(&boot);
     run.assert_status(74).assert_says("audit log failed");
-    assert!(!run.console.contains("] ok bench-read-4k"), "the capsule went on unrecorded:\n{}", run.console);
+    assert!(!run.console.contains("] ok audit-flood"), "the capsule went on unrecorded:\n{}", run.console);
     let written = std::fs::metadata(share.join("audit.log")).expect("no audit.log in the share").len();
     assert!(written > 0 && written <= 64 << 10, "the file holds {written} bytes");
     assert_ended_by_the_file_sink_failing(&run);

@@ -24,8 +24,9 @@ const NEVER: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub use crate::settings::Benchmark;
 
-/// Runs a benchmark; `audit_file` is where `sink-file` writes.
-pub fn run(bench: Benchmark, audit_file: Option<&std::path::Path>) -> Result<String, String> {
+/// Runs a benchmark; `audit_file` is where `sink-file` writes, `chain` what the sink
+/// benchmarks seal into (the one the image's own log would start with).
+pub fn run(bench: Benchmark, audit_file: Option<&std::path::Path>, chain: crate::audit::Chain) -> Result<String, String> {
     match bench {
         Benchmark::Futex => Ok(futex_pingpong(PINGPONG_ROUNDS, None)),
         Benchmark::FutexTimed => Ok(futex_pingpong(PINGPONG_ROUNDS, Some(NEVER))),
@@ -35,7 +36,7 @@ pub fn run(bench: Benchmark, audit_file: Option<&std::path::Path>) -> Result<Str
             // The console's raw ceiling just before and just after, in the same boot: the
             // ratio does not depend on how loaded the host was for one boot or another.
             let before = serial_raw_bytes_per_s(SERIAL_RECORDS / 2);
-            let figure = sink(Box::new(ConsoleSink::stdout()), SERIAL_RECORDS, "serial")?;
+            let figure = sink(Box::new(ConsoleSink::stdout()), chain, SERIAL_RECORDS, "serial")?;
             let after = serial_raw_bytes_per_s(SERIAL_RECORDS / 2);
             Ok(format!("{figure} raw_bytes_per_s={:.0}", f64::midpoint(before, after)))
         }
@@ -43,7 +44,7 @@ pub fn run(bench: Benchmark, audit_file: Option<&std::path::Path>) -> Result<Str
         Benchmark::SinkFile => match audit_file {
             Some(path) => {
                 let file = std::fs::File::create(path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-                let figure = sink(Box::new(LinesSink::new(file)), FILE_RECORDS, "file")?;
+                let figure = sink(Box::new(LinesSink::new(file)), chain, FILE_RECORDS, "file")?;
                 // Nothing lost or reordered at that rate: the log it wrote verifies whole.
                 let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read back {}: {e}", path.display()))?;
                 let summary = crate::audit::verify(text.lines()).map_err(|b| format!("the benchmark's own log does not verify: {b}"))?;
@@ -290,16 +291,9 @@ fn serial_raw_bytes_per_s(n: u64) -> f64 {
 }
 
 /// Pushes `n` records through the audit queue into `sink`, until closed.
-fn sink(sink: Box<dyn Sink>, n: u64, label: &str) -> Result<String, String> {
+fn sink(sink: Box<dyn Sink>, chain: crate::audit::Chain, n: u64, label: &str) -> Result<String, String> {
     let (bytes, in_sink_ns, batches) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let counted = Counted { inner: sink, bytes: bytes.clone(), in_sink_ns: in_sink_ns.clone(), batches: batches.clone() };
-    // The chain the image's own log starts with: bound to the run, and signed (with a
-    // checkpoint every `CHECKPOINT_EVERY` records) when the host passed a key, as the
-    // run command always does.
-    #[cfg(feature = "engine")]
-    let chain = crate::launch::audit_chain(crate::settings::current());
-    #[cfg(not(feature = "engine"))]
-    let chain = crate::audit::Chain::new();
     let log = AuditLog::start_with(chain, counted, 4096);
     let handle = log.handle();
     // Shared names, as a capsule's calls hand them over.

@@ -8,11 +8,12 @@ use crate::manifest::{BootCapsule, Manifest, PublishError};
 use crate::settings::{self, Settings, SettingsError};
 use crate::wasm::{self, HeaderError};
 
-/// Records the audit queue holds before writers wait for the sink; a capsule's own
-/// records may take a quarter (`audit::queue`'s share): 4,096, so a burst of that many
-/// host calls never waits for the log (the drainer seals it behind the capsule).
+/// Records the audit queue holds unwritten before writers wait for the sink; a
+/// capsule's own records may take half (`audit::queue`'s share): 4,096, so a burst of
+/// that many host calls never waits for the log (the drainer seals it behind the
+/// capsule).
 #[cfg(feature = "engine")]
-const AUDIT_QUEUE: usize = 16384;
+const AUDIT_QUEUE: usize = 8192;
 /// Records the queue of a refusal's one-capsule audit log holds.
 #[cfg(feature = "engine")]
 const REJECTION_QUEUE: usize = 16;
@@ -108,7 +109,13 @@ fn check_identities(sources: &[CapsuleSource], manifests: &[Option<Manifest>], s
 /// Runs a native baseline benchmark and prints its line.
 fn run_bench(bench: settings::Benchmark, settings: &Settings) -> Result<Status, Status> {
     let audit_file = settings.audit_file.as_ref().map(|p| p.0.as_path());
-    let line = crate::bench::run(bench, audit_file).map_err(|e| fail(Status::Software, &format!("benchmark {bench}: {e}")))?;
+    // The sink benchmarks seal into the chain the image's own log starts with: bound to
+    // the run, and signed when the host passed a key (as the run command always does).
+    #[cfg(feature = "engine")]
+    let chain = audit_chain(settings);
+    #[cfg(not(feature = "engine"))]
+    let chain = crate::audit::Chain::new();
+    let line = crate::bench::run(bench, audit_file, chain).map_err(|e| fail(Status::Software, &format!("benchmark {bench}: {e}")))?;
     say!("{line}");
     Ok(Status::Ok)
 }
@@ -262,10 +269,10 @@ const IMAGE_ALLOWANCE: u64 = 32 << 20;
 /// MiB leaves the kernel's own part and fragments room.
 #[cfg(feature = "engine")]
 const HEAP_RESERVE: usize = 24 << 20;
-/// One audit record waiting in the queue, at most: its event (~160 bytes) and an error
-/// text of up to `MAX_FIELD_BYTES`.
+/// One audit record waiting in the queue, at most: its slot in each of the queue's two
+/// rings (128 bytes each, ~160 allowed) and an error text of up to `MAX_FIELD_BYTES`.
 #[cfg(feature = "engine")]
-const AUDIT_RECORD_BYTES: usize = 160 + crate::audit::MAX_FIELD_BYTES;
+const AUDIT_RECORD_BYTES: usize = 2 * 160 + crate::audit::MAX_FIELD_BYTES;
 /// What one network thread holds on the heap: its copy buffer (64 KiB) and the kernel
 /// socket's buffers it pumps.
 #[cfg(feature = "engine")]
@@ -413,7 +420,7 @@ fn report_panics(audit: Option<crate::audit::AuditHandle>) {
 /// one, 32 bytes of the image's own randomness, else a process-unique value) and this
 /// build, signed with the deployment's key when the host passed one (`ASTRID_AUDIT_KEY`).
 #[cfg(feature = "engine")]
-pub(crate) fn audit_chain(settings: &Settings) -> crate::audit::Chain {
+fn audit_chain(settings: &Settings) -> crate::audit::Chain {
     use crate::audit::{Chain, RunBinding, SigningKey};
     let build = crate::audit::build_identity();
     let nonce = settings.run_nonce.as_ref().map(|n| n.0).or_else(|| {

@@ -77,7 +77,13 @@ pub fn boot(art: &Artifacts, runs: usize) -> Result<BootFigures> {
     let example = crate::prepare::prepare_capsule(&art.paths, &art.example_capsule, mode)?.file;
     let mut astrid = Boot::new(art.loader.clone(), art.astrid_img.clone());
     astrid.capsules = vec![example];
-    astrid.kernel_args = vec![qemu::env_arg(astrid_kernel::settings::ARTIFACT_KEY, key)];
+    // and with what the run command always adds: the deployment's audit key (the log
+    // signs its checkpoints) and a run nonce.
+    astrid.kernel_args = vec![
+        qemu::env_arg(astrid_kernel::settings::ARTIFACT_KEY, key),
+        qemu::env_arg(astrid_kernel::settings::AUDIT_KEY, crate::bench_engine::BENCH_AUDIT_KEY),
+        qemu::env_arg(astrid_kernel::settings::RUN_NONCE, qemu::fresh_seed()?),
+    ];
     // The image's own phase marks, printed as one line after the audit log's close.
     let other_args = astrid.kernel_args.clone();
     astrid.kernel_args.push(qemu::env_arg(astrid_kernel::settings::BOOT_PHASES, "1"));

@@ -30,7 +30,7 @@ pub struct Side<'a> {
 /// The audit log's signing key in every benchmark run: the run command always passes the
 /// deployment's key, so an audited benchmark signs its checkpoints as a user's run does.
 /// A fixed key: nothing is kept from a benchmark's logs.
-const BENCH_AUDIT_KEY: &str = "62656e63682d6f6e6c792d61756469742d6b65792d6e6f742d612d7365637265";
+pub const BENCH_AUDIT_KEY: &str = "62656e63682d6f6e6c792d61756469742d6b65792d6e6f742d612d7365637265";
 
 /// Runs the application once with `env` and the given capsule (if any); returns the
 /// console text.
