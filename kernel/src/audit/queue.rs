@@ -167,7 +167,7 @@ impl State {
     }
 
     /// Records not yet written: queued, or taken by the drainer.
-    fn unwritten(&self) -> usize {
+    fn held(&self) -> usize {
         self.queue.len() + self.in_flight
     }
 }
@@ -253,7 +253,7 @@ impl Shared {
             }
             let share = capsule_share(st.capacity);
             let own = capsule.and_then(|c| st.queued_by.get(c)).copied().unwrap_or(0);
-            if st.unwritten() < st.capacity && own < share {
+            if st.held() < st.capacity && own < share {
                 break;
             }
             // Full: only the drainer makes room.
@@ -275,7 +275,7 @@ impl Shared {
             }
             st.queued_by[c] += 1;
         }
-        st.high_water = st.high_water.max(st.unwritten());
+        st.high_water = st.high_water.max(st.held());
         // Wake an idle drainer for the first record after a pause, a lingering one only
         // when it has fallen far behind; otherwise it comes back on its own.
         let due = match st.drainer {

@@ -130,8 +130,20 @@ unsafe extern "C" {
     fn sys_set_current_task_priority(prio: u8);
 }
 
-/// The kernel's `HIGH_PRIO`; every std thread runs at `NORMAL_PRIO` (2).
+/// The kernel's priorities (`LOW_PRIO`, `NORMAL_PRIO`, `HIGH_PRIO`); every std thread
+/// starts at the normal one.
+const BACKGROUND_PRIORITY: u8 = 1;
+const NORMAL_PRIORITY: u8 = 2;
 const WATCHDOG_PRIORITY: u8 = 3;
+
+/// Sets the calling thread's priority (one of the kernel's, never 0: the idle task's,
+/// which the kernel refuses with a panic).
+fn set_own_priority(prio: u8) {
+    debug_assert!(prio > 0);
+    // SAFETY: the call only changes the priority field of the calling task; `prio` is
+    // one of the kernel's non-zero priorities.
+    unsafe { sys_set_current_task_priority(prio) }
+}
 
 /// Raises the calling thread above every capsule thread: the kernel then switches to it
 /// whenever its timer fires, even while capsules compute without pause. Only for a
@@ -139,13 +151,8 @@ const WATCHDOG_PRIORITY: u8 = 3;
 /// spinning or yielding: on one CPU a thread at this priority spinning on a lock that a
 /// normal thread holds never lets the holder run again.
 pub fn run_as_watchdog() {
-    // SAFETY: the call only changes the priority field of the calling task.
-    unsafe { sys_set_current_task_priority(WATCHDOG_PRIORITY) }
+    set_own_priority(WATCHDOG_PRIORITY);
 }
-
-/// The kernel's `LOW_PRIO` and `NORMAL_PRIO`.
-const BACKGROUND_PRIORITY: u8 = 1;
-const NORMAL_PRIORITY: u8 = 2;
 
 /// Puts the calling thread below every capsule thread: on a CPU it shares with them it
 /// runs only while none of them can (each waits, or has ended), and never takes the CPU
@@ -154,14 +161,12 @@ const NORMAL_PRIORITY: u8 = 2;
 /// waits for by spinning or yielding (a yield only passes the CPU to an equal or higher
 /// priority): only futex-sleeping locks, which let it run.
 pub fn run_in_background() {
-    // SAFETY: the call only changes the priority field of the calling task.
-    unsafe { sys_set_current_task_priority(BACKGROUND_PRIORITY) }
+    set_own_priority(BACKGROUND_PRIORITY);
 }
 
 /// Back to the priority of every other thread (`run_in_background` undone).
 pub fn run_normally() {
-    // SAFETY: the call only changes the priority field of the calling task.
-    unsafe { sys_set_current_task_priority(NORMAL_PRIORITY) }
+    set_own_priority(NORMAL_PRIORITY);
 }
 
 /// Wakes up to `count` sleepers on `word` (`u32::MAX`: all); returns how many woke.
