@@ -59,19 +59,148 @@ impl RunBinding {
 }
 
 /// An io record as the queue holds it: the event with its capsule and principal
-/// replaced by their place in the ledger's table of names. The capsule's thread hands
-/// this over; the drainer reads the names from its own copy of the table, so no
-/// reference count of a capsule's shared names moves between the two threads (each
-/// such atomic bounced a cache line between cores: most of what recording cost the
-/// capsule's thread, measured hosted).
+/// replaced by their place in the ledger's table of names, its function by its place in
+/// the table of function names, and its optional counters packed into one word. The
+/// capsule's thread hands this over; the drainer reads the names from its own copy of
+/// the tables, so no reference count of a capsule's shared names moves between the two
+/// threads (each such atomic bounced a cache line between cores: most of what recording
+/// cost the capsule's thread, measured hosted).
+///
+/// Small on purpose: with its time it is half a cache line (`Stamped`). Every line the
+/// capsule writes for the drainer to read costs the capsule a transfer between cores
+/// when it writes there again; hosted, per record, that was ~170 ns for the 128-byte
+/// entry this replaced, ~70 ns at 64 bytes and ~45 ns at 32 (measured with a drainer
+/// reading on the other CPU). A record this cannot hold (an error's text, all three
+/// counters, a table past 65,536 entries) goes out of line (`Body::IoFull`).
 #[derive(Clone, Debug)]
 pub(super) struct Compact {
+    pub elapsed_ns: u64,
+    /// The bytes (`HAS_BYTES`), or the pollable count in the low half and the ready
+    /// count in the high half (`HAS_POLLABLES`, `HAS_READY`): never both.
+    counts: u64,
     /// The (capsule, principal) pair: an index into the table of names.
+    pub who: u16,
+    /// The WIT function: an index into the ledger's table of function names.
+    pub function: u16,
+    pub outcome: Outcome,
+    /// Which counters `counts` holds (`HAS_*`).
+    present: u8,
+}
+
+const HAS_BYTES: u8 = 1;
+const HAS_POLLABLES: u8 = 2;
+const HAS_READY: u8 = 4;
+
+/// An io record that `Compact` cannot hold, out of line.
+#[derive(Clone, Debug)]
+pub(super) struct Full {
     pub who: u32,
-    /// The capsule: the index of its first entry in the table (its counts and its share
-    /// of the queue are kept there).
-    pub capsule: u32,
-    pub op: Op,
+    pub function: u32,
+    pub outcome: Outcome,
+    pub elapsed_ns: u64,
+    pub bytes: Option<u64>,
+    pub pollable_count: Option<u32>,
+    pub ready_count: Option<u32>,
+    pub error: Option<String>,
+}
+
+/// An io record's fields, from either form.
+#[derive(Clone, Copy)]
+pub(super) struct IoView<'a> {
+    pub who: u32,
+    pub function: u32,
+    pub outcome: Outcome,
+    pub elapsed_ns: u64,
+    pub bytes: Option<u64>,
+    pub pollable_count: Option<u32>,
+    pub ready_count: Option<u32>,
+    pub error: Option<&'a str>,
+}
+
+/// The body of io record `op`, named by entries `who` and `function`: compact when it
+/// fits, out of line when not.
+fn io_body(who: u32, function: u32, op: Op) -> Body {
+    let counts = match (op.bytes, op.pollable_count, op.ready_count) {
+        (Some(b), None, None) => Some((HAS_BYTES, b)),
+        (None, p, r) => Some((
+            if p.is_some() { HAS_POLLABLES } else { 0 } | if r.is_some() { HAS_READY } else { 0 },
+            u64::from(p.unwrap_or(0)) | (u64::from(r.unwrap_or(0)) << 32),
+        )),
+        _ => None,
+    };
+    match (u16::try_from(who), u16::try_from(function), counts, &op.error) {
+        (Ok(who), Ok(function), Some((present, counts)), None) => {
+            Body::Io(Compact { elapsed_ns: op.elapsed_ns, counts, who, function, outcome: op.outcome, present })
+        }
+        _ => Body::IoFull(Box::new(Full {
+            who,
+            function,
+            outcome: op.outcome,
+            elapsed_ns: op.elapsed_ns,
+            bytes: op.bytes,
+            pollable_count: op.pollable_count,
+            ready_count: op.ready_count,
+            error: op.error,
+        })),
+    }
+}
+
+impl Compact {
+    fn view(&self) -> IoView<'static> {
+        let has = |bit: u8| self.present & bit != 0;
+        IoView {
+            who: u32::from(self.who),
+            function: u32::from(self.function),
+            outcome: self.outcome,
+            elapsed_ns: self.elapsed_ns,
+            bytes: has(HAS_BYTES).then_some(self.counts),
+            pollable_count: has(HAS_POLLABLES).then_some(self.counts as u32),
+            ready_count: has(HAS_READY).then_some((self.counts >> 32) as u32),
+            error: None,
+        }
+    }
+}
+
+impl Full {
+    fn view(&self) -> IoView<'_> {
+        IoView {
+            who: self.who,
+            function: self.function,
+            outcome: self.outcome,
+            elapsed_ns: self.elapsed_ns,
+            bytes: self.bytes,
+            pollable_count: self.pollable_count,
+            ready_count: self.ready_count,
+            error: self.error.as_deref(),
+        }
+    }
+}
+
+impl Body {
+    /// The fields of an io record; `None` for any other kind.
+    pub fn io(&self) -> Option<IoView<'_>> {
+        match self {
+            Body::Io(c) => Some(c.view()),
+            Body::IoFull(f) => Some(f.view()),
+            _ => None,
+        }
+    }
+}
+
+/// A capsule's load record, kept out of line (rare, and larger than an io record).
+#[derive(Clone, Debug)]
+pub(super) struct Loaded {
+    pub capsule: Arc<str>,
+    pub principal: Arc<str>,
+    pub content: [u8; 32],
+    pub manifest: Option<[u8; 32]>,
+}
+
+/// A capsule's end record, kept out of line.
+#[derive(Clone, Debug)]
+pub(super) struct Ended {
+    pub capsule: Arc<str>,
+    pub count: u64,
 }
 
 /// The (capsule, principal) pairs records have named, in the order first named, each
@@ -84,8 +213,9 @@ pub(super) type Names = Vec<(Arc<str>, Arc<str>, u32)>;
 pub(super) enum Body {
     Genesis,
     Io(Compact),
-    Load { capsule: Arc<str>, principal: Arc<str>, content: [u8; 32], manifest: Option<[u8; 32]> },
-    End { capsule: Arc<str>, count: u64 },
+    IoFull(Box<Full>),
+    Load(Box<Loaded>),
+    End(Box<Ended>),
     Checkpoint,
     Close { count: u64 },
 }
@@ -111,13 +241,20 @@ impl Stamps for Vec<Stamped> {
     }
 }
 
-/// A record numbered and timed, waiting to be sealed.
+/// A record timed, waiting to be sealed: half a cache line. Its sequence number is its
+/// place: the ledger numbers entries in the order it hands them over, and the sealer
+/// seals them in that order (`Sealer::next_seq`).
 #[derive(Clone, Debug)]
+#[repr(align(32))]
 pub(super) struct Stamped {
-    pub seq: u64,
     pub t_ns: u64,
     pub body: Body,
 }
+
+const _: () = assert!(std::mem::size_of::<Stamped>() == 32, "two stamped entries fill one cache line");
+
+/// Slots in the ledger's cache of function names by address (`Ledger::function`).
+const FN_CACHE: usize = 64;
 
 /// The numbering half: sequence, time, per-capsule counts, the close, and where the
 /// genesis and the checkpoints go.
@@ -132,6 +269,13 @@ pub(super) struct Ledger {
     names: Names,
     /// The entry the last record named: a capsule's records come in runs.
     last_who: usize,
+    /// Every function name records have named, in the order first named
+    /// (`Compact::function` indexes it). Only ever appended to; a boot's functions are
+    /// the WIT's few hundred at most.
+    functions: Vec<Cow<'static, str>>,
+    /// Compile-time names by address and length: (address, length, index). A name's
+    /// place in `functions` in one comparison for the calls the envelope hands over.
+    fn_cache: [(usize, usize, u32); FN_CACHE],
     /// Io records per capsule since that capsule's last end record, at its first entry's
     /// index in `names`.
     per_capsule: Vec<u64>,
@@ -160,8 +304,35 @@ impl Ledger {
         if self.closed { Err(ChainClosed) } else { Ok(()) }
     }
 
+    #[cfg(test)]
     pub fn names(&self) -> &Names {
         &self.names
+    }
+
+    /// The place of `name` in the table of function names (added when new). A name fixed
+    /// at compile time is found by its address; any other by its text.
+    #[allow(clippy::ptr_arg, reason = "whether the name is borrowed for 'static is what tells it apart")]
+    pub fn function(&mut self, name: &Cow<'static, str>) -> u32 {
+        let Cow::Borrowed(text) = name else { return self.intern(name) };
+        let key = (text.as_ptr().addr(), text.len());
+        // Fibonacci hashing of the address: names sit next to each other in the image.
+        let slot = (key.0.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (usize::BITS - FN_CACHE.trailing_zeros())) % FN_CACHE;
+        let (addr, len, i) = self.fn_cache[slot];
+        if (addr, len) == key {
+            return i;
+        }
+        let i = self.intern(name);
+        self.fn_cache[slot] = (key.0, key.1, i);
+        i
+    }
+
+    #[allow(clippy::ptr_arg, reason = "a name borrowed for 'static is kept as it is, not copied")]
+    fn intern(&mut self, name: &Cow<'static, str>) -> u32 {
+        if let Some(i) = self.functions.iter().position(|f| **f == **name) {
+            return i as u32;
+        }
+        self.functions.push(name.clone());
+        (self.functions.len() - 1) as u32
     }
 
     /// The time of the latest record stamped (the log's clock never goes back).
@@ -206,10 +377,10 @@ impl Ledger {
         let (who, capsule) = self.who(call.capsule, call.principal);
         self.per_capsule[capsule as usize] += 1;
         let Call { op, ended, .. } = call;
-        let compact = Compact { who, capsule, op };
+        let function = self.function(&op.function);
         let at = ended.zip(self.origin).map(|(ended, origin)| u64::try_from(ended.saturating_duration_since(origin).as_nanos()).unwrap_or(u64::MAX));
         self.genesis_into(out);
-        self.emit_at(Body::Io(compact), at, false, out);
+        self.emit_at(io_body(who, function, op), at, false, out);
         Ok(())
     }
 
@@ -217,12 +388,12 @@ impl Ledger {
     /// (the loader hashed them while checking them), and the BLAKE3 of its manifest text.
     pub fn capsule_load(&mut self, capsule: &str, principal: &str, content: &[u8; 32], manifest: Option<&str>, out: &mut impl Stamps) -> Result<(), ChainClosed> {
         self.open()?;
-        let body = Body::Load {
+        let body = Body::Load(Box::new(Loaded {
             capsule: capsule.into(),
             principal: principal.into(),
             content: *content,
             manifest: manifest.map(|m| *blake3::hash(m.as_bytes()).as_bytes()),
-        };
+        }));
         self.emit(body, false, out);
         Ok(())
     }
@@ -233,7 +404,7 @@ impl Ledger {
         self.open()?;
         let first = self.names.iter().find(|e| &*e.0 == capsule).map(|e| e.2 as usize);
         let count = first.map_or(0, |i| std::mem::take(&mut self.per_capsule[i]));
-        self.emit(Body::End { capsule: capsule.into(), count }, true, out);
+        self.emit(Body::End(Box::new(Ended { capsule: capsule.into(), count })), true, out);
         Ok(count)
     }
 
@@ -286,15 +457,16 @@ impl Ledger {
             None => (self.clock)(),
         };
         self.last_t_ns = t.max(self.last_t_ns);
-        let seq = self.next_seq;
         self.next_seq += 1;
-        Stamped { seq, t_ns: self.last_t_ns, body }
+        Stamped { t_ns: self.last_t_ns, body }
     }
 }
 
 /// The encoding half: the link to the line before, the run binding and the key.
 #[derive(Clone)]
 pub(super) struct Sealer {
+    /// The sequence number of the next entry sealed: entries come in the ledger's order.
+    next_seq: u64,
     prev: blake3::Hash,
     /// `prev` in hex, as the next line carries it (the tail of the last line).
     prev_hex: String,
@@ -304,7 +476,9 @@ pub(super) struct Sealer {
     key_hex: Option<String>,
     /// The ledger's table of names, as far as the records sealed so far need it
     /// (`learn` brings it up to date).
-    names: Vec<(Arc<str>, Arc<str>)>,
+    names: Names,
+    /// The ledger's table of function names, likewise.
+    functions: Vec<Cow<'static, str>>,
     /// The encoded middles of recent io records (`write_middle`), by capsule, principal,
     /// function and outcome: a capsule's records repeat them, and encoding them again for
     /// every record is most of the encoder's work (under QEMU TCG above all).
@@ -316,12 +490,12 @@ pub(super) struct Sealer {
 /// How many encoded middles the sealer keeps.
 const MIDDLES: usize = 32;
 
-/// One encoded middle and what it encodes: the names by their entry in the table, the
-/// function usually a compile-time constant (a pointer check; equal text matches too).
+/// One encoded middle and what it encodes: the names and the function by their entries
+/// in the ledger's tables.
 #[derive(Clone)]
 struct Middle {
     who: u32,
-    function: Cow<'static, str>,
+    function: u32,
     outcome: Outcome,
     text: String,
     /// `names_digest` of the same four: what the record's hash covers in their place.
@@ -329,15 +503,15 @@ struct Middle {
 }
 
 impl Middle {
-    fn encodes(&self, e: &Compact) -> bool {
-        let same_fn = (self.function.as_ptr() == e.op.function.as_ptr() && self.function.len() == e.op.function.len()) || self.function == e.op.function;
-        self.who == e.who && self.outcome == e.op.outcome && same_fn
+    fn encodes(&self, e: &IoView<'_>) -> bool {
+        self.who == e.who && self.function == e.function && self.outcome == e.outcome
     }
 }
 
 impl Sealer {
     fn new(binding: RunBinding, key: Option<SigningKey>) -> Self {
         Sealer {
+            next_seq: 0,
             prev: blake3::Hash::from_bytes([0; 32]),
             prev_hex: super::record::GENESIS.to_owned(),
             nonce_hex: hex(&binding.nonce),
@@ -345,36 +519,47 @@ impl Sealer {
             binding,
             key,
             names: Vec::new(),
+            functions: Vec::new(),
             middles: Vec::with_capacity(MIDDLES),
             next_slot: 0,
         }
     }
 
-    /// Brings the sealer's copy of the table of names up to the ledger's (under the
-    /// queue's lock, before sealing what was stamped with them): clones only the entries
-    /// it has not seen.
-    pub fn learn(&mut self, names: &Names) {
-        for (capsule, principal, _) in names.iter().skip(self.names.len()) {
-            self.names.push((capsule.clone(), principal.clone()));
-        }
+    /// Brings the sealer's copies of the tables of names and functions up to the
+    /// ledger's (under the queue's lock, before sealing what was stamped with them):
+    /// clones only the entries it has not seen.
+    pub fn learn(&mut self, ledger: &Ledger) {
+        self.names.extend(ledger.names.iter().skip(self.names.len()).cloned());
+        self.functions.extend(ledger.functions.iter().skip(self.functions.len()).cloned());
+    }
+
+    /// The name of function entry `i`.
+    fn function(&self, i: u32) -> &str {
+        &self.functions[i as usize]
     }
 
     /// The capsule and principal of entry `who`.
     fn name(&self, who: u32) -> (&str, &str) {
-        let (capsule, principal) = &self.names[who as usize];
+        let (capsule, principal, _) = &self.names[who as usize];
         (capsule, principal)
     }
 
+    /// The capsule of entry `who` (its first entry in the table of names), once learnt.
+    pub fn capsule_of(&self, who: u32) -> Option<u32> {
+        self.names.get(who as usize).map(|e| e.2)
+    }
+
     /// The encoded middle of `e`, made and kept when it is new.
-    fn middle(&mut self, e: &Compact) -> usize {
+    fn middle(&mut self, e: &IoView<'_>) -> usize {
         if let Some(i) = self.middles.iter().position(|m| m.encodes(e)) {
             return i;
         }
         let (capsule, principal) = self.name(e.who);
+        let function = self.function(e.function);
         let mut text = String::with_capacity(128);
-        write_middle(capsule, principal, &e.op.function, e.op.outcome, &mut text);
-        let names = names_digest(capsule, principal, &e.op.function, e.op.outcome);
-        let m = Middle { who: e.who, function: e.op.function.clone(), outcome: e.op.outcome, text, names };
+        write_middle(capsule, principal, function, e.outcome, &mut text);
+        let names = names_digest(capsule, principal, function, e.outcome);
+        let m = Middle { who: e.who, function: e.function, outcome: e.outcome, text, names };
         if self.middles.len() < MIDDLES {
             self.middles.push(m);
             self.middles.len() - 1
@@ -386,19 +571,22 @@ impl Sealer {
         }
     }
 
-    /// Appends the line of `entry` to `line` and makes it the chain's head.
+    /// Appends the line of `entry` (the next in the ledger's order) to `line` and makes
+    /// it the chain's head.
     pub fn seal(&mut self, entry: &Stamped, line: &mut String) {
-        if let Body::Io(e) = &entry.body {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if let Some(e) = entry.body.io() {
             // The usual record: its names and outcome from the kept middle.
-            let i = self.middle(e);
+            let i = self.middle(&e);
             let f = Fields {
-                seq: entry.seq,
+                seq,
                 t_ns: entry.t_ns,
-                elapsed_ns: e.op.elapsed_ns,
-                bytes: e.op.bytes,
-                pollable_count: e.op.pollable_count,
-                ready_count: e.op.ready_count,
-                error: e.op.error.as_deref(),
+                elapsed_ns: e.elapsed_ns,
+                bytes: e.bytes,
+                pollable_count: e.pollable_count,
+                ready_count: e.ready_count,
+                error: e.error,
                 prev: self.prev_hex.as_str(),
                 prev_is_hex: true,
                 ..Fields::blank("")
@@ -408,47 +596,38 @@ impl Sealer {
             self.set_head(hash, line);
             return;
         }
-        let mut f = Fields { seq: entry.seq, t_ns: entry.t_ns, prev: self.prev_hex.as_str(), prev_is_hex: true, ..Fields::blank("") };
+        let mut f = Fields { seq, t_ns: entry.t_ns, prev: self.prev_hex.as_str(), prev_is_hex: true, ..Fields::blank("") };
         let (content, manifest, sig);
         match &entry.body {
-            Body::Io(e) => {
-                (f.capsule, f.principal) = self.name(e.who);
-                f.function = &e.op.function;
-                f.outcome = e.op.outcome;
-                f.elapsed_ns = e.op.elapsed_ns;
-                f.bytes = e.op.bytes;
-                f.pollable_count = e.op.pollable_count;
-                f.ready_count = e.op.ready_count;
-                f.error = e.op.error.as_deref();
-            }
+            Body::Io(_) | Body::IoFull(_) => unreachable!("io records are sealed above"),
             Body::Genesis => {
                 f.function = FN_GENESIS;
                 f.nonce = Some(&self.nonce_hex);
                 f.build = Some(&self.binding.build);
                 f.key = self.key_hex.as_deref();
             }
-            Body::Load { capsule, principal, content: c, manifest: m } => {
-                content = hex(c);
-                manifest = m.map(|m| hex(&m));
+            Body::Load(loaded) => {
+                content = hex(&loaded.content);
+                manifest = loaded.manifest.map(|m| hex(&m));
                 f.function = FN_CAPSULE_LOAD;
-                f.capsule = capsule;
-                f.principal = principal;
+                f.capsule = &loaded.capsule;
+                f.principal = &loaded.principal;
                 f.content = Some(&content);
                 f.manifest = manifest.as_deref();
             }
-            Body::End { capsule, count } => {
+            Body::End(ended) => {
                 f.function = FN_CAPSULE_END;
-                f.capsule = capsule;
-                f.count = Some(*count);
+                f.capsule = &ended.capsule;
+                f.count = Some(ended.count);
             }
             Body::Checkpoint => {
-                sig = self.sign(entry.seq);
+                sig = self.sign(seq);
                 f.function = FN_CHECKPOINT;
                 f.nonce = Some(&self.nonce_hex);
                 f.sig = sig.as_deref();
             }
             Body::Close { count } => {
-                sig = self.sign(entry.seq);
+                sig = self.sign(seq);
                 f.function = FN_CLOSE;
                 f.count = Some(*count);
                 f.sig = sig.as_deref();
@@ -510,6 +689,8 @@ impl Chain {
                 origin: None,
                 names: Vec::new(),
                 last_who: 0,
+                functions: Vec::new(),
+                fn_cache: [(0, 0, 0); FN_CACHE],
                 per_capsule: Vec::new(),
                 closed: false,
                 signed: false,
@@ -562,7 +743,7 @@ impl Chain {
 
     fn lines(&mut self, stamped: Vec<Stamped>) -> Vec<String> {
         let sealer = self.sealer.get_or_insert_with(|| Sealer::new(self.binding.clone(), self.key.clone()));
-        sealer.learn(&self.ledger.names);
+        sealer.learn(&self.ledger);
         stamped
             .iter()
             .map(|s| {
@@ -615,13 +796,13 @@ pub fn seal_and_hash_only(event: &IoEvent, n: u64) -> (std::time::Duration, std:
     let (mut ledger, mut sealer) = Chain::with_clock(Box::new(|| 0)).bind(RunBinding::local("bench")).split();
     let mut stamped = Vec::new();
     ledger.append(event.clone(), &mut stamped).expect("a fresh chain is open");
-    sealer.learn(ledger.names());
+    sealer.learn(&ledger);
     let body = stamped.pop().expect("the genesis and the record").body;
     let mut line = String::with_capacity(320);
     let started = Instant::now();
     for seq in 0..n {
         line.clear();
-        sealer.seal(&Stamped { seq, t_ns: seq * 1000, body: body.clone() }, &mut line);
+        sealer.seal(&Stamped { t_ns: seq * 1000, body: body.clone() }, &mut line);
         std::hint::black_box(&line);
     }
     let sealing = started.elapsed();
@@ -661,6 +842,59 @@ mod tests {
         assert_eq!(t.len(), 3, "the genesis and two records");
         assert!(t[0] < 1_000_000_000 && t[1] >= 5_000_000_000, "the first call's time is when it ended: {t:?}");
         assert_eq!(t[2], t[1], "the second ended earlier and is clamped: {t:?}");
+    }
+
+    /// Which io records travel in half a cache line and which out of line, and that
+    /// either form gives back exactly the fields it was given.
+    #[test]
+    fn io_records_are_compact_when_they_fit_and_whole_either_way() {
+        let op = |bytes: Option<u64>, pollables: Option<u32>, ready: Option<u32>, error: Option<&str>| Op {
+            function: Cow::Borrowed("f"),
+            outcome: Outcome::Ok,
+            elapsed_ns: u64::MAX,
+            bytes,
+            pollable_count: pollables,
+            ready_count: ready,
+            error: error.map(str::to_owned),
+        };
+        let big = u32::from(u16::MAX) + 1;
+        let cases: [(&str, u32, u32, Op, bool); 10] = [
+            ("no counters", 3, 4, op(None, None, None, None), true),
+            ("bytes", 3, 4, op(Some(u64::MAX), None, None, None), true),
+            ("pollables and ready", 3, 4, op(None, Some(u32::MAX), Some(7), None), true),
+            ("pollables alone", 3, 4, op(None, Some(0), None, None), true),
+            ("ready alone", 3, 4, op(None, None, Some(u32::MAX), None), true),
+            ("bytes and a count", 3, 4, op(Some(1), Some(2), None, None), false),
+            ("all three counters", 3, 4, op(Some(1), Some(2), Some(3), None), false),
+            ("an error's text", 3, 4, op(None, None, None, Some("closed")), false),
+            ("a name past 65,535", big, 4, op(Some(1), None, None, None), false),
+            ("a function past 65,535", 3, big, op(Some(1), None, None, None), false),
+        ];
+        for (what, who, function, op, compact) in cases {
+            let body = io_body(who, function, op.clone());
+            assert_eq!(matches!(body, Body::Io(_)), compact, "{what}: compact?");
+            let e = body.io().expect("an io record");
+            let got = (e.who, e.function, e.outcome, e.elapsed_ns, e.bytes, e.pollable_count, e.ready_count, e.error);
+            let want = (who, function, op.outcome, op.elapsed_ns, op.bytes, op.pollable_count, op.ready_count, op.error.as_deref());
+            assert_eq!(got, want, "{what}: the fields came back changed");
+        }
+        assert_eq!(std::mem::size_of::<Stamped>(), 32, "two entries to a cache line");
+    }
+
+    /// The table of function names: one entry per name, whether it comes as a constant
+    /// (found by address, past collisions in the cache) or as text made at run time.
+    #[test]
+    fn function_names_are_kept_once() {
+        let mut chain = Chain::with_clock(Box::new(|| 0));
+        let ledger = &mut chain.ledger;
+        let poll = ledger.function(&Cow::Borrowed("astrid:io/poll.poll"));
+        assert_eq!(ledger.function(&Cow::Owned("astrid:io/poll.poll".to_owned())), poll, "the same text, made at run time");
+        // More names than the cache has slots, so that slots are shared and replaced.
+        let names: Vec<&'static str> = (0..4 * FN_CACHE).map(|i| &*Box::leak(format!("f{i}").into_boxed_str())).collect();
+        let first: Vec<u32> = names.iter().map(|n| ledger.function(&Cow::Borrowed(*n))).collect();
+        let again: Vec<u32> = names.iter().rev().map(|n| ledger.function(&Cow::Borrowed(*n))).collect();
+        assert_eq!(first, again.into_iter().rev().collect::<Vec<_>>(), "each name keeps its entry");
+        assert_eq!(ledger.functions.len(), 1 + 4 * FN_CACHE, "one entry per name");
     }
 
     /// The table of names: a capsule's records under two principals count toward its
@@ -730,7 +964,7 @@ mod tests {
             e.op.error = (pick(3) == 0).then(|| names[pick(names.len())].to_string());
             let mut stamped = Vec::new();
             ledger.append(e, &mut stamped).expect("open");
-            sealer.learn(ledger.names());
+            sealer.learn(&ledger);
             for entry in &stamped {
                 let mut line = String::new();
                 sealer.seal(entry, &mut line);

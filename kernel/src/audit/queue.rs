@@ -366,7 +366,7 @@ impl AuditLog {
                 // Touch every slot once now: hosted, its pages are mapped on first touch,
                 // and the first lap of a fresh ring took a page fault every ~32 records on
                 // the capsule's thread (1–2 µs each, measured).
-                ring.extend((0..capacity + 2).map(|_| Stamped { seq: 0, t_ns: 0, body: super::chain::Body::Checkpoint }));
+                ring.extend((0..capacity + 2).map(|_| Stamped { t_ns: 0, body: super::chain::Body::Checkpoint }));
                 ring.clear();
             }
             ring
@@ -539,12 +539,12 @@ impl AuditHandle {
         let mut sealer = sealing.sealer.clone();
         let pending: Vec<Stamped> = match self.shared.state.try_lock() {
             Ok(st) => {
-                sealer.learn(st.ledger.names());
+                sealer.learn(&st.ledger);
                 sealing.taken.iter().chain(&st.queue).cloned().collect()
             }
             Err(TryLockError::Poisoned(p)) => {
                 let st = p.into_inner();
-                sealer.learn(st.ledger.names());
+                sealer.learn(&st.ledger);
                 sealing.taken.iter().chain(&st.queue).cloned().collect()
             }
             Err(TryLockError::WouldBlock) => return None,
@@ -578,6 +578,8 @@ fn drain_loop(shared: &Shared, sink: &mut dyn Sink) {
     // middle of their calls (`MAX_LAG` and each capsule's share bound how far behind).
     crate::platform::run_in_background();
     let mut batch: Vec<Stamped> = Vec::with_capacity(MAX_BATCH);
+    // Io records written per capsule, in runs: what the batch gives back of each share.
+    let mut returns: Vec<(u32, usize)> = Vec::with_capacity(MAX_BATCH);
     let linger = crate::platform::audit_linger();
     // When the current linger ends; `None` between lingers.
     let mut linger_until: Option<std::time::Instant> = None;
@@ -629,7 +631,7 @@ fn drain_loop(shared: &Shared, sink: &mut dyn Sink) {
             st.in_flight = sealing.taken.len();
             st.in_flight_oldest = sealing.taken.front().map(|e| e.t_ns);
             linger_until = None;
-            sealing.sealer.learn(st.ledger.names());
+            sealing.sealer.learn(&st.ledger);
         }
         if dumping() {
             return;
@@ -648,34 +650,30 @@ fn drain_loop(shared: &Shared, sink: &mut dyn Sink) {
         let lines = &lines[..batch.len()];
         let result = sink.write_batch(lines).and_then(|()| sink.flush());
         let written = lines.len() as u64;
+        // Each capsule's share is given back once its records are written, counted here
+        // before taking the queue's lock, so that the lock is held for a few additions: a
+        // capsule's thread that found it held for the walk over a batch slept on it, and
+        // hosted each such sleep and wake-up cost it tens of µs (measured).
+        returns.clear();
+        if result.is_ok() {
+            for entry in &batch {
+                let Some(capsule) = entry.body.io().and_then(|e| sealer.capsule_of(e.who)) else { continue };
+                match returns.last_mut() {
+                    Some((c, n)) if *c == capsule => *n += 1,
+                    _ => returns.push((capsule, 1)),
+                }
+            }
+        }
         let mut st = shared.lock_eagerly();
         match result {
             Ok(()) => {
                 st.written += written;
                 st.in_flight -= batch.len();
                 st.in_flight_oldest = taken.front().map(|e| e.t_ns);
-                // Each capsule's share is given back once it is written, once per run of
-                // its records (a batch is mostly one capsule's).
-                let mut give_back = |capsule: u32, n: usize| {
+                for &(capsule, n) in &returns {
                     if let Some(own) = st.queued_by.get_mut(capsule as usize) {
                         *own -= n.min(*own);
                     }
-                };
-                let mut run: Option<(u32, usize)> = None;
-                for entry in &batch {
-                    if let super::chain::Body::Io(e) = &entry.body {
-                        match &mut run {
-                            Some((c, n)) if *c == e.capsule => *n += 1,
-                            _ => {
-                                if let Some((c, n)) = run.replace((e.capsule, 1)) {
-                                    give_back(c, n);
-                                }
-                            }
-                        }
-                    }
-                }
-                if let Some((c, n)) = run {
-                    give_back(c, n);
                 }
                 batch.clear();
             }
@@ -697,7 +695,7 @@ fn drain_loop(shared: &Shared, sink: &mut dyn Sink) {
                 failure.op.outcome = Outcome::Error;
                 failure.op.error = Some(reason);
                 let _ = st.ledger.append(failure, &mut rest);
-                sealer.learn(st.ledger.names());
+                sealer.learn(&st.ledger);
                 drop(st);
                 let lines: Vec<String> = rest
                     .iter()
