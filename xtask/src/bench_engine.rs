@@ -233,9 +233,12 @@ impl EngineBench<'_> {
             // 1. a 4 KiB pipe write + read per round: audit off, to the file, to serial;
             // interleaved (the order turning each run) so that drift on a shared machine
             // hits all three alike; the ratios are medians of each run's own ratios.
+            // Hosted, a run's window is ~1.5 ms on a shared machine, the noisiest figure
+            // here, and a run costs a fraction of a second: three times the triples.
+            let triples = if side.hosted.is_some() { 3 * runs } else { runs };
             let (mut off, mut on, mut on_file) = (Vec::new(), Vec::new(), Vec::new());
             let (mut serial_ratio, mut file_ratio) = (Vec::new(), Vec::new());
-            for i in 0..runs {
+            for i in 0..triples {
                 let per_round = |c: String| figure(&c, "completed in ").map(|us| us / READ_ROUNDS as f64);
                 let mut this = [0.0f64; 3];
                 for k in 0..3 {
