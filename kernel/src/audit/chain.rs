@@ -91,30 +91,22 @@ const HAS_BYTES: u8 = 1;
 const HAS_POLLABLES: u8 = 2;
 const HAS_READY: u8 = 4;
 
-/// An io record that `Compact` cannot hold, out of line.
+/// An io record that `Compact` cannot hold, out of line: the operation as the envelope
+/// handed it over (its function read from the table, by `function`).
 #[derive(Clone, Debug)]
 pub(super) struct Full {
     pub who: u32,
     pub function: u32,
-    pub outcome: Outcome,
-    pub elapsed_ns: u64,
-    pub bytes: Option<u64>,
-    pub pollable_count: Option<u32>,
-    pub ready_count: Option<u32>,
-    pub error: Option<String>,
+    pub op: Op,
 }
 
-/// An io record's fields, from either form.
+/// An io record, from either form: its entries in the tables of names and functions,
+/// and its operation's own fields (outcome, duration, counters, error; the rest blank).
 #[derive(Clone, Copy)]
 pub(super) struct IoView<'a> {
     pub who: u32,
     pub function: u32,
-    pub outcome: Outcome,
-    pub elapsed_ns: u64,
-    pub bytes: Option<u64>,
-    pub pollable_count: Option<u32>,
-    pub ready_count: Option<u32>,
-    pub error: Option<&'a str>,
+    pub fields: Fields<'a>,
 }
 
 /// The body of io record `op`, named by entries `who` and `function`: compact when it
@@ -132,16 +124,7 @@ fn io_body(who: u32, function: u32, op: Op) -> Body {
         (Ok(who), Ok(function), Some((present, counts)), None) => {
             Body::Io(Compact { elapsed_ns: op.elapsed_ns, counts, who, function, outcome: op.outcome, present })
         }
-        _ => Body::IoFull(Box::new(Full {
-            who,
-            function,
-            outcome: op.outcome,
-            elapsed_ns: op.elapsed_ns,
-            bytes: op.bytes,
-            pollable_count: op.pollable_count,
-            ready_count: op.ready_count,
-            error: op.error,
-        })),
+        _ => Body::IoFull(Box::new(Full { who, function, op })),
     }
 }
 
@@ -151,27 +134,33 @@ impl Compact {
         IoView {
             who: u32::from(self.who),
             function: u32::from(self.function),
-            outcome: self.outcome,
-            elapsed_ns: self.elapsed_ns,
-            bytes: has(HAS_BYTES).then_some(self.counts),
-            pollable_count: has(HAS_POLLABLES).then_some(self.counts as u32),
-            ready_count: has(HAS_READY).then_some((self.counts >> 32) as u32),
-            error: None,
+            fields: Fields {
+                outcome: self.outcome,
+                elapsed_ns: self.elapsed_ns,
+                bytes: has(HAS_BYTES).then_some(self.counts),
+                pollable_count: has(HAS_POLLABLES).then_some(self.counts as u32),
+                ready_count: has(HAS_READY).then_some((self.counts >> 32) as u32),
+                ..Fields::blank("")
+            },
         }
     }
 }
 
 impl Full {
     fn view(&self) -> IoView<'_> {
+        let op = &self.op;
         IoView {
             who: self.who,
             function: self.function,
-            outcome: self.outcome,
-            elapsed_ns: self.elapsed_ns,
-            bytes: self.bytes,
-            pollable_count: self.pollable_count,
-            ready_count: self.ready_count,
-            error: self.error.as_deref(),
+            fields: Fields {
+                outcome: op.outcome,
+                elapsed_ns: op.elapsed_ns,
+                bytes: op.bytes,
+                pollable_count: op.pollable_count,
+                ready_count: op.ready_count,
+                error: op.error.as_deref(),
+                ..Fields::blank("")
+            },
         }
     }
 }
@@ -504,7 +493,7 @@ struct Middle {
 
 impl Middle {
     fn encodes(&self, e: &IoView<'_>) -> bool {
-        self.who == e.who && self.function == e.function && self.outcome == e.outcome
+        self.who == e.who && self.function == e.function && self.outcome == e.fields.outcome
     }
 }
 
@@ -557,9 +546,10 @@ impl Sealer {
         let (capsule, principal) = self.name(e.who);
         let function = self.function(e.function);
         let mut text = String::with_capacity(128);
-        write_middle(capsule, principal, function, e.outcome, &mut text);
-        let names = names_digest(capsule, principal, function, e.outcome);
-        let m = Middle { who: e.who, function: e.function, outcome: e.outcome, text, names };
+        let outcome = e.fields.outcome;
+        write_middle(capsule, principal, function, outcome, &mut text);
+        let names = names_digest(capsule, principal, function, outcome);
+        let m = Middle { who: e.who, function: e.function, outcome, text, names };
         if self.middles.len() < MIDDLES {
             self.middles.push(m);
             self.middles.len() - 1
@@ -579,18 +569,7 @@ impl Sealer {
         if let Some(e) = entry.body.io() {
             // The usual record: its names and outcome from the kept middle.
             let i = self.middle(&e);
-            let f = Fields {
-                seq,
-                t_ns: entry.t_ns,
-                elapsed_ns: e.elapsed_ns,
-                bytes: e.bytes,
-                pollable_count: e.pollable_count,
-                ready_count: e.ready_count,
-                error: e.error,
-                prev: self.prev_hex.as_str(),
-                prev_is_hex: true,
-                ..Fields::blank("")
-            };
+            let f = Fields { seq, t_ns: entry.t_ns, prev: self.prev_hex.as_str(), prev_is_hex: true, ..e.fields };
             let m = &self.middles[i];
             let hash = seal_with_middle(&f, &m.text, &m.names, self.prev.as_bytes(), line);
             self.set_head(hash, line);
@@ -874,7 +853,8 @@ mod tests {
             let body = io_body(who, function, op.clone());
             assert_eq!(matches!(body, Body::Io(_)), compact, "{what}: compact?");
             let e = body.io().expect("an io record");
-            let got = (e.who, e.function, e.outcome, e.elapsed_ns, e.bytes, e.pollable_count, e.ready_count, e.error);
+            let f = e.fields;
+            let got = (e.who, e.function, f.outcome, f.elapsed_ns, f.bytes, f.pollable_count, f.ready_count, f.error);
             let want = (who, function, op.outcome, op.elapsed_ns, op.bytes, op.pollable_count, op.ready_count, op.error.as_deref());
             assert_eq!(got, want, "{what}: the fields came back changed");
         }
