@@ -270,7 +270,7 @@ const IMAGE_ALLOWANCE: u64 = 32 << 20;
 #[cfg(feature = "engine")]
 const HEAP_RESERVE: usize = 24 << 20;
 /// One audit record waiting in the queue, at most: its slot in each of the queue's two
-/// rings (128 bytes each, ~160 allowed) and an error text of up to `MAX_FIELD_BYTES`.
+/// rings (32 bytes each, ~160 allowed) and an error text of up to `MAX_FIELD_BYTES`.
 #[cfg(feature = "engine")]
 const AUDIT_RECORD_BYTES: usize = 2 * 160 + crate::audit::MAX_FIELD_BYTES;
 /// What one network thread holds on the heap: its copy buffer (64 KiB) and the kernel
@@ -302,7 +302,10 @@ fn heap_ask(limits: &crate::host::CapsuleLimits) -> crate::quota::HeapAsk {
     let udp = MAX_UDP * crate::net::conn::UDP_QUEUE_BYTES;
     let call = MAX_FRAME.max(crate::ipc::BATCH_BYTES) + (1 << 20);
     let tables = limits.memory_bytes.min(crate::host::MAX_TABLE_BYTES);
-    let fixed = [tables, pipes, udp, limits.handles.saturating_mul(HANDLE_BYTES), call].iter().fold(0usize, |a, b| a.saturating_add(*b));
+    // Its audit lane: records past the queue's capacity until the lock's next holder
+    // numbers them (`audit::Lane`).
+    let lane = crate::audit::LANE_SLOTS * AUDIT_RECORD_BYTES;
+    let fixed = [tables, pipes, udp, limits.handles.saturating_mul(HANDLE_BYTES), call, lane].iter().fold(0usize, |a, b| a.saturating_add(*b));
     crate::quota::HeapAsk { fixed, kv: limits.kv_bytes, ipc: limits.ipc_queue_bytes, frames: limits.frame_bytes }
 }
 

@@ -111,7 +111,7 @@ pub(super) struct IoView<'a> {
 
 /// The body of io record `op`, named by entries `who` and `function`: compact when it
 /// fits, out of line when not.
-fn io_body(who: u32, function: u32, op: Op) -> Body {
+pub(super) fn io_body(who: u32, function: u32, op: Op) -> Body {
     let counts = match (op.bytes, op.pollable_count, op.ready_count) {
         (Some(b), None, None) => Some((HAS_BYTES, b)),
         (None, p, r) => Some((
@@ -371,6 +371,24 @@ impl Ledger {
         self.genesis_into(out);
         self.emit_at(io_body(who, function, op), at, false, out);
         Ok(())
+    }
+
+    /// Numbers an io entry a capsule's thread made without the queue's lock (a lane's:
+    /// body from `io_body`, time when its call ended), counting it to `capsule` (its
+    /// first entry in the table of names); after the genesis when it is the first.
+    pub fn admit(&mut self, entry: Stamped, capsule: u32, out: &mut impl Stamps) -> Result<(), ChainClosed> {
+        self.open()?;
+        if let Some(count) = self.per_capsule.get_mut(capsule as usize) {
+            *count += 1;
+        }
+        self.genesis_into(out);
+        self.emit_at(entry.body, Some(entry.t_ns), false, out);
+        Ok(())
+    }
+
+    /// The instant the log's time counts from, when it is the real monotonic clock.
+    pub fn origin(&self) -> Option<Instant> {
+        self.origin
     }
 
     /// Stamps the record of `capsule` loaded, with `content`, the BLAKE3 of its bytes

@@ -14,7 +14,7 @@ mod verify;
 pub use chain::{CHECKPOINT_EVERY, Chain, ChainClosed, RunBinding, seal_and_hash_only};
 pub use ed25519_dalek::{SigningKey, VerifyingKey};
 pub use console::{ConsoleSink, FRAME_PREFIX, Untrusted, console_line, escape, extract, frame, needs_escape, panic_line, say_line};
-pub use queue::{AuditError, AuditHandle, AuditLog, QueueStats};
+pub use queue::{AuditError, AuditHandle, AuditLog, LANE_SLOTS, Lane, QueueStats};
 pub use record::{
     AuditRecord, Call, FN_CAPSULE_END, FN_CAPSULE_LOAD, FN_CHECKPOINT, FN_CLOSE, FN_GENESIS, FN_SINK_FAILED, GENESIS, IoEvent, MAX_FIELD_BYTES, Op,
     Outcome, canonical_json, checkpoint_message, hex, seal, unhex, unseal,

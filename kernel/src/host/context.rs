@@ -10,7 +10,7 @@ use std::sync::Arc;
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::ResourceLimiter;
 
-use crate::audit::AuditHandle;
+use crate::audit::{AuditHandle, Lane};
 use crate::ipc::bus::Bus;
 use crate::kv::Kv;
 use crate::quota::Account;
@@ -74,7 +74,9 @@ pub struct Identity {
 pub struct Core {
     pub identity: Identity,
     pub cancel: CancelToken,
-    pub(super) audit: Option<AuditHandle>,
+    /// The capsule's lane into the audit log (its records in its own order, most without
+    /// the queue's lock).
+    pub(super) audit: Option<Lane>,
     pub(super) note: Note,
     pub(super) calls: u64,
     table: ResourceTable,
@@ -295,11 +297,12 @@ impl CapsuleState {
                 .map_err(|e| format!("its kv store cannot be loaded: {e}"))?,
             None => Kv::in_memory(spec.limits.kv_bytes),
         };
+        let audit = spec.audit.map(|a| a.lane(&spec.identity.capsule, &spec.identity.principal));
         Ok(CapsuleState {
             core: Core {
                 identity: spec.identity,
                 cancel: spec.cancel,
-                audit: spec.audit,
+                audit,
                 note: Note::default(),
                 calls: 0,
                 table: ResourceTable::new(),

@@ -224,7 +224,7 @@ impl super::context::Core {
             (Some(code), Some(detail)) => Some(format!("{code}: {detail:?}")),
             (error, _) => error,
         };
-        let Some(audit) = &self.audit else { return Ok(()) };
+        let Some(audit) = &mut self.audit else { return Ok(()) };
         // The clock is read once: the call's duration and its record's time.
         let ended = Instant::now();
         let call = Call {
