@@ -242,9 +242,6 @@ pub(super) struct Stamped {
 
 const _: () = assert!(std::mem::size_of::<Stamped>() == 32, "two stamped entries fill one cache line");
 
-/// Slots in the ledger's cache of function names by address (`Ledger::function`).
-const FN_CACHE: usize = 64;
-
 /// The numbering half: sequence, time, per-capsule counts, the close, and where the
 /// genesis and the checkpoints go.
 pub(super) struct Ledger {
@@ -262,9 +259,6 @@ pub(super) struct Ledger {
     /// (`Compact::function` indexes it). Only ever appended to; a boot's functions are
     /// the WIT's few hundred at most.
     functions: Vec<Cow<'static, str>>,
-    /// Compile-time names by address and length: (address, length, index). A name's
-    /// place in `functions` in one comparison for the calls the envelope hands over.
-    fn_cache: [(usize, usize, u32); FN_CACHE],
     /// Io records per capsule since that capsule's last end record, at its first entry's
     /// index in `names`.
     per_capsule: Vec<u64>,
@@ -298,25 +292,11 @@ impl Ledger {
         &self.names
     }
 
-    /// The place of `name` in the table of function names (added when new). A name fixed
-    /// at compile time is found by its address; any other by its text.
-    #[allow(clippy::ptr_arg, reason = "whether the name is borrowed for 'static is what tells it apart")]
-    pub fn function(&mut self, name: &Cow<'static, str>) -> u32 {
-        let Cow::Borrowed(text) = name else { return self.intern(name) };
-        let key = (text.as_ptr().addr(), text.len());
-        // Fibonacci hashing of the address: names sit next to each other in the image.
-        let slot = (key.0.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (usize::BITS - FN_CACHE.trailing_zeros())) % FN_CACHE;
-        let (addr, len, i) = self.fn_cache[slot];
-        if (addr, len) == key {
-            return i;
-        }
-        let i = self.intern(name);
-        self.fn_cache[slot] = (key.0, key.1, i);
-        i
-    }
-
+    /// The place of `name` in the table of function names (added when new), by its text.
+    /// Only calls through the queue's lock come here; a capsule's lane keeps the places
+    /// of the names it uses by their address (`queue::Lane`).
     #[allow(clippy::ptr_arg, reason = "a name borrowed for 'static is kept as it is, not copied")]
-    fn intern(&mut self, name: &Cow<'static, str>) -> u32 {
+    pub fn function(&mut self, name: &Cow<'static, str>) -> u32 {
         if let Some(i) = self.functions.iter().position(|f| **f == **name) {
             return i as u32;
         }
@@ -687,7 +667,6 @@ impl Chain {
                 names: Vec::new(),
                 last_who: 0,
                 functions: Vec::new(),
-                fn_cache: [(0, 0, 0); FN_CACHE],
                 per_capsule: Vec::new(),
                 closed: false,
                 signed: false,
@@ -880,19 +859,19 @@ mod tests {
     }
 
     /// The table of function names: one entry per name, whether it comes as a constant
-    /// (found by address, past collisions in the cache) or as text made at run time.
+    /// or as text made at run time, and many of them.
     #[test]
     fn function_names_are_kept_once() {
         let mut chain = Chain::with_clock(Box::new(|| 0));
         let ledger = &mut chain.ledger;
         let poll = ledger.function(&Cow::Borrowed("astrid:io/poll.poll"));
         assert_eq!(ledger.function(&Cow::Owned("astrid:io/poll.poll".to_owned())), poll, "the same text, made at run time");
-        // More names than the cache has slots, so that slots are shared and replaced.
-        let names: Vec<&'static str> = (0..4 * FN_CACHE).map(|i| &*Box::leak(format!("f{i}").into_boxed_str())).collect();
+        // Many names, each found again after the others.
+        let names: Vec<&'static str> = (0..256).map(|i| &*Box::leak(format!("f{i}").into_boxed_str())).collect();
         let first: Vec<u32> = names.iter().map(|n| ledger.function(&Cow::Borrowed(*n))).collect();
         let again: Vec<u32> = names.iter().rev().map(|n| ledger.function(&Cow::Borrowed(*n))).collect();
         assert_eq!(first, again.into_iter().rev().collect::<Vec<_>>(), "each name keeps its entry");
-        assert_eq!(ledger.functions.len(), 1 + 4 * FN_CACHE, "one entry per name");
+        assert_eq!(ledger.functions.len(), 1 + 256, "one entry per name");
     }
 
     /// The table of names: a capsule's records under two principals count toward its
